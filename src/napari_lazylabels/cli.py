@@ -1,0 +1,348 @@
+"""The ``lazylabels`` command line: simulate, train, predict, evaluate, grabcut, demo.
+
+It imports only :mod:`napari_lazylabels.core`, so it runs where napari is not installed
+(a GPU server). Results are written to stdout; diagnostics go through :mod:`logging`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("napari_lazylabels")
+
+EPILOG_SIMULATE = """examples:
+  lazylabels simulate ../shared/data/isbi2012-dev --out runs/isbi-lazy --strong-fraction 0.1 --seed 0
+  lazylabels simulate masks/ --images images/ --out runs/lazy --strong-fraction 0.05
+"""
+EPILOG_TRAIN = """examples:
+  lazylabels train runs/isbi-lazy --out runs/isbi-model --minutes 5
+  lazylabels train runs/isbi-lazy --out runs/isbi-model --iterations 2000 --size paper --device cuda
+  lazylabels train runs/isbi-lazy --out runs/isbi-model --resume runs/isbi-model --iterations 500
+"""
+EPILOG_PREDICT = """examples:
+  lazylabels predict runs/isbi-model image1.png image2.tif --out runs/pred
+  lazylabels predict runs/isbi-model/best.pt my_images/ --out runs/pred --no-probabilities
+writes per image: STEM_classes.png (0 = background, c = class c), STEM_instances.png/.tif,
+STEM_interfaces.tif (interface probability) and STEM_probabilities.tif (per class).
+"""
+EPILOG_EVALUATE = """examples:
+  lazylabels evaluate runs/pred ../shared/data/isbi2012-dev/masks
+  lazylabels evaluate runs/pred gt_masks/ --json runs/scores.json
+GT_DIR holds instance masks (0 = background, 1..N = objects) named like the images.
+"""
+EPILOG_DEMO = """Trains on the bundled sample (StarDist/DSB 2018 nuclei with simulated lazy labels),
+predicts the held-out sample images and prints their dice. Example:
+  lazylabels demo --out demo-run --minutes 3
+"""
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _tqdm(**kw):
+    from tqdm import tqdm
+
+    return tqdm(**kw, file=sys.stderr, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- simulate
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from .core.simulate import SimulationConfig, simulate_folder
+
+    ds = simulate_folder(
+        a.gt_dir, a.out, strong_fraction=a.strong_fraction, seed=a.seed,
+        config=SimulationConfig(), images_dir=a.images,
+    )
+    _out(f"wrote {len(ds)} images to {a.out}: images labelled per task {ds.summary()}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def _train_config(a: argparse.Namespace):
+    from .core.train import TrainConfig
+
+    weights = {}
+    for item in a.task_weights or []:
+        k, _, v = item.partition("=")
+        weights[k] = float(v)
+    base = TrainConfig()
+    return TrainConfig(
+        iterations=a.iterations,
+        time_budget=a.minutes * 60 if a.minutes else None,
+        batch_size=a.batch_size,
+        learning_rate=a.lr,
+        lr_schedule=a.lr_schedule,
+        task_weights={**base.task_weights, **weights},
+        label_mode=a.label_mode,
+        device=a.device,
+        amp=not a.no_amp,
+        val_every=a.val_every,
+        seed=a.seed,
+        num_threads=a.threads,
+    )
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .core.io import load_dataset
+    from .core.model import resolve_device
+    from .core.train import fit, infer_model_config
+
+    if a.iterations is None and a.minutes is None:
+        a.iterations = 1000
+    cfg = _train_config(a)
+    ds = load_dataset(a.dataset)
+    validation = list(load_dataset(a.validation)) if a.validation else None
+    model_config = None
+    if a.resume is None:
+        kw = {"architecture": a.architecture}
+        if a.tasks:
+            kw["tasks"] = tuple(a.tasks.split(","))
+        model_config = infer_model_config(ds, resolve_device(a.device), a.size, **kw)
+    total = a.iterations
+    with _tqdm(total=total, desc="train", unit="it") as bar:
+        res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar)
+    best = "n/a" if res.best_metric is None else f"{res.best_metric:.4f}"
+    _out(f"trained {res.iteration} iterations; best validation dice {best}; model in {res.model_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .core.checkpoint import load_model
+    from .core.io import list_images, read_image
+    from .core.model import resolve_device
+    from .core.predict import PredictConfig, Predictor, predict_file
+
+    device = resolve_device(a.device)
+    model, ck = load_model(a.model, device)
+    pcfg = PredictConfig(
+        tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
+        save_probabilities=not a.no_probabilities,
+    )
+    predictor = Predictor(model, ck.model_config, pcfg)
+    files = list_images(a.images)
+    out = Path(a.out)
+    for f in _tqdm(iterable=files, desc="predict", unit="image"):
+        read_image(f)  # validates early with a clear message
+        predict_file(predictor, f, out)
+    _out(f"predicted {len(files)} images into {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def _find_pred(pred_dir: Path, stem: str, kind: str) -> Path | None:
+    for suf in (".png", ".tif", ".tiff"):
+        p = pred_dir / f"{stem}_{kind}{suf}"
+        if p.exists():
+            return p
+    return None
+
+
+def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path) -> dict:
+    """Score predictions written by ``lazylabels predict`` against instance masks."""
+    import numpy as np
+
+    from .core.io import IMAGE_SUFFIXES, read_image, read_label
+    from .core.metrics import evaluate_image, summarize
+
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if (gt_dir / "masks").is_dir():
+        gt_dir = gt_dir / "masks"
+    gts = sorted(p for p in gt_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    per_image = {}
+    for g in gts:
+        cls_p = _find_pred(pred_dir, g.stem, "classes")
+        if cls_p is None:
+            continue
+        gt = read_label(g)
+        classes = read_label(cls_p)
+        inst_p = _find_pred(pred_dir, g.stem, "instances")
+        itf_p = _find_pred(pred_dir, g.stem, "interfaces")
+        instances = read_label(inst_p) if inst_p else None
+        interfaces = read_image(itf_p) > 0.5 if itf_p else None
+        if instances is None:
+            from skimage.measure import label
+
+            instances = label(classes > 0)
+        if interfaces is None:
+            interfaces = np.zeros(gt.shape, bool)
+        per_image[g.stem] = evaluate_image(classes, instances, interfaces, gt)
+    if not per_image:
+        raise FileNotFoundError(
+            f"No prediction in {pred_dir} matches a mask in {gt_dir} (expected STEM_classes.png "
+            "files from `lazylabels predict` named like the masks)."
+        )
+    return {"summary": summarize(list(per_image.values())), "images": per_image}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    res = evaluate_folder(a.pred_dir, a.gt_dir)
+    for k, v in _flat(res["summary"]).items():
+        _out(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+    if a.json:
+        from .core.io import atomic_write_json
+
+        atomic_write_json(a.json, res)
+    return 0
+
+
+# --------------------------------------------------------------------------- grabcut
+def cmd_grabcut(a: argparse.Namespace) -> int:
+    from .core.grabcut import refine
+    from .core.io import load_dataset, save_dataset
+
+    ds = load_dataset(a.dataset)
+    n = 0
+    for s in ds:
+        if s.detection is None or (s.segmentation is not None and not a.overwrite):
+            continue
+        if a.images and s.name not in a.images:
+            continue
+        s.segmentation = refine(s.image, s.detection)
+        n += 1
+    save_dataset(ds, a.out or a.dataset)
+    _out(f"refined {n} images into segmentation masks in {a.out or a.dataset}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .core.io import load_dataset
+    from .core.train import TrainConfig, fit
+    from .sample_data import sample_paths
+
+    paths = sample_paths()
+    out = Path(a.out)
+    ds = load_dataset(paths["dataset"])
+    _out(f"sample dataset: {len(ds)} images, labelled per task {ds.summary()}")
+    cfg = TrainConfig(iterations=None, time_budget=a.minutes * 60, seed=0, val_every=100)
+    with _tqdm(desc="train", unit="it") as bar:
+        res = fit(ds, out / "model", train_config=cfg, progress=bar)
+    _out(f"trained {res.iteration} iterations in {a.minutes} min budget")
+    ns = argparse.Namespace(
+        model=str(out / "model"), images=[str(paths["test_images"])], out=str(out / "predictions"),
+        tile=256, overlap=0.25, batch_size=4, device="auto", no_probabilities=True,
+    )
+    cmd_predict(ns)
+    res = evaluate_folder(out / "predictions", paths["test_masks"])
+    s = res["summary"]
+    _out(f"held-out sample images: dice {s['dice']:.3f}, object F1 {s['f1']:.3f} (n={s['n']})")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lazylabels",
+        description="Segment microscopy images from lazy labels with a multi-task U-net.",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbose")
+    sub = p.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    s = sub.add_parser("simulate", help="derive lazy labels from ground-truth instance masks",
+                       epilog=EPILOG_SIMULATE, formatter_class=fmt)
+    s.add_argument("gt_dir", help="folder with images/ and masks/, or a folder of masks (with --images)")
+    s.add_argument("--out", required=True, help="dataset folder to write")
+    s.add_argument("--images", help="folder of images when GT_DIR holds only masks")
+    s.add_argument("--strong-fraction", type=float, default=0.1, help="share of images given exact masks")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_simulate)
+
+    t = sub.add_parser("train", help="train a model on a dataset folder", epilog=EPILOG_TRAIN, formatter_class=fmt)
+    t.add_argument("dataset", help="dataset folder (images/, detection/, separation/, segmentation/)")
+    t.add_argument("--out", required=True, help="model folder to write (best.pt, latest.pt, config.json)")
+    t.add_argument("--iterations", type=int, help="optimiser steps (default 1000 when no --minutes)")
+    t.add_argument("--minutes", type=float, help="wall-clock budget")
+    t.add_argument("--size", choices=["tiny", "small", "medium", "paper"],
+                   help="model size (default: paper on a GPU, small on a CPU)")
+    t.add_argument("--architecture", choices=["multitask", "unet"], default="multitask")
+    t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
+    t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
+    t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    t.add_argument("--no-amp", action="store_true", help="train in float32 (no bf16 autocast)")
+    t.add_argument("--val-every", type=int, default=200)
+    t.add_argument("--validation", help="a dataset folder with exact masks to choose the best model")
+    t.add_argument("--resume", help="checkpoint or model folder to continue from")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="tiled prediction of images of any size",
+                        epilog=EPILOG_PREDICT, formatter_class=fmt)
+    pr.add_argument("model", help="model folder or checkpoint file")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--tile", type=int, default=256)
+    pr.add_argument("--overlap", type=float, default=0.25)
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="dice, object F1 and interface scores against masks",
+                       epilog=EPILOG_EVALUATE, formatter_class=fmt)
+    e.add_argument("pred_dir")
+    e.add_argument("gt_dir")
+    e.add_argument("--json", help="also write all scores to this JSON file")
+    e.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser("grabcut", help="turn detection marks into exact masks (task 3) with GrabCut",
+                       formatter_class=fmt,
+                       epilog="example:\n  lazylabels grabcut runs/lazy --images img_01 img_02\n")
+    g.add_argument("dataset")
+    g.add_argument("--images", nargs="*", help="only these image stems (default: all without masks)")
+    g.add_argument("--overwrite", action="store_true", help="also redo images that have masks")
+    g.add_argument("--out", help="write to another dataset folder instead of in place")
+    g.set_defaults(func=cmd_grabcut)
+
+    d = sub.add_parser("demo", help="train and predict on the bundled sample data",
+                       epilog=EPILOG_DEMO, formatter_class=fmt)
+    d.add_argument("--out", default="demo-run")
+    d.add_argument("--minutes", type=float, default=3.0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    _setup_logging(a.verbose)
+    try:
+        return a.func(a)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; checkpoints written so far are kept")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

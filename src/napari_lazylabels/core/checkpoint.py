@@ -1,0 +1,188 @@
+"""Checkpoints that rebuild themselves: weights, optimiser state, iteration, configs, classes.
+
+A model folder holds::
+
+    MODEL/
+        best.pt       the checkpoint with the best validation score so far
+        latest.pt     the last checkpoint (for resuming)
+        config.json   model and training configs, classes (human-readable, written beside)
+        history.json  the loss curve and validation scores
+
+Every file is written atomically, so an interrupted save never destroys a trained model.
+Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .io import atomic_write_bytes, atomic_write_json
+from .labels import ClassSpec
+from .model import ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "napari-lazylabels checkpoint"
+CHECKPOINT_VERSION = 1
+BEST, LATEST, CONFIG, HISTORY = "best.pt", "latest.pt", "config.json", "history.json"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. ``state_dict`` and ``optimizer`` hold tensors on the CPU."""
+
+    model_config: ModelConfig
+    classes: ClassSpec
+    state_dict: dict
+    optimizer: dict | None = None
+    iteration: int = 0
+    train_config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    seed: int | None = None
+    versions: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The network with these weights, in eval mode on ``device``."""
+        model = build_model(self.model_config)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+
+def versions() -> dict:
+    import numpy
+
+    from .. import __version__
+
+    return {
+        "napari_lazylabels": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    model_config: ModelConfig,
+    classes: ClassSpec,
+    optimizer: torch.optim.Optimizer | None = None,
+    iteration: int = 0,
+    train_config: dict | None = None,
+    metrics: dict | None = None,
+    seed: int | None = None,
+) -> Path:
+    """Write one self-contained checkpoint file atomically, and ``config.json`` beside it."""
+    path = Path(path)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": model_config.to_dict(),
+        "classes": classes.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "iteration": int(iteration),
+        "train_config": train_config or {},
+        "metrics": metrics or {},
+        "seed": seed,
+        "versions": versions(),
+    }
+    buf = _io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_json(
+        path.parent / CONFIG,
+        {
+            "model_config": state["model_config"],
+            "train_config": state["train_config"],
+            "classes": state["classes"],
+            "versions": state["versions"],
+        },
+    )
+    return path
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A model folder resolves to its ``best.pt`` (else ``latest.pt``); a file to itself."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (BEST, LATEST):
+            if (p / name).exists():
+                return p / name
+        raise FileNotFoundError(
+            f"{p} holds no {BEST} or {LATEST}: train a model into it first "
+            "(`lazylabels train DATASET --out MODEL`)."
+        )
+    if not p.exists():
+        raise FileNotFoundError(f"No model file or folder at {p}.")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint (file, or model folder) with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: not a napari-lazylabels checkpoint, or a corrupt/truncated file.
+    """
+    p = resolve_checkpoint_path(path)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for truncated or foreign files
+        raise ValueError(
+            f"{p} could not be read as a model ({type(e).__name__}: {str(e)[:200]}). The file is "
+            "corrupt or incomplete; use the other checkpoint in its folder (best.pt / latest.pt) "
+            "or train again."
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{p} is not a napari-lazylabels model (it lacks our checkpoint header). "
+            "Pick a model folder or .pt file written by `lazylabels train` or the Train widget."
+        )
+    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{p} was written by a newer napari-lazylabels (format {state['version']}); upgrade."
+        )
+    try:
+        return Checkpoint(
+            model_config=ModelConfig.from_dict(state["model_config"]),
+            classes=ClassSpec.from_dict(state["classes"]),
+            state_dict=state["state_dict"],
+            optimizer=state.get("optimizer"),
+            iteration=int(state.get("iteration", 0)),
+            train_config=state.get("train_config") or {},
+            metrics=state.get("metrics") or {},
+            seed=state.get("seed"),
+            versions=state.get("versions") or {},
+            path=p,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{p} is an incomplete napari-lazylabels model ({e}); train again.") from e
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a model for prediction: returns ``(model in eval mode, Checkpoint)``."""
+    ckpt = load_checkpoint(path)
+    try:
+        model = ckpt.build(device)
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt.path}: weights do not fit the saved config ({e}).") from e
+    return model, ckpt
+
+
+def write_history(model_dir: str | os.PathLike, history: dict) -> Path:
+    return atomic_write_json(Path(model_dir) / HISTORY, history)
+
+
+def read_history(model_dir: str | os.PathLike) -> dict:
+    p = Path(model_dir) / HISTORY
+    return json.loads(p.read_text()) if p.exists() else {}

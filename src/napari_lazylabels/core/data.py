@@ -1,0 +1,212 @@
+"""From images and lazy labels to training batches: normalisation, sampling, augmentation.
+
+Patches are cut straight from the whole image with one affine warp (random rescale, rotation
+and flips, as in the paper), centred with high probability on annotated pixels so that sparse
+scribbles are seen often. The image is interpolated bilinearly with mirrored borders; label
+maps use nearest-neighbour and pad with -1 (ignored by the loss).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .io import Sample, as_image
+from .labels import TASKS, training_targets
+
+log = logging.getLogger(__name__)
+
+IGNORE = -1
+
+
+# --------------------------------------------------------------------------- normalisation
+def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """Return ``(H, W, in_channels)``: gray is repeated for RGB models; an RGB image whose
+    channels are equal becomes gray for gray models.
+
+    Raises:
+        ValueError: a colour image for a gray model (says what to do).
+    """
+    image = as_image(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    c = image.shape[-1]
+    if c == in_channels:
+        return image
+    if in_channels == 3 and c == 1:
+        return np.repeat(image, 3, axis=-1)
+    if in_channels == 1 and c == 3:
+        if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
+            return image[..., :1]
+        raise ValueError(
+            "This model was trained on grayscale images but got an RGB image. Convert the image "
+            "to grayscale first, or train a model on RGB images (in_channels=3)."
+        )
+    raise ValueError(f"Cannot turn an image with {c} channels into {in_channels}.")
+
+
+def percentiles(image: np.ndarray, low: float, high: float, max_samples: int = 1_000_000):
+    """Robust intensity range of an image, from a strided subsample for large images."""
+    flat = image.reshape(-1)
+    step = max(1, flat.size // max_samples)
+    lo, hi = np.percentile(flat[::step], (low, high))
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def normalize(image: np.ndarray, in_channels: int, norm_percentiles=(1.0, 99.8), value_range=None) -> np.ndarray:
+    """Normalise an image for the network.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, 3)``, any dtype.
+        in_channels: channels the model expects.
+        norm_percentiles: these percentiles of the image's intensities map to 0 and 1.
+        value_range: ``(lo, hi)`` to use instead of the image's own percentiles (e.g. those of
+            the whole image when normalising a tile).
+
+    Returns:
+        ``(in_channels, H, W)`` float32 array.
+    """
+    img = to_channels(image, in_channels)
+    lo, hi = value_range if value_range is not None else percentiles(img, *norm_percentiles)
+    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+
+
+# --------------------------------------------------------------------------- augmentation
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random patch augmentation.
+
+    Args:
+        patch_size: side of the square training patch (paper: 256).
+        scale_range: random rescale factor range (zoom of the patch).
+        rotate: rotate by a uniform random angle.
+        flip: random horizontal/vertical flips.
+        intensity: random contrast/brightness/gamma jitter amplitude (0 disables).
+        labelled_fraction: probability that a patch is centred on an annotated pixel.
+    """
+
+    patch_size: int = 256
+    scale_range: tuple[float, float] = (0.75, 1.33)
+    rotate: bool = True
+    flip: bool = True
+    intensity: float = 0.1
+    labelled_fraction: float = 0.8
+
+
+class PreparedSample:
+    """A sample normalised once for training: image ``(C, H, W)`` float32, targets per task
+    ``(H, W)`` int16 with -1 = ignore (``None`` = task not labelled), and annotated pixel
+    coordinates for patch sampling."""
+
+    def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks) -> None:
+        self.name = sample.name
+        img = normalize(sample.image, in_channels, norm_percentiles)
+        self.image = np.ascontiguousarray(np.moveaxis(img, 0, -1))  # (H, W, C) for cv2
+        targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode)
+        self.targets = {
+            t: (None if (v is None or t not in tasks or not np.any(v >= 0)) else v.astype(np.int16))
+            for t, v in targets.items()
+        }
+        labelled = np.zeros(sample.shape, bool)
+        for t, v in self.targets.items():
+            # In paper mode every pixel of a labelled map counts; sample from the real marks.
+            lab = sample.label(t)
+            if v is not None and lab is not None:
+                labelled |= lab > 0
+        ys, xs = np.nonzero(labelled)
+        step = max(1, ys.size // 200_000)
+        self.labelled_yx = np.stack([ys[::step], xs[::step]], 1).astype(np.int32)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t for t in TASKS if self.targets[t] is not None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape[:2]
+
+
+def _affine(center_yx, size: int, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """2x3 matrix mapping patch pixel (x, y) to image (x, y) for cv2.WARP_INVERSE_MAP."""
+    scale = math.exp(rng.uniform(math.log(cfg.scale_range[0]), math.log(cfg.scale_range[1])))
+    angle = rng.uniform(0, 2 * math.pi) if cfg.rotate else 0.0
+    sx = scale * (-1 if cfg.flip and rng.random() < 0.5 else 1)
+    sy = scale * (-1 if cfg.flip and rng.random() < 0.5 else 1)
+    c, s = math.cos(angle), math.sin(angle)
+    a = np.array([[c * sx, -s * sy], [s * sx, c * sy]])
+    half = (size - 1) / 2
+    cy, cx = center_yx
+    t = np.array([cx, cy]) - a @ np.array([half, half])
+    return np.hstack([a, t[:, None]])
+
+
+def sample_patch(ps: PreparedSample, rng: np.random.Generator, cfg: AugmentConfig):
+    """One augmented patch: image ``(C, P, P)`` float32 and ``{task: (P, P) int64 or None}``."""
+    h, w = ps.shape
+    p = cfg.patch_size
+    if ps.labelled_yx.size and rng.random() < cfg.labelled_fraction:
+        cy, cx = ps.labelled_yx[rng.integers(len(ps.labelled_yx))]
+        cy += rng.integers(-p // 4, p // 4 + 1)
+        cx += rng.integers(-p // 4, p // 4 + 1)
+    else:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    m = _affine((float(cy), float(cx)), p, rng, cfg)
+    flags = cv2.WARP_INVERSE_MAP
+    img = cv2.warpAffine(ps.image, m, (p, p), flags=flags | cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    if img.ndim == 2:
+        img = img[..., None]
+    if cfg.intensity > 0:
+        a = cfg.intensity
+        gain = 1 + rng.uniform(-a, a)
+        bias = rng.uniform(-a, a)
+        img = img * np.float32(gain) + np.float32(bias)
+    targets = {}
+    for t, v in ps.targets.items():
+        if v is None:
+            targets[t] = None
+            continue
+        warped = cv2.warpAffine(
+            v, m, (p, p), flags=flags | cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE
+        )
+        targets[t] = warped
+    return np.ascontiguousarray(np.moveaxis(img, -1, 0)), targets
+
+
+class PatchSampler:
+    """Endless random batches from prepared samples.
+
+    Images are drawn with probability proportional to the square root of their area, so large
+    images are seen more often without drowning out small ones.
+    """
+
+    def __init__(self, samples: list[PreparedSample], cfg: AugmentConfig, seed: int = 0) -> None:
+        if not samples:
+            raise ValueError("No labelled images to train on: annotate at least one image.")
+        self.samples = samples
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        areas = np.array([np.sqrt(s.shape[0] * s.shape[1]) for s in samples], float)
+        self.weights = areas / areas.sum()
+
+    def batch(self, batch_size: int, tasks: tuple[str, ...]):
+        """Return ``image (B, C, P, P)`` float32 tensor and ``{task: (B, P, P) int64 tensor}``
+        with ``-1`` at ignored pixels and for images not labelled for a task."""
+        idx = self.rng.choice(len(self.samples), size=batch_size, p=self.weights)
+        imgs, tgts = [], {t: [] for t in tasks}
+        p = self.cfg.patch_size
+        for i in idx:
+            img, targets = sample_patch(self.samples[i], self.rng, self.cfg)
+            imgs.append(img)
+            for t in tasks:
+                v = targets.get(t)
+                tgts[t].append(np.full((p, p), IGNORE, np.int16) if v is None else v)
+        image = torch.from_numpy(np.stack(imgs))
+        return image, {t: torch.from_numpy(np.stack(v).astype(np.int64)) for t, v in tgts.items()}

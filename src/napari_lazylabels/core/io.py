@@ -1,0 +1,376 @@
+"""Reading and writing images, label maps and lazy-label dataset folders, atomically.
+
+A dataset folder, read and written by the CLI and by the napari plugin::
+
+    DATASET/
+        lazylabels.json          {"format": "napari-lazylabels dataset", "version": 1,
+                                  "classes": {"names": [...], "colors": [...]}}
+        images/<stem>.<ext>      png, tif/tiff, jpg; 2D gray or RGB, 8/16-bit or float
+        detection/<stem>.png     task 1 map (optional per image)
+        separation/<stem>.png    task 2 map (optional per image)
+        segmentation/<stem>.png  task 3 map (optional per image)
+
+Label maps are 8- or 16-bit PNG (TIFF is read too); ``0`` = not annotated (see
+:mod:`napari_lazylabels.core.labels`). An image without a map for task k is not in that task's
+loss. Every write goes to a temporary file in the destination folder that then replaces the
+target (:func:`atomic_write_bytes`), so a crash never leaves a half-written annotation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .labels import (
+    DETECTION,
+    SEGMENTATION,
+    SEPARATION,
+    SEPARATION_CLASSES,
+    TASKS,
+    ClassSpec,
+    validate_label_map,
+)
+
+log = logging.getLogger(__name__)
+
+DATASET_FILE = "lazylabels.json"
+DATASET_FORMAT = "napari-lazylabels dataset"
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+LABEL_SUFFIXES = (".png", ".tif", ".tiff")
+MIN_IMAGE_SIDE = 8
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + replace).
+
+    The parent folder is created if needed. Readers see either the old or the new file,
+    never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- images
+def as_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate a 2D image and return it as ``(H, W)`` or ``(H, W, 3)``.
+
+    Accepts gray ``(H, W)``, RGB ``(H, W, 3)`` and RGBA ``(H, W, 4)`` (alpha dropped), of
+    integer or float dtype. ``(H, W, 1)`` is squeezed.
+
+    Raises:
+        ValueError: with what to do, for stacks, channel-first arrays, tiny or empty images,
+            complex or boolean data and non-finite values.
+    """
+    image = np.asarray(image)
+    if image.dtype.kind not in "uif":
+        raise ValueError(
+            f"The {what} has dtype {image.dtype}; use an 8- or 16-bit integer or a float image."
+        )
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (3, 4):
+        raise ValueError(
+            f"The {what} has shape {image.shape}, which looks channel-first; pass (H, W) for "
+            "gray or (H, W, 3) for RGB, e.g. np.moveaxis(image, 0, -1)."
+        )
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(
+            f"The {what} has shape {image.shape}; expected a 2D image (H, W) or (H, W, 3). "
+            "Split stacks and multi-channel images into 2D images first."
+        )
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"The {what} is {h}x{w} pixels; images must be at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}."
+        )
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise ValueError(f"The {what} contains NaN or infinite values; replace them first.")
+    return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``(H, W)`` or ``(H, W, 3)`` (RGB order), keeping its dtype."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such image file: {path}")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = tifffile.imread(path)
+    else:
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ValueError(f"Could not read {path}: not an image, or a corrupt file.")
+        if arr.ndim == 3 and arr.shape[-1] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        elif arr.ndim == 3 and arr.shape[-1] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+    return as_image(arr, what=f"image {path.name}")
+
+
+def _encode(arr: np.ndarray, suffix: str) -> bytes:
+    if suffix in (".tif", ".tiff"):
+        import io as _io
+
+        import tifffile
+
+        buf = _io.BytesIO()
+        tifffile.imwrite(buf, arr, compression="zlib")
+        return buf.getvalue()
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(suffix, arr)
+    if not ok:
+        raise ValueError(f"Could not encode an array of {arr.dtype} {arr.shape} as {suffix}.")
+    return buf.tobytes()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an image atomically. PNG for 8/16-bit; float images go to ``.tif``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if image.dtype.kind == "f" and suffix not in (".tif", ".tiff"):
+        raise ValueError(f"Float images cannot be stored as {suffix}; use a .tif path.")
+    return atomic_write_bytes(path, _encode(np.ascontiguousarray(image), suffix))
+
+
+def write_label(path: str | os.PathLike, label: np.ndarray) -> Path:
+    """Write a label map as 8- or 16-bit PNG (or TIFF if ``path`` says so), atomically."""
+    label = np.asarray(label)
+    if label.size and label.max() > np.iinfo(np.uint16).max:
+        raise ValueError("Label maps are limited to 65535 values.")
+    dtype = np.uint8 if (label.size == 0 or label.max() < 256) else np.uint16
+    return write_image(path, label.astype(dtype, copy=False))
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map written by :func:`write_label` as a 2D integer array."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = tifffile.imread(path)
+    else:
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError(f"Could not read label map {path}: not an image, or a corrupt file.")
+    if arr.ndim == 3:
+        raise ValueError(
+            f"Label map {path} has {arr.shape[-1]} channels; label maps are single-channel."
+        )
+    return arr
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class Sample:
+    """One 2D image with any subset of the three lazy label maps.
+
+    Attributes:
+        name: file stem, unique within a dataset.
+        image: ``(H, W)`` or ``(H, W, 3)`` array.
+        detection, separation, segmentation: ``(H, W)`` maps or ``None`` (task not labelled).
+    """
+
+    name: str
+    image: np.ndarray
+    detection: np.ndarray | None = None
+    separation: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.image.shape[:2])
+
+    def label(self, task: str) -> np.ndarray | None:
+        return getattr(self, task)
+
+    def tasks(self) -> tuple[str, ...]:
+        """Tasks this image is labelled for (a map with at least one non-zero pixel)."""
+        return tuple(t for t in TASKS if self.label(t) is not None and np.any(self.label(t)))
+
+
+@dataclass
+class LazyDataset:
+    """Images with lazy labels and the project's classes."""
+
+    classes: ClassSpec = field(default_factory=ClassSpec)
+    samples: list[Sample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    def summary(self) -> dict[str, int]:
+        """Number of images labelled for each task."""
+        return {t: sum(t in s.tasks() for s in self.samples) for t in TASKS}
+
+    def validate(self) -> None:
+        """Check every sample against the classes; raise ``ValueError`` saying what is wrong."""
+        seen = set()
+        for s in self.samples:
+            if s.name in seen:
+                raise ValueError(f"Two images are named {s.name!r}; names must be unique.")
+            seen.add(s.name)
+            s.image = as_image(s.image, what=f"image {s.name}")
+            for task in TASKS:
+                lab = s.label(task)
+                if lab is None:
+                    continue
+                n = len(SEPARATION_CLASSES) if task == SEPARATION else self.classes.n_classes
+                setattr(s, task, validate_label_map(lab, s.shape, n, f"{task} map of {s.name}"))
+
+
+def _find(folder: Path, stem: str, suffixes: Iterable[str]) -> Path | None:
+    for suf in suffixes:
+        for cand in (folder / f"{stem}{suf}", folder / f"{stem}{suf.upper()}"):
+            if cand.exists():
+                return cand
+    return None
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a dataset folder (has ``lazylabels.json`` or an ``images/`` folder)."""
+    p = Path(path)
+    return p.is_dir() and ((p / DATASET_FILE).exists() or (p / "images").is_dir())
+
+
+def read_classes(path: str | os.PathLike) -> ClassSpec:
+    """Classes of a dataset folder; the default ``(background, object)`` if it has no JSON."""
+    meta = Path(path) / DATASET_FILE
+    if not meta.exists():
+        return ClassSpec()
+    try:
+        d = json.loads(meta.read_text())
+        return ClassSpec.from_dict(d["classes"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{meta} is not a valid dataset description ({e}). It should look like "
+            '{"classes": {"names": ["background", "nucleus"]}}.'
+        ) from e
+
+
+def load_dataset(path: str | os.PathLike) -> LazyDataset:
+    """Read a dataset folder (see module docstring).
+
+    Raises:
+        FileNotFoundError: no such folder or no ``images/`` in it.
+        ValueError: a label map that does not fit its image or the classes.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No dataset folder at {root}.")
+    img_dir = root / "images"
+    if not img_dir.is_dir():
+        raise FileNotFoundError(
+            f"{root} has no images/ folder. A dataset folder holds images/ and any of "
+            "detection/, separation/, segmentation/ with matching file names; "
+            "`lazylabels simulate` makes one from ground-truth masks."
+        )
+    classes = read_classes(root)
+    samples = []
+    for img_path in sorted(img_dir.iterdir()):
+        if img_path.suffix.lower() not in IMAGE_SUFFIXES or img_path.name.startswith("."):
+            continue
+        stem = img_path.stem
+        labels = {}
+        for task in TASKS:
+            lp = _find(root / task, stem, LABEL_SUFFIXES)
+            labels[task] = read_label(lp) if lp is not None else None
+        samples.append(Sample(name=stem, image=read_image(img_path), **labels))
+    if not samples:
+        raise FileNotFoundError(f"{img_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    ds = LazyDataset(classes=classes, samples=samples)
+    ds.validate()
+    log.info("Loaded %d images from %s: %s", len(ds), root, ds.summary())
+    return ds
+
+
+def save_dataset(dataset: LazyDataset, path: str | os.PathLike, write_images: bool = True) -> Path:
+    """Write a dataset folder atomically, file by file.
+
+    Label maps that are ``None`` or all zero are removed from disk (the image is then not
+    labelled for that task). Images are written as PNG (TIFF for float images) unless an image
+    file with that stem is already there.
+    """
+    root = Path(path)
+    dataset.validate()
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        root / DATASET_FILE,
+        {"format": DATASET_FORMAT, "version": 1, "classes": dataset.classes.to_dict()},
+    )
+    for s in dataset.samples:
+        if write_images and _find(root / "images", s.name, IMAGE_SUFFIXES) is None:
+            suffix = ".tif" if s.image.dtype.kind == "f" else ".png"
+            write_image(root / "images" / f"{s.name}{suffix}", s.image)
+        for task in (DETECTION, SEPARATION, SEGMENTATION):
+            lab = s.label(task)
+            existing = _find(root / task, s.name, LABEL_SUFFIXES)
+            if lab is None or not np.any(lab):
+                if existing is not None:
+                    existing.unlink()
+                continue
+            target = root / task / f"{s.name}.png"
+            write_label(target, lab)
+            if existing is not None and existing != target:
+                existing.unlink()
+    log.info("Saved %d images to %s", len(dataset), root)
+    return root
+
+
+def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (and dataset folders, via ``images/``) into image files."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            d = p / "images" if (p / "images").is_dir() else p
+            out += sorted(
+                f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            )
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"No such image file or folder: {p}")
+    if not out:
+        raise FileNotFoundError("No images found in " + ", ".join(map(str, paths)))
+    return out

@@ -1,0 +1,181 @@
+"""Lazy label conventions: the three label maps, their values and the two label modes.
+
+Every label map is a 2D integer array of the image's height and width.
+
+* ``0`` means *not annotated*, in every map. Unannotated pixels never enter the loss in
+  ``ignore`` mode (the default).
+* Values ``v >= 1`` name class ``v - 1`` of the task's class list. Class 0 is always the
+  background, which is therefore an explicit class the user paints (value ``1``).
+
+Tasks (the paper's numbering):
+
+* :data:`DETECTION` (task 1): rough inner marks of objects, per class, boundaries left out;
+  plus background scribbles (value 1).
+* :data:`SEPARATION` (task 2): scribbles on interfaces between touching objects. Its classes
+  are fixed: ``("background", "interface")``, so interface scribbles have value ``2``. Value
+  ``1`` marks pixels the user asserts are *not* interfaces.
+* :data:`SEGMENTATION` (task 3): exact masks, usually for a few images only.
+
+Label modes:
+
+* ``"ignore"``: pixels left at 0 are ignored by the loss. For separation, pixels marked in the
+  detection map (inner parts of objects, background scribbles) are known not to be interfaces
+  and count as separation background.
+* ``"paper"``: as in Ke et al., every pixel not marked in an image's detection (or separation)
+  map counts as background for that task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DETECTION = "detection"
+SEPARATION = "separation"
+SEGMENTATION = "segmentation"
+TASKS: tuple[str, str, str] = (DETECTION, SEPARATION, SEGMENTATION)
+"""The three tasks, in the paper's order (task 1, 2, 3)."""
+
+UNLABELLED = 0
+BACKGROUND = 1
+INTERFACE = 2
+SEPARATION_CLASSES: tuple[str, str] = ("background", "interface")
+
+LABEL_MODES = ("ignore", "paper")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """The classes of a project: class 0 is the background.
+
+    Args:
+        names: class names, background first, e.g. ``("background", "nucleus")``.
+        colors: optional ``#rrggbb`` colour per class, for the viewer.
+    """
+
+    names: tuple[str, ...] = ("background", "object")
+    colors: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = tuple(str(n) for n in self.names)
+        if len(names) < 2:
+            raise ValueError(
+                f"A project needs the background and at least one object class, got {names!r}. "
+                "Add a class name, e.g. ('background', 'nucleus')."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"Class names must be unique, got {names!r}.")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "colors", tuple(str(c) for c in self.colors))
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes including the background."""
+        return len(self.names)
+
+    def value_of(self, name: str) -> int:
+        """Label value painted for class ``name`` (class index + 1)."""
+        return self.names.index(name) + 1
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "colors": list(self.colors)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassSpec:
+        return cls(names=tuple(d["names"]), colors=tuple(d.get("colors", ())))
+
+
+def n_task_classes(task: str, n_classes: int) -> int:
+    """Number of output classes of ``task`` for a project with ``n_classes`` classes."""
+    if task == SEPARATION:
+        return len(SEPARATION_CLASSES)
+    if task in (DETECTION, SEGMENTATION):
+        return n_classes
+    raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
+
+
+def validate_label_map(label: np.ndarray, shape: tuple[int, int], n_values: int, what: str) -> np.ndarray:
+    """Check a label map and return it as ``uint8`` or ``uint16``.
+
+    Args:
+        label: ``(H, W)`` integer array.
+        shape: the image's ``(H, W)``.
+        n_values: largest allowed value (number of classes of the task).
+        what: name used in error messages, e.g. ``"detection map of img_01"``.
+
+    Raises:
+        ValueError: wrong shape, non-integer dtype, negative or too large values.
+    """
+    label = np.asarray(label)
+    if label.ndim == 3 and label.shape[-1] in (3, 4) and label.shape[:2] == tuple(shape):
+        raise ValueError(
+            f"The {what} is an RGB image {label.shape}; label maps must be single-channel "
+            "integer images where 0 = not annotated and v >= 1 = class v - 1."
+        )
+    if label.shape != tuple(shape):
+        raise ValueError(
+            f"The {what} has shape {label.shape} but its image is {tuple(shape)} (H, W); "
+            "label maps must match their image's height and width."
+        )
+    if label.dtype.kind == "b":
+        label = label.astype(np.uint8)
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
+            raise ValueError(f"The {what} has non-integer values; label maps hold integers.")
+        label = label.astype(np.int64)
+    if label.dtype.kind not in "iu":
+        raise ValueError(f"The {what} has dtype {label.dtype}; label maps hold integers.")
+    if label.size and label.min() < 0:
+        raise ValueError(f"The {what} has negative values; 0 = not annotated, v >= 1 = class v - 1.")
+    if label.size and label.max() > n_values:
+        raise ValueError(
+            f"The {what} has value {int(label.max())} but the task has only {n_values} classes "
+            f"(values 1..{n_values}; 0 = not annotated). Add the class to the project or repaint."
+        )
+    return label.astype(np.uint8 if n_values < 256 else np.uint16, copy=False)
+
+
+def training_targets(
+    detection: np.ndarray | None,
+    separation: np.ndarray | None,
+    segmentation: np.ndarray | None,
+    mode: str = "ignore",
+) -> dict[str, np.ndarray | None]:
+    """Turn stored label maps into per-task training targets.
+
+    Targets hold class indices (``label - 1``) and ``-1`` where the loss ignores the pixel;
+    a task whose map is ``None`` gets ``None`` (the image is not in that task's loss).
+
+    Args:
+        detection: ``(H, W)`` task-1 map or ``None``.
+        separation: ``(H, W)`` task-2 map or ``None``.
+        segmentation: ``(H, W)`` task-3 map or ``None``.
+        mode: ``"ignore"`` or ``"paper"`` (see module docstring).
+
+    Returns:
+        ``{task: (H, W) int64 array or None}``.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"Unknown label mode {mode!r}; use one of {LABEL_MODES}.")
+    out: dict[str, np.ndarray | None] = {}
+    for task, lab in ((DETECTION, detection), (SEGMENTATION, segmentation)):
+        if lab is None:
+            out[task] = None
+            continue
+        t = lab.astype(np.int64) - 1
+        if mode == "paper" and task == DETECTION:
+            t[lab == UNLABELLED] = BACKGROUND - 1
+        out[task] = t
+    if separation is None:
+        out[SEPARATION] = None
+    else:
+        t = separation.astype(np.int64) - 1
+        if mode == "paper":
+            t[separation == UNLABELLED] = BACKGROUND - 1
+        elif detection is not None:
+            # Inner object marks and background scribbles are known not to be interfaces.
+            known_not = (separation == UNLABELLED) & (detection != UNLABELLED)
+            t[known_not] = BACKGROUND - 1
+        out[SEPARATION] = t
+    return out

@@ -1,0 +1,74 @@
+"""The multi-task loss of eq. (5): a sum over tasks of alpha_k times a masked cross entropy.
+
+Targets hold class indices with ``-1`` at pixels the loss ignores (not annotated, or outside
+the image after augmentation). An image not labelled for task k has only ``-1`` in its task-k
+target, so it does not enter that task's term: the indicator of eq. (5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .labels import DETECTION, SEGMENTATION, SEPARATION
+
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0}
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross entropy over the pixels whose target is not ``-1``.
+
+    Args:
+        logits: ``(B, K, H, W)``.
+        target: ``(B, H, W)`` int64 class indices, ``-1`` = ignore.
+
+    Returns:
+        ``(loss, n_pixels)``; the loss is ``0`` (with a gradient path) when no pixel counts.
+    """
+    n = int((target >= 0).sum())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    loss = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum") / n
+    return loss, n
+
+
+def multitask_loss(
+    outputs: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. (5): ``sum_k alpha_k * CE_k`` over the tasks that have outputs and targets.
+
+    Each task's cross entropy is averaged over that task's annotated pixels in the batch, so
+    a task with sparse scribbles weighs as much as one with dense masks (the alpha_k then set
+    the balance).
+
+    Args:
+        outputs: ``{task: (B, K_task, H, W)}`` logits.
+        targets: ``{task: (B, H, W)}`` int64, ``-1`` = ignore.
+        weights: ``{task: alpha_k}``; missing tasks weigh 1.
+
+    Returns:
+        ``(total loss, {task: float loss})`` - tasks without annotated pixels are left out
+        of the dict.
+    """
+    weights = {**DEFAULT_TASK_WEIGHTS, **(weights or {})}
+    total = None
+    parts: dict[str, float] = {}
+    for task, logits in outputs.items():
+        target = targets.get(task)
+        if target is None:
+            continue
+        loss, n = masked_cross_entropy(logits, target)
+        term = weights.get(task, 1.0) * loss
+        total = term if total is None else total + term
+        if n:
+            parts[task] = float(loss.detach())
+    if total is None:
+        raise ValueError(
+            "None of the model's tasks has targets: "
+            f"model predicts {sorted(outputs)}, labels exist for {sorted(targets)}."
+        )
+    return total, parts

@@ -1,0 +1,291 @@
+"""The multi-task U-net of Ke et al. (section 3.2, eq. 6) and a plain single-task U-net.
+
+Both share one contracting path: ``len(widths)`` resolution levels, each two blocks of
+3x3 convolution + BatchNorm + LeakyReLU(0.01), with 2x2 max-pooling between levels.
+
+The multi-task expansive path has one multi-task block per level. With ``x`` the detection
+path, ``z`` the segmentation path, ``y`` the separation path and ``c`` the skip connection::
+
+    x_{l+1}   = F_l(up(x_l), c_l)                 detection (task 1)
+    z_{l+1/2} = F_l(up(z_l), c_l)                 segmentation shares F_l's weights (task 3)
+    z_{l+1}   = z_{l+1/2} + R_l(z_{l+1/2})        plus a residual sub-block
+    y_{l+1}   = G_l(up(y_l), z_{l+1})             separation (task 2) fed by segmentation
+
+``up`` is bilinear up-sampling by 2. A 1x1 convolution head per task gives logits; the
+softmax is applied by the loss and by prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .labels import DETECTION, SEGMENTATION, SEPARATION, TASKS, n_task_classes
+
+log = logging.getLogger(__name__)
+
+MODEL_SIZES: dict[str, tuple[int, ...]] = {
+    "tiny": (8, 16, 32, 64),
+    "small": (16, 32, 64, 128, 256),
+    "medium": (32, 64, 128, 256, 512),
+    "paper": (32, 64, 128, 256, 512, 1024),
+}
+"""Named model sizes: the channel widths per level (the depth is their number)."""
+
+CPU_DEFAULT_SIZE = "small"
+GPU_DEFAULT_SIZE = "paper"
+ARCHITECTURES = ("multitask", "unet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; saved with every checkpoint.
+
+    Args:
+        in_channels: 1 (gray) or 3 (RGB).
+        n_classes: number of classes including the background (detection/segmentation).
+        widths: channels per level, e.g. ``(16, 32, 64, 128, 256)``; depth = ``len(widths)``.
+        size: the name of ``widths`` in :data:`MODEL_SIZES`, or ``"custom"``.
+        architecture: ``"multitask"`` (the paper's network) or ``"unet"`` (single task).
+        tasks: tasks the network predicts; a ``"unet"`` predicts one task.
+        norm_percentiles: per-image intensity normalisation: these percentiles map to 0 and 1.
+        negative_slope: LeakyReLU slope (paper: 0.01).
+    """
+
+    in_channels: int = 1
+    n_classes: int = 2
+    widths: tuple[int, ...] = MODEL_SIZES[CPU_DEFAULT_SIZE]
+    size: str = CPU_DEFAULT_SIZE
+    architecture: str = "multitask"
+    tasks: tuple[str, ...] = TASKS
+    norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    negative_slope: float = 0.01
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "norm_percentiles", tuple(float(p) for p in self.norm_percentiles))
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (gray) or 3 (RGB), got {self.in_channels}.")
+        if self.n_classes < 2:
+            raise ValueError("n_classes counts the background too and must be >= 2.")
+        if len(self.widths) < 2 or min(self.widths) < 1:
+            raise ValueError(f"widths needs at least 2 positive levels, got {self.widths}.")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}.")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}.")
+        if self.architecture == "unet" and len(self.tasks) != 1:
+            raise ValueError("A single-task 'unet' predicts exactly one task.")
+        lo, hi = self.norm_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"norm_percentiles must satisfy 0 <= low < high <= 100, got {lo, hi}.")
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    @property
+    def divisor(self) -> int:
+        """Input sizes are padded to a multiple of this."""
+        return 2 ** (self.depth - 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["tasks"] = list(self.tasks)
+        d["norm_percentiles"] = list(self.norm_percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def named(cls, size: str, **kwargs) -> ModelConfig:
+        """A config of a named size (see :data:`MODEL_SIZES`)."""
+        if size not in MODEL_SIZES:
+            raise ValueError(f"Unknown model size {size!r}; choose one of {list(MODEL_SIZES)}.")
+        return cls(widths=MODEL_SIZES[size], size=size, **kwargs)
+
+
+def default_size(device: torch.device | str) -> str:
+    """The default model size for a device: the paper's on a GPU, a smaller one on a CPU."""
+    return CPU_DEFAULT_SIZE if torch.device(device).type == "cpu" else GPU_DEFAULT_SIZE
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then the CPU; other names are checked to exist."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA GPU is available; use device='cpu' or 'auto'.")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ValueError("MPS was requested but is not available; use device='cpu' or 'auto'.")
+    return dev
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it helps: CUDA with bf16 support, and CPUs (about 3x measured here)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16
+    return None
+
+
+# --------------------------------------------------------------------------- building blocks
+class ConvBlock(nn.Sequential):
+    """3x3 convolution + BatchNorm + LeakyReLU: one grey block of the paper's Fig. 2."""
+
+    def __init__(self, cin: int, cout: int, slope: float) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.LeakyReLU(slope, inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, slope: float) -> None:
+        super().__init__(ConvBlock(cin, cout, slope), ConvBlock(cout, cout, slope))
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class Encoder(nn.Module):
+    """Contracting path. Input ``(B, C, H, W)`` with H, W multiples of ``2**(depth-1)``;
+    returns the ``depth`` feature maps, finest first."""
+
+    def __init__(self, cin: int, widths: tuple[int, ...], slope: float) -> None:
+        super().__init__()
+        chans = (cin, *widths)
+        self.levels = nn.ModuleList(DoubleConv(a, b, slope) for a, b in zip(chans[:-1], chans[1:]))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, level in enumerate(self.levels):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = level(x)
+            feats.append(x)
+        return feats
+
+
+class MultiTaskBlock(nn.Module):
+    """One multi-task block (eq. 6): shared ``F``, segmentation residual ``R``, separation ``G``."""
+
+    def __init__(self, cin: int, cskip: int, cout: int, slope: float, separation: bool) -> None:
+        super().__init__()
+        self.shared = DoubleConv(cin + cskip, cout, slope)
+        self.residual = DoubleConv(cout, cout, slope)
+        self.separation = DoubleConv(cin + cout, cout, slope) if separation else None
+
+    def forward(self, x, z, y, skip, same_xz: bool):
+        if same_xz:  # first block: x_0 == z_0 (both are the bottleneck), compute F once
+            x = z = self.shared(torch.cat([_up(x), skip], 1))
+        else:  # run the shared weights on detection and segmentation as one batch
+            b = x.shape[0]
+            xz = self.shared(torch.cat([_up(torch.cat([x, z], 0)), torch.cat([skip, skip], 0)], 1))
+            x, z = xz[:b], xz[b:]
+        z = z + self.residual(z)
+        if self.separation is not None:
+            y = self.separation(torch.cat([_up(y), z], 1))
+        return x, z, y
+
+
+def _pad_to(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+class MultiTaskUNet(nn.Module):
+    """The paper's multi-task U-net.
+
+    Args:
+        config: a :class:`ModelConfig` with ``architecture="multitask"``.
+
+    Shapes:
+        input ``(B, in_channels, H, W)``, any H, W >= 1 (padded internally, output cropped);
+        output ``{"detection": (B, n_classes, H, W), "separation": (B, 2, H, W),
+        "segmentation": (B, n_classes, H, W)}`` logits, for the tasks in ``config.tasks``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, s = config.widths, config.negative_slope
+        self.encoder = Encoder(config.in_channels, w, s)
+        want_sep = SEPARATION in config.tasks
+        self.blocks = nn.ModuleList(
+            MultiTaskBlock(w[i + 1], w[i], w[i], s, want_sep) for i in reversed(range(len(w) - 1))
+        )
+        self.heads = nn.ModuleDict(
+            {t: nn.Conv2d(w[0], n_task_classes(t, config.n_classes), 1) for t in config.tasks}
+        )
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, (h, w) = _pad_to(image, self.config.divisor)
+        feats = self.encoder(x)
+        det = seg = sep = feats[-1]
+        for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]))):
+            det, seg, sep = block(det, seg, sep, skip, same_xz=i == 0)
+        paths = {DETECTION: det, SEGMENTATION: seg, SEPARATION: sep}
+        return {t: head(paths[t])[..., :h, :w] for t, head in self.heads.items()}
+
+
+class UNet(nn.Module):
+    """A plain single-task U-net with the same contracting path (the paper's baseline).
+
+    Shapes:
+        input ``(B, in_channels, H, W)``; output ``{task: (B, n_task_classes, H, W)}`` logits.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, s = config.widths, config.negative_slope
+        self.encoder = Encoder(config.in_channels, w, s)
+        self.decoder = nn.ModuleList(
+            DoubleConv(w[i + 1] + w[i], w[i], s) for i in reversed(range(len(w) - 1))
+        )
+        (task,) = config.tasks
+        self.task = task
+        self.head = nn.Conv2d(w[0], n_task_classes(task, config.n_classes), 1)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, (h, w) = _pad_to(image, self.config.divisor)
+        feats = self.encoder(x)
+        x = feats[-1]
+        for block, skip in zip(self.decoder, reversed(feats[:-1])):
+            x = block(torch.cat([_up(x), skip], 1))
+        return {self.task: self.head(x)[..., :h, :w]}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the network a config describes."""
+    return MultiTaskUNet(config) if config.architecture == "multitask" else UNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,446 @@
+"""Training: Adam on random augmented patches, the multi-task loss, validation, checkpoints.
+
+The loop is a generator, :func:`train_iter`, that yields small :class:`TrainEvent` objects
+after every step, validation and checkpoint. A GUI runs it in a worker thread and stops it at
+the next yield; :func:`fit` runs it to the end with a tqdm-like ``progress`` and a
+``should_stop`` callable. Budgets are counted in iterations, seconds, or both (whichever ends
+first). Stopping early still writes ``latest.pt`` and keeps ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt_mod
+from .data import AugmentConfig, PatchSampler, PreparedSample
+from .io import LazyDataset, Sample
+from .labels import DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
+from .losses import multitask_loss
+from .model import ModelConfig, autocast_dtype, build_model, count_parameters, default_size, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Args:
+        iterations: optimiser steps to run in this call (``None``: only ``time_budget``).
+        time_budget: wall-clock seconds for this call (``None``: only ``iterations``).
+        batch_size: patches per step (paper: 16).
+        learning_rate: Adam's learning rate (paper: 2e-4).
+        lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 5% over the budget).
+        task_weights: alpha_k of eq. (5) per task.
+        label_mode: ``"ignore"`` (unannotated pixels are ignored) or ``"paper"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+        amp: bf16 autocast where it helps (CUDA, CPU).
+        channels_last: channels-last memory format (faster with bf16 on CPU and GPU).
+        augment: patch sampling and augmentation.
+        val_fraction: share of images held out for validation when no validation set is given
+            (only when at least 5 images are labelled; otherwise validation uses the training
+            images' own labels).
+        val_every: validate every this many iterations (and at the end).
+        seed: seeds the sampler, the split and torch.
+        num_threads: torch CPU threads (``None``: torch's default).
+    """
+
+    iterations: int | None = 1000
+    time_budget: float | None = None
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    lr_schedule: str = "constant"
+    task_weights: dict = field(default_factory=lambda: {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0})
+    label_mode: str = "ignore"
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_fraction: float = 0.1
+    val_every: int = 200
+    seed: int = 0
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.iterations is None and self.time_budget is None:
+            raise ValueError("Give an iteration budget, a time budget, or both.")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError("iterations must be >= 1.")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError("time_budget must be > 0 seconds.")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1.")
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be 'constant' or 'cosine'.")
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["augment"] = asdict(self.augment)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        d = {k: v for k, v in d.items() if k in known}
+        if "augment" in d and isinstance(d["augment"], dict):
+            aug = d["augment"]
+            d["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        return cls(**d)
+
+
+@dataclass
+class TrainEvent:
+    """One thing that happened in training, yielded by :func:`train_iter`.
+
+    ``kind`` is ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"`` or ``"done"``.
+    """
+
+    kind: str
+    iteration: int
+    total: int | None
+    elapsed: float
+    loss: float | None = None
+    parts: dict | None = None
+    lr: float | None = None
+    patches_per_s: float | None = None
+    metrics: dict | None = None
+    path: Path | None = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    best: Path
+    latest: Path
+    iteration: int
+    best_metric: float | None
+    history: dict
+    stopped: bool
+
+
+def infer_model_config(dataset: LazyDataset, device: torch.device, size: str | None = None, **kwargs) -> ModelConfig:
+    """A model config that fits a dataset: channels from its images, classes from its class
+    list, tasks from the labels it has (a task nobody labelled is not trained), size from the
+    device unless given."""
+    channels = {1 if s.image.ndim == 2 else 3 for s in dataset}
+    rgb = any(
+        s.image.ndim == 3 and not (np.array_equal(s.image[..., 0], s.image[..., 1]) and np.array_equal(s.image[..., 0], s.image[..., 2]))
+        for s in dataset
+    )
+    in_channels = 3 if rgb else 1
+    if channels == {3} and not rgb:
+        log.info("RGB images with equal channels: training a grayscale model.")
+    have = dataset.summary()
+    tasks = tuple(t for t in TASKS if have[t] > 0)
+    if not tasks:
+        raise ValueError(
+            "No image carries any annotation. Draw detection marks (task 1) on at least one image, "
+            "including a few background scribbles (label 1)."
+        )
+    architecture = kwargs.pop("architecture", "multitask")
+    if architecture == "unet" and "tasks" not in kwargs:
+        kwargs["tasks"] = (SEGMENTATION,) if SEGMENTATION in tasks else (DETECTION,)
+    kwargs.setdefault("tasks", tasks)
+    return ModelConfig.named(
+        size or default_size(device),
+        in_channels=in_channels,
+        n_classes=dataset.classes.n_classes,
+        architecture=architecture,
+        **kwargs,
+    )
+
+
+def _split(dataset: LazyDataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    labelled = [s for s in dataset if s.tasks()]
+    if len(labelled) < 5 or cfg.val_fraction <= 0:
+        return labelled, []
+    rng = np.random.default_rng(cfg.seed)
+    strong = [s for s in labelled if SEGMENTATION in s.tasks()]
+    # Never hold out the few exact masks: they are what the segmentation task learns from.
+    pool = [s for s in labelled if s not in strong] if len(strong) <= 3 else labelled
+    n_val = min(len(pool) - 1, max(1, round(cfg.val_fraction * len(labelled))))
+    if n_val < 1:
+        return labelled, []
+    val_names = {pool[i].name for i in rng.permutation(len(pool))[:n_val]}
+    return [s for s in labelled if s.name not in val_names], [s for s in labelled if s.name in val_names]
+
+
+def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> float:
+    """Mean dice over foreground classes on a sample's annotated pixels.
+
+    Uses the exact masks when the sample has them (then it is the paper's dice), otherwise the
+    detection marks and background scribbles.
+    """
+    ref = sample.segmentation if sample.segmentation is not None and np.any(sample.segmentation) else sample.detection
+    if ref is None:
+        return float("nan")
+    m = ref > 0
+    truth = ref[m].astype(np.int64) - 1
+    pred = classes[m].astype(np.int64)
+    scores = []
+    for c in range(1, n_classes):
+        t, p = truth == c, pred == c
+        denom = t.sum() + p.sum()
+        if t.sum() == 0:
+            continue
+        scores.append(2.0 * np.logical_and(t, p).sum() / denom)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _validate(model, model_config, samples, device) -> dict:
+    from .predict import PredictConfig, Predictor
+
+    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4))
+    scores = []
+    for s in samples:
+        pred = predictor.predict(s.image, instances=False)
+        scores.append(validation_score(pred.classes, s, model_config.n_classes))
+    model.train()
+    valid = [x for x in scores if not math.isnan(x)]
+    return {"dice": float(np.mean(valid)) if valid else float("nan"), "n": len(valid)}
+
+
+def train_iter(
+    dataset: LazyDataset,
+    out_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    validation: list[Sample] | None = None,
+    size: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[TrainEvent]:
+    """Train a model on a dataset, yielding :class:`TrainEvent` as it goes.
+
+    Args:
+        dataset: images with lazy labels (any subset of tasks per image).
+        out_dir: model folder; gets ``best.pt``, ``latest.pt``, ``config.json``, ``history.json``.
+        model_config: the network; inferred from the dataset and device when ``None``.
+        train_config: budget and hyper-parameters.
+        resume: a checkpoint or model folder to continue from (weights, optimiser, iteration).
+        validation: held-out samples (e.g. with exact masks) to pick the best checkpoint;
+            when ``None`` a split is made by ``train_config.val_fraction``.
+        size: model size name when ``model_config`` is inferred.
+        should_stop: called every step; training ends cleanly when it returns True.
+
+    Yields:
+        events; the last one has ``kind == "done"`` and ``path`` = the best checkpoint.
+    """
+    cfg = train_config or TrainConfig()
+    out_dir = Path(out_dir)
+    dataset.validate()
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+
+    start_iteration, opt_state, history = 0, None, {"steps": [], "validation": []}
+    best_metric: float | None = None
+    init_state = None
+    if resume is not None:
+        ck = ckpt_mod.load_checkpoint(resume)
+        if model_config is not None and model_config != ck.model_config:
+            raise ValueError("The model config differs from the checkpoint's; resume without a config.")
+        if ck.classes.names != dataset.classes.names:
+            raise ValueError(
+                f"The checkpoint was trained for classes {ck.classes.names}, the dataset has "
+                f"{dataset.classes.names}. Train a new model, or use the same class list."
+            )
+        model_config, init_state, opt_state = ck.model_config, ck.state_dict, ck.optimizer
+        start_iteration = ck.iteration
+        best_metric = ck.metrics.get("best_metric")
+        history = ckpt_mod.read_history(Path(resume) if Path(resume).is_dir() else Path(resume).parent) or history
+    if model_config is None:
+        model_config = infer_model_config(dataset, device, size)
+
+    train_samples, val_samples = _split(dataset, cfg)
+    if validation is not None:
+        val_samples = list(validation)
+    if not val_samples:
+        val_samples = [s for s in train_samples][:8]
+        log.info("No held-out images: validation scores the training images' own labels.")
+    prepared = [
+        PreparedSample(s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks)
+        for s in train_samples
+    ]
+    prepared = [p for p in prepared if p.tasks]
+    if not prepared:
+        raise ValueError(
+            f"No training image is labelled for the model's tasks {model_config.tasks}. Annotate "
+            "detection marks (and background scribbles) on at least one image."
+        )
+    sampler = PatchSampler(prepared, cfg.augment, seed=cfg.seed + start_iteration)
+
+    model = build_model(model_config)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.learning_rate
+    amp_dtype = autocast_dtype(device) if cfg.amp else None
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    log.info(
+        "Training %s (%s, %d parameters) on %s: %d train / %d validation images, tasks %s",
+        model_config.architecture, model_config.size, count_parameters(model), device,
+        len(prepared), len(val_samples), model_config.tasks,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_dict = {**cfg.to_dict(), "train_images": [p.name for p in prepared], "val_images": [s.name for s in val_samples]}
+
+    def save(name: str, iteration: int, metrics: dict) -> Path:
+        p = ckpt_mod.save_checkpoint(
+            out_dir / name, model, model_config, dataset.classes, optimizer, iteration,
+            train_dict, {**metrics, "best_metric": best_metric}, cfg.seed,
+        )
+        ckpt_mod.write_history(out_dir, history)
+        return p
+
+    t0 = time.perf_counter()
+    total = cfg.iterations
+    def validate(iteration: int) -> Iterator[TrainEvent]:
+        nonlocal best_metric
+        metrics = _validate(model, model_config, val_samples, device)
+        history["validation"].append([iteration, metrics["dice"]])
+        yield TrainEvent("validation", iteration, total, time.perf_counter() - t0, metrics=metrics)
+        score = metrics["dice"]
+        if best_metric is None or (not math.isnan(score) and score > best_metric):
+            best_metric = None if math.isnan(score) else score
+            p = save(ckpt_mod.BEST, iteration, metrics)
+            yield TrainEvent("checkpoint", iteration, total, time.perf_counter() - t0, path=p, metrics=metrics)
+
+    yield TrainEvent("start", start_iteration, total, 0.0, message=f"{device}, {count_parameters(model)} parameters")
+    it = 0
+    stopped = False
+    last_val_it = None
+    ema = None
+    while True:
+        elapsed = time.perf_counter() - t0
+        if cfg.iterations is not None and it >= cfg.iterations:
+            break
+        if cfg.time_budget is not None and elapsed >= cfg.time_budget:
+            break
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        frac = max(
+            it / cfg.iterations if cfg.iterations else 0.0,
+            elapsed / cfg.time_budget if cfg.time_budget else 0.0,
+        )
+        lr = cfg.learning_rate
+        if cfg.lr_schedule == "cosine":
+            lr = cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        ts = time.perf_counter()
+        image, targets = sampler.batch(cfg.batch_size, model_config.tasks)
+        image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
+        with autocast():
+            outputs = model(image)
+        loss, parts = multitask_loss(outputs, targets, cfg.task_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        it += 1
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(
+                f"The loss became {lv} at iteration {start_iteration + it}; lower the learning rate."
+            )
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        step_time = time.perf_counter() - ts
+        history["steps"].append([start_iteration + it, round(lv, 5)])
+        yield TrainEvent(
+            "step", start_iteration + it, total and start_iteration + total, time.perf_counter() - t0,
+            loss=lv, parts=parts, lr=lr, patches_per_s=cfg.batch_size / max(step_time, 1e-9),
+        )
+        if cfg.val_every and it % cfg.val_every == 0:
+            last_val_it = it
+            yield from validate(start_iteration + it)
+
+    if it > 0 and last_val_it != it:
+        yield from validate(start_iteration + it)
+    final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
+    latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
+    best = out_dir / ckpt_mod.BEST
+    if not best.exists():
+        best = save(ckpt_mod.BEST, start_iteration + it, final_metrics)
+    result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped)
+    yield TrainEvent(
+        "done", start_iteration + it, total, time.perf_counter() - t0, path=best,
+        metrics={"best_metric": best_metric, "stopped": stopped}, message="stopped" if stopped else "finished",
+    )
+    return result
+
+
+def fit(
+    dataset: LazyDataset,
+    out_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    validation: list[Sample] | None = None,
+    size: str | None = None,
+    progress=None,
+    should_stop: Callable[[], bool] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
+) -> TrainResult:
+    """Train to the end of the budget (or until ``should_stop()``), see :func:`train_iter`.
+
+    Args:
+        progress: a tqdm-like object (``update(n)``, ``set_postfix(**kw)``, optional
+            ``total``); steps are reported to it.
+        on_event: called with every :class:`TrainEvent`.
+
+    Returns:
+        a :class:`TrainResult` with the checkpoint paths and the loss history.
+    """
+    gen = train_iter(dataset, out_dir, model_config, train_config, resume, validation, size, should_stop)
+    result = None
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if on_event is not None:
+            on_event(ev)
+        if progress is not None:
+            if ev.kind == "step":
+                progress.update(1)
+                with contextlib.suppress(Exception):
+                    progress.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+            elif ev.kind == "validation":
+                with contextlib.suppress(Exception):
+                    progress.set_postfix(val_dice=f"{ev.metrics['dice']:.3f}", refresh=False)
+    return result
+
+
+def train_config_with(cfg: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``cfg`` with fields changed (frozen dataclasses are replaced, never mutated)."""
+    return replace(cfg, **changes)
