@@ -64,8 +64,8 @@ def versions() -> dict:
 
     return {
         "napari_lazylabels": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
         "python": platform.python_version(),
     }
 

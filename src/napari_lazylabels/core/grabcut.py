@@ -88,7 +88,7 @@ class GrabCutConfig:
     margin_fraction: float = 0.75
     iterations: int = 5
     probable_radius: int = 2
-    probable_fraction: float = 0.1
+    probable_fraction: float = 0.25
     border_background: bool = True
     keep_connected: bool = True
     fill_holes: bool = True

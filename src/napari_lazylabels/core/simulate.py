@@ -219,9 +219,7 @@ def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cell: int = 
 
 
 # --------------------------------------------------------------------------- task 1
-def _object_marks(
-    inst: np.ndarray, rng: np.random.Generator, cfg: SimulationConfig
-) -> np.ndarray:
+def _object_marks(inst: np.ndarray, rng: np.random.Generator, cfg: SimulationConfig) -> np.ndarray:
     """Inner marks of the detected objects, ``(H, W)`` bool."""
     n = int(inst.max())
     # Per-object draws for every id 1..n, so each object's draws do not depend on the others.
@@ -257,7 +255,9 @@ def _object_marks(
     use_scribble = scribble & marked
     strokes = np.zeros(inst.shape, bool)
     if use_scribble.any():
-        skel = skeletonize(interior & use_scribble[inst]) & (dist >= gap[inst])
+        # Spurs of the medial axis run into corners: keep its deeper part only.
+        deep = np.clip(0.5 * shrink * maxd, gap, maxd).astype(np.float32)
+        skel = skeletonize(interior & use_scribble[inst]) & (dist >= deep[inst])
         if skel.any():
             d_sk, (iy, ix) = ndimage.distance_transform_edt(~skel, return_indices=True)
             strokes = (
@@ -465,10 +465,16 @@ def simulate_folder(
     }
     stems = [s for s in sorted(masks) if io._find(img_dir, s, io.IMAGE_SUFFIXES) is not None]
     if len(stems) < len(masks):
-        log.warning("%d masks in %s have no image in %s; skipped.", len(masks) - len(stems),
-                    mask_dir, img_dir)
+        log.warning(
+            "%d masks in %s have no image in %s; skipped.",
+            len(masks) - len(stems),
+            mask_dir,
+            img_dir,
+        )
     if not stems:
-        raise FileNotFoundError(f"No mask in {mask_dir} has an image with the same stem in {img_dir}.")
+        raise FileNotFoundError(
+            f"No mask in {mask_dir} has an image with the same stem in {img_dir}."
+        )
 
     n = len(stems)
     n_strong = min(n, max(1, round(frac * n))) if frac > 0 else 0

@@ -1,0 +1,1 @@
+"""napari dock widgets of napari-lazylabels (Qt side; the engine is in ``core``)."""

@@ -1,0 +1,297 @@
+"""Lazy annotation dock widget: the class list, the three task Labels layers, a table of
+which images (stack slices) are annotated for which task, and project save/load."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.labels import DETECTION, INTERFACE, SEGMENTATION, SEPARATION, TASKS, ClassSpec
+from . import _layers
+from ._common import LayerCombo, notify_errors, show_info
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BRUSH = 8
+
+
+def parse_classes(text: str) -> ClassSpec:
+    """``"background, nucleus, cell"`` (optionally ``name:#rrggbb``) -> :class:`ClassSpec`."""
+    names, colors = [], []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, color = part.partition(":")
+        names.append(name.strip())
+        colors.append(color.strip())
+    if names and names[0].lower() not in ("background", "bg"):
+        names.insert(0, "background")
+        colors.insert(0, "")
+    if not any(colors):
+        colors = []
+    return ClassSpec(names=tuple(names), colors=tuple(colors))
+
+
+def format_classes(classes: ClassSpec) -> str:
+    return ", ".join(
+        f"{n}:{classes.colors[i]}" if i < len(classes.colors) and classes.colors[i] else n
+        for i, n in enumerate(classes.names)
+    )
+
+
+class AnnotationWidget(QWidget):
+    """Set up and track lazy annotations of one image layer (2D, RGB or a stack)."""
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._watched: list = []
+        self.image_combo = LayerCombo(napari_viewer, "Image")
+        self.image_combo.currentTextChanged.connect(self._image_changed)
+        self.classes_edit = QLineEdit("background, object")
+        self.classes_edit.setToolTip(
+            "Comma-separated class names, background first (label value 1); optional colours "
+            "as name:#rrggbb. Object class i is painted with label value i + 1."
+        )
+        self.brush = QSpinBox()
+        self.brush.setRange(1, 200)
+        self.brush.setValue(DEFAULT_BRUSH)
+        self.brush.valueChanged.connect(self._set_brush)
+        self.create_btn = QPushButton("Create / update label layers")
+        self.create_btn.clicked.connect(self.create_layers)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["detection", "separation", "segmentation"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setMinimumHeight(120)
+        self.table.cellDoubleClicked.connect(self._goto_row)
+        self.project = QLineEdit()
+        self.project.setPlaceholderText("dataset folder")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse)
+        prow = QHBoxLayout()
+        prow.addWidget(self.project)
+        prow.addWidget(browse)
+        self.save_btn = QPushButton("Save project")
+        self.load_btn = QPushButton("Load project")
+        self.save_btn.clicked.connect(lambda: self.save_project())
+        self.load_btn.clicked.connect(lambda: self.load_project())
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self.refresh_table)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("classes", self.classes_edit)
+        form.addRow("brush size", self.brush)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.create_btn)
+        lay.addWidget(self.legend)
+        lay.addWidget(QLabel("annotated (double-click a row to go there)"))
+        lay.addWidget(self.table)
+        lay.addLayout(prow)
+        row = QHBoxLayout()
+        row.addWidget(self.save_btn)
+        row.addWidget(self.load_btn)
+        lay.addLayout(row)
+        lay.addStretch(1)
+        napari_viewer.layers.events.inserted.connect(lambda *_: self._timer.start())
+        napari_viewer.layers.events.removed.connect(lambda *_: self._timer.start())
+        self._image_changed()
+
+    # ------------------------------------------------------------------ state
+    def image_layer(self):
+        return self.image_combo.layer()
+
+    def task_layers(self) -> dict:
+        layer = self.image_layer()
+        if layer is None:
+            return {t: None for t in TASKS}
+        return _layers.find_task_layers(self.viewer.layers, layer)
+
+    def classes(self) -> ClassSpec:
+        return parse_classes(self.classes_edit.text())
+
+    def _image_changed(self, *_) -> None:
+        layer = self.image_layer()
+        if layer is not None:
+            found = _layers.classes_of(layer, *self.task_layers().values())
+            if found is not None:
+                self.classes_edit.setText(format_classes(found))
+            src = layer.metadata.get(_layers.META, {}).get("source")
+            if src and not self.project.text():
+                self.project.setText(str(src))
+        self._watch()
+        self.refresh_table()
+        self._update_legend()
+
+    def _watch(self) -> None:
+        for ly in self._watched:
+            try:
+                ly.events.paint.disconnect(self._timer.start)
+                ly.events.data.disconnect(self._timer.start)
+            except (TypeError, RuntimeError, ValueError):
+                pass
+        self._watched = [ly for ly in self.task_layers().values() if ly is not None]
+        for ly in self._watched:
+            ly.events.paint.connect(self._timer.start)
+            ly.events.data.connect(self._timer.start)
+
+    def _update_legend(self) -> None:
+        try:
+            classes = self.classes()
+        except ValueError as e:
+            self.legend.setText(str(e))
+            return
+        colors = _layers.class_colors(classes)
+        parts = [f"<span style='color:{c}'>■</span> {i + 1} = {n}" for i, (n, c) in enumerate(zip(classes.names, colors, strict=False))]
+        self.legend.setText(
+            "detection / segmentation labels: " + ", ".join(parts)
+            + f"<br>separation: 1 = not an interface, {INTERFACE} = interface"
+        )
+
+    # ------------------------------------------------------------------ layers
+    @notify_errors
+    def create_layers(self, *_) -> dict:
+        """Create the missing task Labels layers (or update their classes and colours)."""
+        layer = self.image_layer()
+        if layer is None:
+            raise ValueError("Open an image first (File > Open), then create the label layers.")
+        classes = self.classes()
+        _layers.label_shape(layer)  # raises for unsupported shapes
+        layer.metadata.setdefault(_layers.META, {})["classes"] = classes.to_dict()
+        tasks = self.task_layers()
+        others = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and ly is not layer
+                  and not ly.metadata.get(_layers.META, {}).get("prediction")]
+        for task in TASKS:
+            ly = tasks[task]
+            if ly is None:
+                name = _layers.task_layer_name(task)
+                if name in self.viewer.layers or others:
+                    name = _layers.task_layer_name(task, layer.name)
+                kwargs = _layers.labels_layer_kwargs(task, layer.name, classes, name)
+                ly = self.viewer.add_labels(_layers.empty_labels(layer), **kwargs)
+                ly.selected_label = 2  # first object class / the interface label
+                tasks[task] = ly
+            else:
+                from napari.utils.colormaps import DirectLabelColormap
+
+                ly.colormap = DirectLabelColormap(color_dict=_layers.task_colormap(task, classes))
+                ly.metadata.setdefault(_layers.META, {}).update(
+                    {"task": task, "image": layer.name, "classes": classes.to_dict()}
+                )
+            ly.brush_size = self.brush.value()
+        det = tasks[DETECTION]
+        self.viewer.layers.selection.active = det
+        det.mode = "paint"
+        self._watch()
+        self.refresh_table()
+        self._update_legend()
+        return tasks
+
+    def _set_brush(self, value: int) -> None:
+        for ly in self.task_layers().values():
+            if ly is not None:
+                ly.brush_size = value
+
+    # ------------------------------------------------------------------ table
+    def refresh_table(self) -> None:
+        """Re-count which images / slices carry labels for each task."""
+        layer = self.image_layer()
+        if layer is None:
+            self.table.setRowCount(0)
+            return
+        try:
+            rows = _layers.annotation_table(layer, self.task_layers())
+        except ValueError:
+            self.table.setRowCount(0)
+            return
+        self.table.setRowCount(len(rows))
+        self.table.setVerticalHeaderLabels([name for name, _ in rows])
+        for r, (_, status) in enumerate(rows):
+            for c, task in enumerate(TASKS):
+                item = QTableWidgetItem("✓" if status[task] else "")
+                self.table.setItem(r, c, item)
+
+    def table_status(self) -> list[tuple[str, dict]]:
+        """The table's content as ``[(name, {task: bool})]``."""
+        out = []
+        for r in range(self.table.rowCount()):
+            name = self.table.verticalHeaderItem(r).text()
+            out.append((name, {t: self.table.item(r, c).text() == "✓" for c, t in enumerate(TASKS)}))
+        return out
+
+    def _goto_row(self, row: int, _col: int) -> None:
+        layer = self.image_layer()
+        if layer is not None and len(_layers.label_shape(layer)) == 3:
+            step = list(self.viewer.dims.current_step)
+            step[self.viewer.dims.ndim - layer.ndim] = row
+            self.viewer.dims.current_step = tuple(step)
+
+    # ------------------------------------------------------------------ project
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Dataset folder")
+        if path:
+            self.project.setText(path)
+
+    @notify_errors
+    def save_project(self, path: str | None = None) -> Path:
+        """Save the image and its labels to a dataset folder (atomic writes)."""
+        from ..core.io import save_dataset
+
+        path = path or self.project.text().strip()
+        if not path:
+            raise ValueError("Choose a dataset folder to save into (…).")
+        layer = self.image_layer()
+        if layer is None:
+            raise ValueError("There is no image to save.")
+        dataset = _layers.layers_to_dataset(layer, self.task_layers(), self.classes())
+        root = save_dataset(dataset, path)
+        meta = layer.metadata.setdefault(_layers.META, {})
+        meta["names"] = dataset.names()
+        meta["source"] = str(root)
+        self.project.setText(str(root))
+        show_info(f"Saved {len(dataset)} image(s) with lazy labels to {root}.")
+        return root
+
+    @notify_errors
+    def load_project(self, path: str | None = None) -> list:
+        """Open a dataset folder: its images and label layers (updated in place if present)."""
+        from ..core.io import load_dataset
+
+        path = path or self.project.text().strip()
+        if not path:
+            raise ValueError("Choose a dataset folder to load (…).")
+        dataset = load_dataset(path)
+        layers = _layers.upsert_layers(self.viewer, _layers.dataset_to_layer_data(dataset, source=str(path)))
+        self.project.setText(str(path))
+        image = next(ly for ly in layers if ly.__class__.__name__ == "Image")
+        self.image_combo.refresh()
+        self.image_combo.setCurrentText(image.name)
+        self.classes_edit.setText(format_classes(dataset.classes))
+        self._image_changed()
+        return layers
+
+
+__all__ = ["AnnotationWidget", "parse_classes", "DETECTION", "SEPARATION", "SEGMENTATION"]

@@ -1,0 +1,127 @@
+"""GrabCut refine dock widget: detection marks of the current image -> exact masks.
+
+The refinement (:func:`napari_lazylabels.core.grabcut.refine_iter`) runs in a napari
+``thread_worker``; its result is written into the segmentation Labels layer as one ordinary,
+undoable edit (:func:`_layers.set_labels_plane`, through ``Labels.data_setitem``), so
+Ctrl+Z on the layer restores the previous masks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ..core.labels import DETECTION, SEGMENTATION
+from . import _layers
+from ._common import LayerCombo, notify_errors, show_error, show_info
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("all objects", "objects in view", "selected label")
+
+
+def _refine_worker_fn(image, detection, existing, region, label_value):
+    from ..core.grabcut import refine_iter
+
+    return (yield from refine_iter(image, detection, existing=existing, region=region, label_value=label_value))
+
+
+class GrabCutWidget(QWidget):
+    """Refine the detection marks of the shown image into segmentation masks with GrabCut."""
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_changed = 0
+        self.image_combo = LayerCombo(napari_viewer, "Image")
+        self.scope = QComboBox()
+        self.scope.addItems(SCOPES)
+        self.scope.setToolTip(
+            "all objects: every mark of the shown image; objects in view: marks visible in the "
+            "canvas; selected label: marks of the detection layer's selected label (class)."
+        )
+        self.run_btn = QPushButton("Refine")
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        self.run_btn.clicked.connect(self.run)
+        self.stop_btn.clicked.connect(self.stop)
+        self.status = QLabel("Marks of the detection layer become masks in the segmentation layer (undo with Ctrl+Z).")
+        self.status.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("refine", self.scope)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.run_btn)
+        row.addWidget(self.stop_btn)
+        lay.addLayout(row)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+    @notify_errors
+    def run(self, *_) -> None:
+        """Start the refinement of the shown image plane."""
+        if self.worker is not None:
+            show_info("GrabCut is already running.")
+            return
+        from napari.qt.threading import thread_worker
+
+        layer = self.image_combo.layer()
+        if layer is None:
+            raise ValueError("Open an image first (File > Open), then paint detection marks.")
+        tasks = _layers.find_task_layers(self.viewer.layers, layer)
+        det = tasks[DETECTION]
+        if det is None:
+            raise ValueError(
+                f"'{layer.name}' has no detection layer. Create the label layers in the Lazy "
+                "annotation widget and paint a mark inside each object."
+            )
+        seg = tasks[SEGMENTATION]
+        if seg is None:
+            classes = _layers.classes_of(layer, det)
+            from ..core.labels import ClassSpec
+
+            kwargs = _layers.labels_layer_kwargs(SEGMENTATION, layer.name, classes or ClassSpec())
+            seg = self.viewer.add_labels(_layers.empty_labels(layer), **kwargs)
+        idx = _layers.current_index(self.viewer, layer)
+        scope = self.scope.currentText()
+        region = _layers.view_region(self.viewer, layer) if scope == "objects in view" else None
+        label_value = int(det.selected_label) if scope == "selected label" else None
+        image = _layers.image_plane(layer, idx)
+        detection = _layers.label_plane(det, idx).copy()
+        existing = _layers.label_plane(seg, idx).copy()
+
+        worker = thread_worker(_refine_worker_fn, start_thread=False)(image, detection, existing, region, label_value)
+        worker.yielded.connect(lambda p: self.status.setText(f"GrabCut: {p[0]}/{p[1]} objects"))
+        worker.returned.connect(lambda result: self._apply(seg, idx, result))
+        worker.errored.connect(lambda e: show_error(f"GrabCut failed: {e}"))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.run_btn.setEnabled(False)
+        self.stop_btn.setEnabled(True)
+        worker.start()
+
+    def _apply(self, seg, idx, result) -> None:
+        if result is None:
+            return
+        try:
+            self.last_changed = _layers.set_labels_plane(seg, idx, result)
+        except Exception as e:  # noqa: BLE001
+            show_error(f"Could not write the masks: {e}")
+            return
+        self.status.setText(f"GrabCut changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it).")
+
+    def stop(self, *_) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.run_btn.setEnabled(True)
+        self.stop_btn.setEnabled(False)

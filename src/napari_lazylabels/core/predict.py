@@ -1,0 +1,895 @@
+"""Whole-image prediction: Gaussian-blended sliding windows, class maps and instances.
+
+Inference follows Ke et al. (section 4.1): the network sees ``tile x tile`` patches (256 by
+default) that overlap; each patch's softmax probabilities are weighted by a Gaussian centred
+on the patch (pixels near a patch's border are harder to classify) and the weighted patches
+are averaged into whole-image probability maps.
+
+Memory stays bounded for very large images (e.g. 16k x 16k):
+
+* :func:`sliding_window` walks the tiles row by row and keeps only a rolling *band* of
+  accumulators (weighted sums and the weight sum, float32) for the image rows that can still
+  receive tiles: about ``tile + stride * (rows spanned by one batch)`` rows of the image's
+  width. When rows become final they are divided by their weight and written into the
+  ``outputs`` arrays, which may be ``np.memmap`` files the caller preallocated.
+* The input may be a lazy tile source (:class:`TileSource`); :class:`Predictor` normalises
+  huge images tile by tile, so no float copy of the whole image is ever made.
+* :func:`predict_file` writes float maps of large images to memory-mapped temporary files and
+  streams them into tiled TIFFs.
+
+What is *not* bounded: the input image itself, the class map (1-2 bytes per pixel), the
+instance map (4 bytes per pixel) and the temporaries of :func:`instances_from_prediction`
+(about 6 bytes per pixel, the watershed only runs on one connected component at a time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import model as model_lib
+from .data import normalize, percentiles, to_channels
+from .io import as_image, read_image, write_image, write_label
+from .labels import DETECTION, SEGMENTATION, SEPARATION
+from .model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+"""A batch of tiles ``(B, C, P, P)`` float32 to ``{name: (B, K, P, P)}`` per-pixel outputs."""
+
+PROBABILITIES = "probabilities"
+INTERFACES = "interfaces"
+DETECTION_OUT = "detection"
+
+EAGER_NORMALIZE_BYTES = 256 * 2**20
+"""Images whose normalised float32 copy is at most this big are normalised once up front;
+larger ones are normalised tile by tile while windowing."""
+
+LARGE_IMAGE_PIXELS = 50_000_000
+"""Above this many pixels :func:`predict_file` keeps float maps in memory-mapped files."""
+
+
+class PredictionCancelled(RuntimeError):
+    """Raised when ``should_stop()`` returned True during a prediction."""
+
+
+# --------------------------------------------------------------------------- geometry
+def gaussian_importance_map(
+    patch_size: tuple[int, int], sigma_scale: float = 0.125, min_weight: float = 1e-3
+) -> np.ndarray:
+    """Gaussian weight of each pixel of a patch, for blending overlapping patches.
+
+    Args:
+        patch_size: ``(P_h, P_w)``.
+        sigma_scale: standard deviation as a fraction of the patch side.
+        min_weight: lower clamp, so that every pixel gets some weight (patch borders at
+            the image border are the only predictions there).
+
+    Returns:
+        ``(P_h, P_w)`` float32, centred on the patch, maximum exactly 1, symmetric under
+        flips, every value ``>= min_weight``.
+    """
+    axes = []
+    for n in patch_size:
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"patch_size must be positive, got {patch_size}.")
+        sigma = max(sigma_scale * n, 1e-6)
+        r = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        g = np.exp(-0.5 * (r / sigma) ** 2)
+        g = (g + g[::-1]) / 2  # exactly symmetric
+        axes.append(g)
+    w = np.outer(axes[0], axes[1])
+    w /= w.max()
+    return np.maximum(w, min_weight).astype(np.float32)
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)``.
+
+    Neighbouring tiles overlap by about ``overlap * tile`` pixels (the stride is
+    ``round(tile * (1 - overlap))``, at least 1); the last tile ends flush with ``length``.
+    A single tile (start 0) when ``length <= tile``.
+    """
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}.")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}.")
+    if length <= tile:
+        return [0]
+    stride = max(1, int(round(tile * (1 - overlap))))
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+# --------------------------------------------------------------------------- tile sources
+@runtime_checkable
+class TileSource(Protocol):
+    """A lazily read ``(C, H, W)`` float32 image.
+
+    ``read(y0, y1, x0, x1)`` returns ``(C, y1 - y0, x1 - x0)`` float32 for a region inside
+    the image.
+    """
+
+    shape: tuple[int, int, int]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray: ...
+
+
+class ArraySource:
+    """A :class:`TileSource` over an in-memory (or memory-mapped) ``(C, H, W)`` array."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        if array.ndim != 3:
+            raise ValueError(f"Expected a (C, H, W) image, got shape {array.shape}.")
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.asarray(self.array[:, y0:y1, x0:x1], dtype=np.float32)
+
+
+class NormalizedSource:
+    """A :class:`TileSource` that normalises a raw ``(H, W[, 3])`` image tile by tile.
+
+    Args:
+        image: the raw image, any dtype (not copied).
+        in_channels: channels the model expects.
+        value_range: ``(lo, hi)`` intensities mapped to 0 and 1 (from the whole image).
+    """
+
+    def __init__(
+        self, image: np.ndarray, in_channels: int, value_range: tuple[float, float]
+    ) -> None:
+        self.image = image
+        self.in_channels = in_channels
+        self.value_range = value_range
+        self.shape = (in_channels, int(image.shape[0]), int(image.shape[1]))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return normalize(self.image[y0:y1, x0:x1], self.in_channels, value_range=self.value_range)
+
+
+def _as_source(image) -> TileSource:
+    if isinstance(image, np.ndarray):
+        return ArraySource(image)
+    if isinstance(image, TileSource):
+        return image
+    raise TypeError(f"Expected a (C, H, W) array or a TileSource, got {type(image).__name__}.")
+
+
+def _pad_tile(arr: np.ndarray, tile: int) -> np.ndarray:
+    """Pad ``(C, h, w)`` at the bottom/right to ``(C, max(h, tile), max(w, tile))``:
+    reflect where the side allows it, replicate otherwise."""
+    _, h, w = arr.shape
+    ph, pw = max(0, tile - h), max(0, tile - w)
+    if not (ph or pw):
+        return arr
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(arr, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+# --------------------------------------------------------------------------- sliding window
+def _batches(ys: Sequence[int], xs: Sequence[int], batch_size: int) -> list[list[tuple[int, int]]]:
+    tiles = [(y, x) for y in ys for x in xs]
+    return [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+
+
+def iter_sliding_window(
+    image: np.ndarray | TileSource,
+    forward: Forward,
+    outputs: dict[str, np.ndarray] | None = None,
+    tile: int = 256,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    sigma_scale: float = 0.125,
+) -> Iterator[tuple[int, int]]:
+    """Generator form of :func:`sliding_window`.
+
+    Yields ``(done_tiles, total_tiles)`` after each batch and *returns* (``StopIteration``
+    value, e.g. via ``result = yield from iter_sliding_window(...)``) the outputs dict.
+    Closing the generator early leaves ``outputs`` partially written.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    src = _as_source(image)
+    _, h, w = src.shape
+    hp, wp = max(h, tile), max(w, tile)  # padded size
+    ys, xs = tile_starts(hp, tile, overlap), tile_starts(wp, tile, overlap)
+    batches = _batches(ys, xs, batch_size)
+    total = len(ys) * len(xs)
+    # Rows [band_y0, band_y0 + cap) are held; a batch needs [first y, last y + tile).
+    cap = min(hp, max(b[-1][0] + tile - b[0][0] for b in batches))
+    weight = gaussian_importance_map((tile, tile), sigma_scale)
+    weight_t: dict[torch.device, torch.Tensor] = {}
+    outputs = {} if outputs is None else outputs
+    views: dict[str, np.ndarray] = {}  # (K, H, W) views of outputs
+    sums: dict[str, np.ndarray] = {}  # (K, cap, wp) weighted sums
+    wsum = np.zeros((cap, wp), np.float32)
+    band_y0 = 0
+    log.debug("sliding window: %dx%d, %d tiles, band of %d rows", h, w, total, cap)
+
+    def flush(upto: int) -> None:
+        """Write rows [band_y0, upto) out and shift the band up."""
+        nonlocal band_y0
+        n = upto - band_y0
+        if n <= 0:
+            return
+        lo, hi = band_y0, min(upto, h)
+        if hi > lo:
+            wrow = wsum[: hi - lo, :w]
+            for name, acc in sums.items():
+                views[name][:, lo:hi] = acc[:, : hi - lo, :w] / wrow
+        keep = cap - n
+        for acc in sums.values():
+            if keep > 0:
+                acc[:, :keep] = acc[:, n:cap]
+            acc[:, max(keep, 0) :] = 0
+        if keep > 0:
+            wsum[:keep] = wsum[n:cap]
+        wsum[max(keep, 0) :] = 0
+        band_y0 = upto
+
+    done = 0
+    for batch in batches:
+        flush(batch[0][0])
+        x_np = np.stack(
+            [_pad_tile(src.read(y, min(y + tile, h), x, min(x + tile, w)), tile) for y, x in batch]
+        )
+        result = forward(torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32)))
+        with torch.inference_mode():
+            weighted = {}
+            for name, t in result.items():
+                if t.ndim != 4 or t.shape[0] != len(batch) or tuple(t.shape[-2:]) != (tile, tile):
+                    raise ValueError(
+                        f"forward returned {name!r} of shape {tuple(t.shape)}; expected "
+                        f"({len(batch)}, K, {tile}, {tile})."
+                    )
+                if t.device not in weight_t:
+                    weight_t[t.device] = torch.from_numpy(weight).to(t.device)
+                weighted[name] = (t.float() * weight_t[t.device]).cpu().numpy()
+        if not sums:  # first batch: allocate accumulators and missing outputs
+            unknown = set(outputs) - set(weighted)
+            if unknown:
+                raise ValueError(
+                    f"outputs has {sorted(unknown)} but forward returns {sorted(weighted)}."
+                )
+            for name, arr in weighted.items():
+                k = arr.shape[1]
+                if name not in outputs:
+                    outputs[name] = np.empty((k, h, w), np.float32)
+                view = outputs[name]
+                if view.ndim == 2:
+                    view = view[None]
+                if tuple(view.shape) != (k, h, w):
+                    raise ValueError(
+                        f"outputs[{name!r}] has shape {outputs[name].shape}; expected {(k, h, w)}."
+                    )
+                views[name] = view
+                sums[name] = np.zeros((k, cap, wp), np.float32)
+        for i, (y, x) in enumerate(batch):
+            r = y - band_y0
+            wsum[r : r + tile, x : x + tile] += weight
+            for name, arr in weighted.items():
+                sums[name][:, r : r + tile, x : x + tile] += arr[i]
+        done += len(batch)
+        yield done, total
+    flush(hp)
+    return outputs
+
+
+def sliding_window(
+    image: np.ndarray | TileSource,
+    forward: Forward,
+    outputs: dict[str, np.ndarray] | None = None,
+    tile: int = 256,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    sigma_scale: float = 0.125,
+) -> dict[str, np.ndarray]:
+    """Gaussian-weighted sliding-window inference over a whole image.
+
+    Args:
+        image: ``(C, H, W)`` float32 array (may be a memmap) or a :class:`TileSource`.
+            Images smaller than ``tile`` are padded (reflect, or replicate when too small)
+            and the outputs cropped back.
+        forward: maps a batch ``(B, C, tile, tile)`` float32 tensor to
+            ``{name: (B, K, tile, tile)}`` tensors (any device and float dtype).
+        outputs: ``{name: (K, H, W)}`` float32 arrays to fill (e.g. preallocated
+            ``np.memmap``; ``(H, W)`` is accepted for ``K == 1``). Missing names are
+            allocated as plain arrays.
+        tile: patch side.
+        overlap: overlap between neighbouring patches, a fraction of ``tile`` in ``[0, 1)``.
+        batch_size: patches per forward call (batches span tile rows).
+        should_stop: checked before the first and after every batch; when it returns True
+            :class:`PredictionCancelled` is raised.
+        progress: called with ``(done_tiles, total_tiles)`` after every batch.
+        sigma_scale: Gaussian sigma as a fraction of ``tile``.
+
+    Returns:
+        ``{name: (K, H, W) float32}``, the weighted average of the patch outputs (the
+        ``outputs`` dict, completed).
+    """
+    if should_stop is not None and should_stop():
+        raise PredictionCancelled("Prediction cancelled.")
+    gen = iter_sliding_window(image, forward, outputs, tile, overlap, batch_size, sigma_scale)
+    return _drive(gen, should_stop, progress)
+
+
+def _drive(gen, should_stop, progress):
+    """Run a progress generator, calling ``progress`` and ``should_stop`` at each event."""
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, tuple) and progress is not None:
+                progress(*event)
+            if should_stop is not None and should_stop():
+                raise PredictionCancelled("Prediction cancelled.")
+    finally:
+        gen.close()
+
+
+# --------------------------------------------------------------------------- instances
+def instances_from_prediction(
+    classes: np.ndarray,
+    interfaces: np.ndarray | None,
+    interface_threshold: float = 0.5,
+    min_size: int = 16,
+    min_seed_size: int | None = None,
+    seed_erosion: int = 0,
+) -> np.ndarray:
+    """Instances from a class map, split at predicted interfaces (the separation task).
+
+    Per object class ``c >= 1`` (objects of different classes are never merged): each
+    connected component of ``classes == c`` is one object, unless it holds two or more
+    *seeds*, the connected parts of the component where ``interfaces < interface_threshold``
+    (optionally eroded by ``seed_erosion`` pixels; seeds below ``min_seed_size`` pixels are
+    dropped). Then a watershed on the interface probability, started from the seeds and
+    masked to the component, gives the interface pixels back to the neighbouring objects.
+    Without ``interfaces``, plain connected components (4-connectivity).
+
+    Args:
+        classes: ``(H, W)`` class indices, 0 = background.
+        interfaces: ``(H, W)`` interface probability or ``None``.
+        interface_threshold: pixels at or above it separate objects.
+        min_size: objects smaller than this (pixels) are removed (set to 0).
+        min_seed_size: smallest seed; default ``max(1, min_size // 4)``.
+        seed_erosion: erode the seeds by this many pixels first.
+
+    Returns:
+        ``(H, W)`` int32, 0 = no object, objects numbered ``1..N`` (class by class).
+    """
+    from skimage.segmentation import watershed
+
+    classes = np.asarray(classes)
+    if classes.ndim != 2:
+        raise ValueError(f"classes must be (H, W), got {classes.shape}.")
+    if interfaces is not None:
+        interfaces = np.asarray(interfaces)
+        if interfaces.ndim == 3 and interfaces.shape[0] == 1:
+            interfaces = interfaces[0]
+        if interfaces.shape != classes.shape:
+            raise ValueError(
+                f"interfaces {interfaces.shape} and classes {classes.shape} differ in shape."
+            )
+    if min_seed_size is None:
+        min_seed_size = max(1, min_size // 4)
+    out = np.zeros(classes.shape, np.int32)
+    next_id = 1
+    n_classes = int(classes.max()) + 1 if classes.size else 0
+    for c in range(1, n_classes):
+        fg = classes == c
+        comp, n = ndimage.label(fg)
+        if n == 0:
+            continue
+        if interfaces is None:
+            sizes = np.bincount(comp.ravel(), minlength=n + 1)
+            keep = sizes >= min_size
+            keep[0] = False
+            lut = np.zeros(n + 1, np.int32)
+            lut[keep] = np.arange(next_id, next_id + int(keep.sum()), dtype=np.int32)
+            next_id += int(keep.sum())
+            np.copyto(out, lut[comp], where=fg)
+            continue
+        # Components without any interface pixel are single objects: label them at once,
+        # and run the per-component watershed only where an interface may split one.
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        crossed = np.zeros(n + 1, bool)
+        crossed[comp[fg & (np.asarray(interfaces) >= interface_threshold)]] = True
+        del fg
+        big = sizes >= min_size
+        big[0] = False
+        simple = big & ~crossed
+        lut = np.zeros(n + 1, np.int32)
+        lut[simple] = np.arange(next_id, next_id + int(simple.sum()), dtype=np.int32)
+        next_id += int(simple.sum())
+        np.copyto(out, lut[comp], where=simple[comp])
+        todo = big & crossed
+        for i, sl in enumerate(ndimage.find_objects(comp), start=1):
+            if sl is None or not todo[i]:
+                continue
+            mask = comp[sl] == i
+            interf = np.asarray(interfaces[sl], dtype=np.float32)
+            seed_mask = mask & (interf < interface_threshold)
+            if seed_erosion > 0:
+                seed_mask = ndimage.binary_erosion(seed_mask, iterations=seed_erosion)
+            seeds, ns = ndimage.label(seed_mask)
+            if ns > 1:
+                seed_sizes = np.bincount(seeds.ravel(), minlength=ns + 1)
+                small = seed_sizes < min_seed_size
+                small[0] = False
+                if small.any():
+                    seeds[small[seeds]] = 0
+                    seeds, ns = ndimage.label(seeds > 0)
+            region = out[sl]
+            if ns <= 1:
+                region[mask] = next_id
+                next_id += 1
+                continue
+            parts = watershed(interf, markers=seeds, mask=mask)
+            sizes = np.bincount(parts.ravel(), minlength=ns + 1)
+            keep = sizes >= min_size
+            keep[0] = False
+            lut = np.zeros(ns + 1, np.int32)
+            lut[keep] = np.arange(next_id, next_id + int(keep.sum()), dtype=np.int32)
+            next_id += int(keep.sum())
+            np.copyto(region, lut[parts], where=mask)
+    return out
+
+
+def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
+    """``argmax`` over the class axis of ``(K, H, W)`` band by band (bounded for memmaps)."""
+    k, h, w = probs.shape
+    dtype = np.uint8 if k <= 256 else np.uint16
+    out = np.empty((h, w), dtype)
+    for y in range(0, h, rows):
+        out[y : y + rows] = np.argmax(probs[:, y : y + rows], axis=0)
+    return out
+
+
+# --------------------------------------------------------------------------- predictor
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to predict.
+
+    Args:
+        tile: patch side (paper: 256).
+        overlap: overlap of neighbouring patches, fraction of ``tile``.
+        batch_size: patches per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        amp: autocast (bf16 where supported, see :func:`model.autocast_dtype`).
+        channels_last: use the channels-last memory format.
+        interface_threshold: interface probability that separates objects.
+        min_object_size: instances smaller than this (pixels) are removed.
+        save_probabilities: :func:`predict_file` also writes the probability maps.
+        keep_detection: also return the detection head's probabilities (multi-task).
+        sigma_scale: Gaussian blending sigma as a fraction of ``tile``.
+    """
+
+    tile: int = 256
+    overlap: float = 0.25
+    batch_size: int = 8
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    interface_threshold: float = 0.5
+    min_object_size: int = 16
+    save_probabilities: bool = True
+    keep_detection: bool = False
+    sigma_scale: float = 0.125
+
+    def __post_init__(self) -> None:
+        if self.tile < 16:
+            raise ValueError(f"tile must be at least 16 pixels, got {self.tile}.")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {self.overlap}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+
+@dataclass
+class Prediction:
+    """A model's prediction for one 2D image.
+
+    Attributes:
+        probabilities: ``(K, H, W)`` float32 softmax of the segmentation head (of the one
+            head of a single-task U-net). May be an ``np.memmap``.
+        classes: ``(H, W)`` uint8 (uint16 for > 256 classes) argmax; 0 = background.
+        interfaces: ``(H, W)`` float32 interface probability, ``None`` without a
+            separation head.
+        instances: ``(H, W)`` int32 instance ids (0 = none), or ``None`` if not computed.
+        detection: ``(K, H, W)`` float32 detection probabilities, or ``None``.
+    """
+
+    probabilities: np.ndarray
+    classes: np.ndarray
+    interfaces: np.ndarray | None = None
+    instances: np.ndarray | None = None
+    detection: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.classes.shape)
+
+
+class Predictor:
+    """Runs a trained network over whole images.
+
+    Args:
+        model: a network from :func:`model.build_model`; it is moved to the device and put
+            in eval mode (call ``model.train()`` again before training it further).
+        config: the model's :class:`ModelConfig`.
+        predict_config: tiling, device and post-processing options.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ModelConfig,
+        predict_config: PredictConfig = PredictConfig(),
+    ) -> None:
+        self.config = config
+        self.predict_config = predict_config
+        self.device = model_lib.resolve_device(predict_config.device)
+        self.amp_dtype = model_lib.autocast_dtype(self.device) if predict_config.amp else None
+        self.model = model.to(self.device).eval()
+        if predict_config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        tasks = config.tasks
+        self.main_task = (
+            SEGMENTATION
+            if SEGMENTATION in tasks
+            else (DETECTION if DETECTION in tasks else tasks[0])
+        )
+        self.has_interfaces = SEPARATION in tasks
+        self.has_detection = (
+            predict_config.keep_detection and DETECTION in tasks and self.main_task != DETECTION
+        )
+
+    # ------------------------------------------------------------------ network
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Probabilities for a batch of normalised tiles.
+
+        Args:
+            x: ``(B, C, P, P)`` float32.
+
+        Returns:
+            ``{"probabilities": (B, K, P, P), "interfaces": (B, 1, P, P) (with a separation
+            head), "detection": (B, K, P, P) (if kept)}`` float32 on the model's device.
+        """
+        x = x.to(self.device, non_blocking=True)
+        if self.predict_config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = (
+            torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode():
+            with amp:
+                logits = self.model(x)
+            out = {PROBABILITIES: torch.softmax(logits[self.main_task].float(), 1)}
+            if self.has_interfaces:
+                out[INTERFACES] = torch.softmax(logits[SEPARATION].float(), 1)[:, 1:2]
+            if self.has_detection:
+                out[DETECTION_OUT] = torch.softmax(logits[DETECTION].float(), 1)
+        return out
+
+    # ------------------------------------------------------------------ input
+    def prepare(self, image: np.ndarray) -> np.ndarray | TileSource:
+        """Validate and normalise an image for the network.
+
+        The intensity range comes from the *whole* image (a strided subsample of about a
+        million pixels); small images are normalised at once, large ones tile by tile.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, 3)``, any dtype.
+
+        Returns:
+            ``(C, H, W)`` float32 array or a lazy :class:`NormalizedSource`.
+
+        Raises:
+            ValueError: an RGB image for a gray model, or an invalid image.
+        """
+        img = as_image(image)
+        c = self.config.in_channels
+        if c == 1 and img.ndim == 3:
+            if not (
+                np.array_equal(img[..., 0], img[..., 1])
+                and np.array_equal(img[..., 0], img[..., 2])
+            ):
+                raise ValueError(
+                    "This model was trained on grayscale images but got an RGB image whose "
+                    "channels differ. Convert the image to grayscale first, or use a model "
+                    "trained on RGB images (in_channels=3)."
+                )
+            img = img[..., 0]
+        h, w = img.shape[:2]
+        step = max(1, int(math.sqrt(h * w / 1_000_000)))
+        sub = to_channels(img[::step, ::step], c)
+        value_range = percentiles(sub, *self.config.norm_percentiles)
+        if c * h * w * 4 <= EAGER_NORMALIZE_BYTES:
+            return normalize(img, c, value_range=value_range)
+        log.info("Normalising a %dx%d image tile by tile (range %s)", h, w, value_range)
+        return NormalizedSource(img, c, value_range)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_iter(
+        self,
+        image: np.ndarray,
+        outputs: dict[str, np.ndarray] | None = None,
+        instances: bool = True,
+    ) -> Iterator[tuple[int, int] | Prediction]:
+        """Predict one image step by step (for a napari ``thread_worker``).
+
+        Protocol: yields ``(done_tiles, total_tiles)`` tuples after every batch of tiles, then
+        yields the :class:`Prediction` as its last item (and also returns it, so a
+        ``GeneratorWorker``'s ``returned`` signal carries it). A consumer can stop at any
+        yield (``worker.quit()``, ``generator.close()``); nothing is left half-written except
+        ``outputs``.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, 3)``.
+            outputs: optional preallocated float32 arrays (e.g. ``np.memmap``):
+                ``"probabilities"`` ``(K, H, W)``, ``"interfaces"`` ``(H, W)``,
+                ``"detection"`` ``(K, H, W)``.
+            instances: also compute instances (:func:`instances_from_prediction`).
+        """
+        pc = self.predict_config
+        src = self.prepare(image)
+        outputs = dict(outputs or {})
+        for name in list(outputs):
+            if (name == INTERFACES and not self.has_interfaces) or (
+                name == DETECTION_OUT and not self.has_detection
+            ):
+                del outputs[name]
+        result = yield from iter_sliding_window(
+            src, self.forward, outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
+        )
+        probs = result[PROBABILITIES]
+        classes = _argmax_rows(probs)
+        interfaces = result.get(INTERFACES)
+        if interfaces is not None and interfaces.ndim == 3:
+            interfaces = interfaces[0]
+        detection = result.get(DETECTION_OUT)
+        if self.main_task == DETECTION:
+            detection = probs
+        inst = None
+        if instances:
+            inst = instances_from_prediction(
+                classes, interfaces, pc.interface_threshold, pc.min_object_size
+            )
+        pred = Prediction(probs, classes, interfaces, inst, detection)
+        yield pred
+        return pred
+
+    def predict(
+        self,
+        image: np.ndarray,
+        outputs: dict[str, np.ndarray] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        instances: bool = True,
+    ) -> Prediction:
+        """Predict one 2D image (see :meth:`predict_iter` for the arguments).
+
+        Args:
+            should_stop: checked between batches; raises :class:`PredictionCancelled`.
+            progress: called with ``(done_tiles, total_tiles)``.
+
+        Returns:
+            the :class:`Prediction`.
+        """
+        if should_stop is not None and should_stop():
+            raise PredictionCancelled("Prediction cancelled.")
+        return _drive(self.predict_iter(image, outputs, instances), should_stop, progress)
+
+    def predict_stack(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        instances: bool = True,
+    ) -> list[Prediction]:
+        """Predict a stack of 2D images slice by slice.
+
+        Args:
+            images: ``(N, H, W)`` or ``(N, H, W, 3)`` array, or a sequence of 2D images.
+            should_stop: checked between batches; raises :class:`PredictionCancelled`.
+            progress: called with ``(done, total)`` tiles over the whole stack (assuming
+                slices of equal size).
+            instances: also compute instances.
+
+        Returns:
+            one :class:`Prediction` per slice.
+        """
+        return list(self.iter_stack(images, should_stop, progress, instances))
+
+    def iter_stack(
+        self, images, should_stop=None, progress=None, instances: bool = True
+    ) -> Iterator[Prediction]:
+        """Like :meth:`predict_stack` but yields each slice's :class:`Prediction` when done."""
+        if isinstance(images, np.ndarray):
+            if images.ndim == 3 and images.shape[-1] in (3, 4):
+                raise ValueError(
+                    f"predict_stack got shape {images.shape}, which looks like one RGB image; "
+                    "use predict() for a single image, or pass (N, H, W[, 3])."
+                )
+            if images.ndim not in (3, 4):
+                raise ValueError(
+                    f"Expected a stack (N, H, W) or (N, H, W, 3), got shape {images.shape}."
+                )
+        n = len(images)
+        for i in range(n):
+            slice_progress = None
+            if progress is not None:
+
+                def slice_progress(done, total, i=i):
+                    progress(i * total + done, n * total)
+
+            yield self.predict(
+                images[i], should_stop=should_stop, progress=slice_progress, instances=instances
+            )
+
+
+# --------------------------------------------------------------------------- files
+def _atomic_tiff(path: Path, arr: np.ndarray, rows: int = 256) -> Path:
+    """Stream ``(H, W)`` or ``(K, H, W)`` float array (e.g. a memmap) into a tiled, zlib
+    compressed TIFF, reading ``rows`` rows at a time; written to a temporary file next to
+    ``path`` that then replaces it."""
+    import tifffile
+
+    shape = tuple(arr.shape)
+    pages = arr[None] if arr.ndim == 2 else arr
+    k, h, w = pages.shape
+
+    def tiles():
+        for p in range(k):
+            for y in range(0, h, rows):
+                strip = np.ascontiguousarray(pages[p, y : y + rows])
+                for x in range(0, w, rows):
+                    yield strip[:, x : x + rows]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=shape,
+            dtype=arr.dtype,
+            tile=(rows, rows),
+            compression="zlib",
+            photometric="minisblack",
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def predict_file(
+    predictor: Predictor,
+    image_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    save_probabilities: bool | None = None,
+    instances: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    large_pixels: int = LARGE_IMAGE_PIXELS,
+) -> dict[str, Path]:
+    """Predict an image file and write the results next to each other in ``out_dir``.
+
+    Files (``<stem>`` is the image's file stem), each written atomically:
+
+    * ``<stem>_classes.png``: class map, 8-bit (16-bit for > 256 classes).
+    * ``<stem>_instances.png`` 16-bit when there are fewer than 65536 instances, else
+      ``<stem>_instances.tif`` (int32).
+    * ``<stem>_interfaces.tif``: float32 interface probability (with a separation head).
+    * ``<stem>_probabilities.tif``: ``(K, H, W)`` float32, if ``save_probabilities``
+      (default: the predictor's ``PredictConfig.save_probabilities``).
+
+    For images above ``large_pixels`` the float maps live in memory-mapped temporary files in
+    ``out_dir`` (removed afterwards) and are streamed into tiled TIFFs, so the float maps
+    never need to fit in RAM; the input image, class and instance maps do.
+
+    Returns:
+        ``{"classes": path, "instances": path, "interfaces": path, "probabilities": path}``
+        for the files written.
+    """
+    image_path, out_dir = Path(image_path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if save_probabilities is None:
+        save_probabilities = predictor.predict_config.save_probabilities
+    stem = image_path.stem
+    image = read_image(image_path)
+    h, w = image.shape[:2]
+    temps: list[Path] = []
+    outputs: dict[str, np.ndarray] = {}
+    written: dict[str, Path] = {}
+    pred = None
+    try:
+        if h * w > large_pixels:
+            cfg = predictor.config
+            k = cfg.n_classes if predictor.main_task != SEPARATION else 2
+
+            def memmap(name: str, shape) -> np.ndarray:
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{stem}_{name}.", suffix=".f32.tmp", dir=out_dir
+                )
+                os.close(fd)
+                temps.append(Path(tmp))
+                return np.memmap(tmp, dtype=np.float32, mode="w+", shape=shape)
+
+            outputs[PROBABILITIES] = memmap(PROBABILITIES, (k, h, w))
+            if predictor.has_interfaces:
+                outputs[INTERFACES] = memmap(INTERFACES, (h, w))
+            log.info(
+                "Large image %s (%dx%d): float maps memory-mapped in %s",
+                image_path.name,
+                h,
+                w,
+                out_dir,
+            )
+        pred = predictor.predict(
+            image, outputs, should_stop=should_stop, progress=progress, instances=instances
+        )
+        written["classes"] = write_label(out_dir / f"{stem}_classes.png", pred.classes)
+        if pred.instances is not None:
+            if int(pred.instances.max(initial=0)) < 65536:
+                written["instances"] = write_image(
+                    out_dir / f"{stem}_instances.png", pred.instances.astype(np.uint16)
+                )
+            else:
+                written["instances"] = write_image(
+                    out_dir / f"{stem}_instances.tif", pred.instances
+                )
+        large = bool(outputs)  # float maps are memmaps: stream them
+        if pred.interfaces is not None:
+            target = out_dir / f"{stem}_interfaces.tif"
+            written["interfaces"] = (
+                _atomic_tiff(target, pred.interfaces)
+                if large
+                else write_image(target, pred.interfaces)
+            )
+        if save_probabilities:
+            # Own streaming writer: pages stay MINISBLACK (a 3-class stack is not RGB).
+            written["probabilities"] = _atomic_tiff(
+                out_dir / f"{stem}_probabilities.tif", pred.probabilities
+            )
+    finally:
+        outputs.clear()  # drop the memmaps before removing their files
+        pred = None
+        for tmp in temps:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # e.g. still mapped on Windows
+                log.warning("Could not remove temporary file %s: %s", tmp, e)
+    log.info("Wrote %s", ", ".join(str(p.name) for p in written.values()))
+    return written

@@ -1,0 +1,128 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_lazylabels.core import io
+from napari_lazylabels.core.labels import ClassSpec, training_targets, validate_label_map
+
+
+def _dataset(rng):
+    img = (rng.random((40, 50)) * 4000).astype(np.uint16)
+    det = np.zeros((40, 50), np.uint8)
+    det[5:10, 5:10] = 2
+    det[30:35, 30:45] = 1
+    sep = np.zeros_like(det)
+    sep[20, 10:20] = 2
+    rgb = (rng.random((30, 20, 3)) * 255).astype(np.uint8)
+    seg = np.ones((30, 20), np.uint8)
+    seg[5:15, 5:15] = 3
+    return io.LazyDataset(
+        ClassSpec(("background", "cell", "debris"), ("#000000", "#ff0000", "#00ff00")),
+        [io.Sample("a", img, detection=det, separation=sep), io.Sample("b", rgb, segmentation=seg)],
+    )
+
+
+def test_dataset_round_trip(tmp_path):
+    ds = _dataset(np.random.default_rng(0))
+    io.save_dataset(ds, tmp_path / "ds")
+    back = io.load_dataset(tmp_path / "ds")
+    assert back.classes == ds.classes
+    assert back.names() == ["a", "b"]
+    for s, t in zip(ds, back):
+        np.testing.assert_array_equal(s.image, t.image)
+        assert s.image.dtype == t.image.dtype
+        for task in ("detection", "separation", "segmentation"):
+            if s.label(task) is None:
+                assert t.label(task) is None
+            else:
+                np.testing.assert_array_equal(s.label(task), t.label(task))
+    assert back.summary() == {"detection": 1, "separation": 1, "segmentation": 1}
+    # clearing a map removes its file: the image leaves that task
+    back[0].separation = np.zeros((40, 50), np.uint8)
+    io.save_dataset(back, tmp_path / "ds")
+    assert not (tmp_path / "ds" / "separation" / "a.png").exists()
+    assert io.load_dataset(tmp_path / "ds")[0].separation is None
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "x.json"
+    io.atomic_write_json(target, {"v": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        io.atomic_write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
+
+
+def test_training_targets_modes():
+    det = np.array([[0, 1, 2]])
+    sep = np.array([[0, 0, 2]])
+    seg = None
+    t = training_targets(det, sep, seg, "ignore")
+    np.testing.assert_array_equal(t["detection"], [[-1, 0, 1]])
+    # detection-marked pixels are known non-interfaces; unmarked ones stay ignored
+    np.testing.assert_array_equal(t["separation"], [[-1, 0, 1]])
+    assert t["segmentation"] is None
+    p = training_targets(det, sep, seg, "paper")
+    np.testing.assert_array_equal(p["detection"], [[0, 0, 1]])
+    np.testing.assert_array_equal(p["separation"], [[0, 0, 1]])
+    with pytest.raises(ValueError, match="label mode"):
+        training_targets(det, sep, seg, "lazy")
+
+
+@pytest.mark.parametrize(
+    "label, match",
+    [
+        (np.zeros((5, 5), np.uint8), "shape"),
+        (np.full((4, 4), 7, np.uint8), "only 3 classes"),
+        (np.full((4, 4), -1, np.int32), "negative"),
+        (np.full((4, 4), 0.5), "non-integer"),
+        (np.zeros((4, 4, 3), np.uint8), "RGB"),
+    ],
+)
+def test_bad_label_maps_explain(label, match):
+    with pytest.raises(ValueError, match=match):
+        validate_label_map(label, (4, 4), 3, "detection map of x")
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((3, 64, 64)), "channel-first"),
+        (np.zeros((4, 4)), "at least"),
+        (np.zeros((5, 64, 64, 3)), "2D image"),
+        (np.full((16, 16), np.nan), "NaN"),
+        (np.zeros((16, 16), complex), "dtype"),
+    ],
+)
+def test_bad_images_explain(image, match):
+    with pytest.raises(ValueError, match=match):
+        io.as_image(image)
+
+
+def test_rgba_and_single_channel_are_accepted():
+    assert io.as_image(np.zeros((16, 16, 4), np.uint8)).shape == (16, 16, 3)
+    assert io.as_image(np.zeros((16, 16, 1), np.uint8)).shape == (16, 16)
+
+
+def test_missing_folder_and_bad_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no images/"):
+        io.load_dataset(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "lazylabels.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid dataset description"):
+        io.read_classes(tmp_path)
+
+
+def test_class_spec_validation():
+    with pytest.raises(ValueError, match="at least one object class"):
+        ClassSpec(("background",))
+    with pytest.raises(ValueError, match="unique"):
+        ClassSpec(("background", "a", "a"))
+    assert ClassSpec(("background", "a")).value_of("a") == 2

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from napari_lazylabels.core.model import (
+    MODEL_SIZES,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    default_size,
+)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (67, 131), (1, 1), (31, 250)])
+@pytest.mark.parametrize("arch", ["multitask", "unet"])
+def test_output_shapes_for_any_input_size(hw, arch):
+    tasks = ("segmentation",) if arch == "unet" else ("detection", "separation", "segmentation")
+    cfg = ModelConfig(in_channels=3, n_classes=4, widths=(4, 8, 16), architecture=arch, tasks=tasks)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *hw))
+    assert set(out) == set(tasks)
+    for task, logits in out.items():
+        k = 2 if task == "separation" else 4
+        assert logits.shape == (2, k, *hw)
+        assert torch.isfinite(logits).all()
+
+
+def test_multitask_block_follows_eq6():
+    """Detection and segmentation share F's weights; segmentation adds a residual R.
+
+    With R's last layer zeroed, z_{l+1} = z_{l+1/2} + R(z_{l+1/2}) reduces to F alone, so the
+    two paths, starting from the same bottleneck, must produce identical features and thus,
+    with identical heads, identical logits.
+    """
+    cfg = ModelConfig(in_channels=1, n_classes=3, widths=(4, 8, 16))
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            last_bn = block.residual[1][1]
+            last_bn.weight.zero_()
+            last_bn.bias.zero_()
+        model.heads["segmentation"].load_state_dict(model.heads["detection"].state_dict())
+        out = model(torch.randn(1, 1, 32, 32))
+    torch.testing.assert_close(out["detection"], out["segmentation"])
+    # ... and the residual really changes the segmentation path when it is not zero
+    model2 = build_model(cfg).eval()
+    model2.heads["segmentation"].load_state_dict(model2.heads["detection"].state_dict())
+    with torch.no_grad():
+        out2 = model2(torch.randn(1, 1, 32, 32))
+    assert not torch.allclose(out2["detection"], out2["segmentation"])
+
+
+def test_paper_architecture_layers():
+    cfg = ModelConfig.named("paper", in_channels=3, n_classes=2)
+    model = build_model(cfg)
+    assert cfg.depth == 6 and cfg.widths[-1] == 1024
+    assert len(model.blocks) == 5
+    acts = [m for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert acts and all(a.negative_slope == 0.01 for a in acts)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # a plain U-net of the same widths has ~31 M parameters (the paper's size)
+    unet = build_model(ModelConfig.named("paper", in_channels=3, architecture="unet", tasks=("segmentation",)))
+    assert 30e6 < count_parameters(unet) < 33e6
+
+
+def test_sizes_and_defaults():
+    assert default_size("cpu") in MODEL_SIZES and default_size("cuda") == "paper"
+    with pytest.raises(ValueError, match="Unknown model size"):
+        ModelConfig.named("huge")
+    with pytest.raises(ValueError, match="in_channels"):
+        ModelConfig(in_channels=2)
+    with pytest.raises(ValueError, match="exactly one task"):
+        ModelConfig(architecture="unet")
+
+
+def test_config_round_trip():
+    cfg = ModelConfig.named("tiny", in_channels=3, n_classes=5, tasks=("detection", "segmentation"))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

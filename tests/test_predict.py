@@ -1,0 +1,276 @@
+"""Tests of whole-image prediction: sliding-window blending, Predictor, instances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_lazylabels.core.labels import DETECTION, SEGMENTATION
+from napari_lazylabels.core.model import ModelConfig, build_model
+from napari_lazylabels.core.predict import (
+    PredictConfig,
+    Prediction,
+    PredictionCancelled,
+    Predictor,
+    gaussian_importance_map,
+    instances_from_prediction,
+    predict_file,
+    sliding_window,
+    tile_starts,
+)
+
+FAST = PredictConfig(tile=64, overlap=0.25, batch_size=4, device="cpu", min_object_size=4)
+
+
+def double(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"seg": 2 * x}
+
+
+@pytest.fixture(scope="module")
+def multitask():
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=3, widths=(4, 8), size="custom")
+    return build_model(cfg), cfg
+
+
+# --------------------------------------------------------------------------- geometry
+def test_importance_map():
+    for shape in [(64, 64), (65, 40), (256, 256)]:
+        w = gaussian_importance_map(shape)
+        assert w.dtype == np.float32 and w.shape == shape
+        assert np.all(w > 0) and w.min() >= 1e-3
+        assert w.max() == pytest.approx(1.0)
+        np.testing.assert_array_equal(w, w[::-1])
+        np.testing.assert_array_equal(w, w[:, ::-1])
+        cy, cx = (shape[0] - 1) // 2, (shape[1] - 1) // 2
+        assert w[cy, cx] == w.max()
+
+
+@pytest.mark.parametrize(
+    "length,tile,overlap",
+    [
+        (10, 64, 0.25),
+        (64, 64, 0.5),
+        (300, 64, 0.25),
+        (517, 256, 0.5),
+        (1000, 256, 0.0),
+        (257, 256, 0.75),
+    ],
+)
+def test_tile_starts(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0
+    if length <= tile:
+        assert starts == [0]
+        return
+    assert starts[-1] == length - tile
+    assert starts == sorted(set(starts))
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s : s + tile] = True
+    assert covered.all()
+    assert np.diff(starts).max() <= max(1, round(tile * (1 - overlap)))
+
+
+# --------------------------------------------------------------------------- sliding window
+@pytest.mark.parametrize(
+    "shape,tile,overlap,batch",
+    [
+        ((300, 517), 64, 0.25, 4),
+        ((100, 90), 64, 0.5, 3),
+        ((256, 256), 256, 0.25, 8),
+        ((513, 1000), 256, 0.25, 8),
+        ((513, 1000), 128, 0.75, 5),
+        ((100, 90), 256, 0.25, 1),  # smaller than the tile: padded
+        ((20, 300), 64, 0.0, 2),  # one dimension too small even for reflection
+        ((300, 517), 96, 0.6, 64),
+    ],
+)
+def test_sliding_window_exact(shape, tile, overlap, batch):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, *shape)).astype(np.float32)
+    seen = []
+    out = sliding_window(
+        image,
+        double,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert out["seg"].shape == image.shape and out["seg"].dtype == np.float32
+    np.testing.assert_allclose(out["seg"], 2 * image, rtol=1e-6, atol=1e-6)
+    assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_sliding_window_memmap_outputs(tmp_path):
+    image = np.random.default_rng(1).random((1, 150, 211), dtype=np.float32)
+    mm = np.memmap(tmp_path / "seg.f32", dtype=np.float32, mode="w+", shape=(1, 150, 211))
+    mm2d = np.memmap(tmp_path / "seg2.f32", dtype=np.float32, mode="w+", shape=(150, 211))
+
+    def fwd(x):
+        return {"a": 2 * x, "b": x + 1}
+
+    out = sliding_window(
+        image, fwd, outputs={"a": mm, "b": mm2d}, tile=64, overlap=0.25, batch_size=3
+    )
+    assert out["a"] is mm and out["b"] is mm2d
+    mm.flush()
+    back = np.fromfile(tmp_path / "seg.f32", dtype=np.float32).reshape(1, 150, 211)
+    np.testing.assert_allclose(back, 2 * image, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mm2d, image[0] + 1, rtol=1e-6, atol=1e-6)
+
+
+def test_sliding_window_cancel():
+    image = np.zeros((1, 200, 200), np.float32)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(PredictionCancelled):
+        sliding_window(image, double, tile=64, batch_size=1, should_stop=stop)
+    assert len(calls) == 3
+
+
+# --------------------------------------------------------------------------- predictor
+def _check(pred: Prediction, shape, k, interfaces=True):
+    assert pred.probabilities.shape == (k, *shape) and pred.probabilities.dtype == np.float32
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1, atol=1e-5)
+    assert pred.classes.shape == shape and pred.classes.dtype == np.uint8
+    assert pred.classes.max() < k
+    if interfaces:
+        assert pred.interfaces.shape == shape and pred.interfaces.dtype == np.float32
+        assert 0 <= pred.interfaces.min() and pred.interfaces.max() <= 1
+    else:
+        assert pred.interfaces is None
+    assert pred.instances.shape == shape and pred.instances.dtype == np.int32
+
+
+def test_predictor_multitask_gray(multitask):
+    model, cfg = multitask
+    image = np.random.default_rng(0).integers(0, 4000, (300, 517)).astype(np.uint16)
+    pred = Predictor(model, cfg, FAST).predict(image)
+    _check(pred, (300, 517), 3)
+    assert pred.detection is None
+    # the same through predict_iter: progress events, then the Prediction
+    events = list(Predictor(model, cfg, FAST).predict_iter(image))
+    assert all(isinstance(e, tuple) for e in events[:-1]) and len(events) > 2
+    assert events[-2][0] == events[-2][1]
+    assert isinstance(events[-1], Prediction)
+    np.testing.assert_allclose(events[-1].probabilities, pred.probabilities, atol=1e-6)
+
+
+def test_predictor_rgb_model_and_gray_input():
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=3, n_classes=2, widths=(4, 8), size="custom")
+    pc = PredictConfig(tile=64, device="cpu", keep_detection=True)
+    predictor = Predictor(build_model(cfg), cfg, pc)
+    rgb = np.random.default_rng(0).integers(0, 255, (70, 90, 3)).astype(np.uint8)
+    pred = predictor.predict(rgb)
+    _check(pred, (70, 90), 2)
+    assert pred.detection.shape == (2, 70, 90)
+    _check(predictor.predict(rgb[..., 0]), (70, 90), 2)
+
+
+def test_gray_model_rejects_colour(multitask):
+    model, cfg = multitask
+    predictor = Predictor(model, cfg, FAST)
+    rgb = np.random.default_rng(0).integers(0, 255, (70, 90, 3)).astype(np.uint8)
+    with pytest.raises(ValueError, match="grayscale"):
+        predictor.predict(rgb)
+    same = np.repeat(rgb[..., :1], 3, axis=-1)
+    _check(predictor.predict(same), (70, 90), 3)
+
+
+@pytest.mark.parametrize("task", [SEGMENTATION, DETECTION])
+def test_single_task_unet(task):
+    cfg = ModelConfig(
+        in_channels=1, n_classes=2, widths=(4, 8), size="custom", architecture="unet", tasks=(task,)
+    )
+    pred = Predictor(build_model(cfg), cfg, FAST).predict(
+        np.random.default_rng(0).random((80, 100))
+    )
+    _check(pred, (80, 100), 2, interfaces=False)
+    if task == DETECTION:
+        assert pred.detection is pred.probabilities
+
+
+def test_predictor_cancel(multitask):
+    model, cfg = multitask
+    with pytest.raises(PredictionCancelled):
+        Predictor(model, cfg, FAST).predict(
+            np.zeros((200, 200), np.uint8), should_stop=lambda: True
+        )
+    seen = []
+    with pytest.raises(PredictionCancelled):
+        Predictor(model, cfg, FAST).predict(
+            np.zeros((200, 200), np.uint8),
+            should_stop=lambda: len(seen) >= 1,
+            progress=lambda d, t: seen.append(d),
+        )
+    assert len(seen) == 1
+
+
+def test_predict_stack(multitask):
+    model, cfg = multitask
+    stack = np.random.default_rng(0).integers(0, 255, (3, 64, 80)).astype(np.uint8)
+    seen = []
+    preds = Predictor(model, cfg, FAST).predict_stack(
+        stack, progress=lambda d, t: seen.append((d, t))
+    )
+    assert len(preds) == 3 and all(p.classes.shape == (64, 80) for p in preds)
+    assert seen[-1][0] == seen[-1][1]
+    with pytest.raises(ValueError, match="one RGB image"):
+        Predictor(model, cfg, FAST).predict_stack(np.zeros((64, 80, 3), np.uint8))
+
+
+def test_predict_file(multitask, tmp_path):
+    from napari_lazylabels.core.io import read_label, write_image
+
+    model, cfg = multitask
+    image = np.random.default_rng(0).integers(0, 255, (90, 120)).astype(np.uint8)
+    path = write_image(tmp_path / "img.png", image)
+    for large in (10**9, 100):  # in memory, and with memory-mapped float maps
+        out = tmp_path / f"out{large}"
+        written = predict_file(Predictor(model, cfg, FAST), path, out, large_pixels=large)
+        assert set(written) == {"classes", "instances", "interfaces", "probabilities"}
+        import tifffile
+
+        probs = tifffile.imread(written["probabilities"])
+        assert probs.shape == (3, 90, 120) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+        assert tifffile.imread(written["interfaces"]).shape == (90, 120)
+        assert read_label(written["classes"]).shape == (90, 120)
+        assert read_label(written["instances"]).dtype == np.uint16
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written.values())
+
+
+# --------------------------------------------------------------------------- instances
+def test_instances_split_at_interface():
+    classes = np.zeros((40, 60), np.uint8)
+    classes[10:30, 10:50] = 1  # two touching 20x20 squares
+    interfaces = np.zeros((40, 60), np.float32)
+    interfaces[10:30, 29:31] = 0.9  # the interface line between them
+    inst = instances_from_prediction(classes, interfaces, 0.5, min_size=10)
+    assert inst.dtype == np.int32
+    assert set(np.unique(inst)) == {0, 1, 2}
+    assert np.all((inst > 0) == (classes > 0))  # interface pixels given back to the objects
+    assert len(np.unique(inst[10:30, 10:29])) == 1 and len(np.unique(inst[10:30, 31:50])) == 1
+    one = instances_from_prediction(classes, np.zeros_like(interfaces), 0.5, min_size=10)
+    assert set(np.unique(one)) == {0, 1}
+    assert set(np.unique(instances_from_prediction(classes, None, min_size=10))) == {0, 1}
+
+
+def test_instances_per_class_and_small_removed():
+    classes = np.zeros((30, 30), np.uint8)
+    classes[5:15, 5:15] = 1
+    classes[5:15, 15:25] = 2  # touches the class-1 square: still another object
+    classes[25:27, 25:27] = 1  # 4 pixels: removed
+    for interfaces in (None, np.zeros((30, 30), np.float32)):
+        inst = instances_from_prediction(classes, interfaces, min_size=10)
+        assert set(np.unique(inst)) == {0, 1, 2}
+        assert inst[27 - 1, 27 - 1] == 0
+        assert len(np.unique(inst[5:15, 5:15])) == 1 and inst[10, 10] != inst[10, 20]
