@@ -16,5 +16,5 @@ def make_sample_data() -> list[tuple]:
     """The bundled sample: the image plus detection, separation and segmentation layers."""
     from ._widgets._layers import dataset_to_layer_data
 
-    path = sample_dataset_path()
-    return dataset_to_layer_data(load_dataset(path), source=path)
+    # no "source": saving must not default to the installed package's folder
+    return dataset_to_layer_data(load_dataset(sample_dataset_path()), source=None)

@@ -69,6 +69,8 @@ def task_colormap(task: str, classes: ClassSpec) -> dict:
     cmap: dict = {None: "transparent", 0: "transparent"}
     for i, c in enumerate(class_colors(classes)):
         cmap[i + 1] = c
+    if task == SEGMENTATION and not (classes.colors and classes.colors[0]):
+        cmap[BACKGROUND] = BACKGROUND_COLOR + "40"  # exact masks: a faint background
     return cmap
 
 

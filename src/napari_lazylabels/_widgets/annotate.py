@@ -149,14 +149,17 @@ class AnnotationWidget(QWidget):
     def _watch(self) -> None:
         for ly in self._watched:
             try:
-                ly.events.paint.disconnect(self._timer.start)
-                ly.events.data.disconnect(self._timer.start)
+                ly.events.paint.disconnect(self._schedule)
+                ly.events.data.disconnect(self._schedule)
             except (TypeError, RuntimeError, ValueError):
                 pass
         self._watched = [ly for ly in self.task_layers().values() if ly is not None]
         for ly in self._watched:
-            ly.events.paint.connect(self._timer.start)
-            ly.events.data.connect(self._timer.start)
+            ly.events.paint.connect(self._schedule)
+            ly.events.data.connect(self._schedule)
+
+    def _schedule(self, *_) -> None:
+        self._timer.start()
 
     def _update_legend(self) -> None:
         try:

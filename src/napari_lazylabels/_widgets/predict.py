@@ -61,14 +61,16 @@ class PredictionRunner:
         tile: tile side of the sliding window.
         on_finished: called (no arguments) when the worker ends.
         on_progress: called with ``(image name, done, total)``.
+        on_result: called with the list of layers pushed for one image.
     """
 
-    def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None) -> None:
+    def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None, on_result=None) -> None:
         self.viewer = viewer
         self.device = device
         self.tile = tile
         self.on_finished = on_finished
         self.on_progress = on_progress
+        self.on_result = on_result
         self.worker = None
         self.pushed: list[str] = []
         self._pbar = None
@@ -102,25 +104,26 @@ class PredictionRunner:
     def _on_yield(self, item) -> None:
         if item[0] == "progress":
             _, name, done, total = item
-            if self._pbar is not None:
-                if self._pbar.total != total:
-                    self._pbar.total = total
-                    self._pbar.n = 0
-                self._pbar.set_description(f"Predicting {name}")
-                if done > self._pbar.n:
-                    self._pbar.update(done - self._pbar.n)
+            pbar = self._pbar  # napari's progress may process events (and finish us) meanwhile
+            if pbar is not None:
+                if pbar.total != total:
+                    pbar.total = total
+                if done > pbar.n:
+                    pbar.update(done - pbar.n)
             if self.on_progress is not None:
                 self.on_progress(name, done, total)
             return
         _, name, preds, classes = item
         layers = _layers.upsert_layers(self.viewer, _layers.prediction_layer_data(name, preds, classes))
         self.pushed += [ly.name for ly in layers]
+        if self.on_result is not None:
+            self.on_result(layers)
 
     def _finished(self) -> None:
         self.worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        pbar, self._pbar = self._pbar, None
+        if pbar is not None:
+            pbar.close()
         if self.on_finished is not None:
             self.on_finished()
 
@@ -222,7 +225,8 @@ class PredictWidget(QWidget):
         layers = self.chosen_layers()
         self.runner = PredictionRunner(
             self.viewer, self.device.currentText(), self.tile.value(), on_finished=self._finished,
-            on_progress=lambda n, d, t: self.status.setText(f"{n}: {d}/{t} tiles"),
+            on_progress=lambda n, d, t: self.status.setText(f"Predicting {n}: {d}/{t}"),
+            on_result=lambda layers: self.status.setText("Updated: " + ", ".join(ly.name for ly in layers)),
         )
         self.runner.run(layers, path)
         self.run_btn.setEnabled(False)
@@ -239,8 +243,6 @@ class PredictWidget(QWidget):
     def _finished(self) -> None:
         self.run_btn.setEnabled(True)
         self.stop_btn.setEnabled(False)
-        if self.runner is not None and self.runner.pushed:
-            self.status.setText("Updated: " + ", ".join(self.runner.pushed[-4:]))
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder")

@@ -140,6 +140,8 @@ class TrainWidget(QWidget):
         self._pbar = None
         self._used_layers: list = []
         self._predictor_runner = None
+        self._finished_flag = False
+        self._predict_started = False
 
         self.image_combo = LayerCombo(napari_viewer, "Image")
         self.device = QComboBox()
@@ -297,6 +299,8 @@ class TrainWidget(QWidget):
         warm_torch()
         limit_torch_threads()
         self._stop_requested = False
+        self._finished_flag = False
+        self._predict_started = False
         self._used_layers = used
         self.events_seen = []
         self.plot.clear()
@@ -337,13 +341,11 @@ class TrainWidget(QWidget):
         self.events_seen.append(ev.kind)
         if ev.kind == "step":
             self.plot.add(ev.iteration, ev.loss)
-            if self._pbar is not None:
-                if self._budget_seconds:
-                    delta = min(int(ev.elapsed), self._pbar.total) - self._pbar.n
-                else:
-                    delta = 1
+            pbar = self._pbar
+            if pbar is not None:
+                delta = min(int(ev.elapsed), pbar.total) - pbar.n if self._budget_seconds else 1
                 if delta > 0:
-                    self._pbar.update(delta)
+                    pbar.update(delta)
             if self.events_seen.count("step") % 5 == 1:
                 pps = f", {ev.patches_per_s:.0f} patches/s" if ev.patches_per_s else ""
                 self.status.setText(f"iteration {ev.iteration}, loss {ev.loss:.4f}{pps}, {ev.elapsed:.0f} s")
@@ -361,19 +363,33 @@ class TrainWidget(QWidget):
             score = f", best validation dice {best:.3f}" if isinstance(best, float) else ""
             self.status.setText(f"Training {ev.message} at iteration {ev.iteration}{score}. Model: {Path(ev.path).parent}")
             session(self.viewer).set_model(Path(ev.path).parent)
+            self._preview_best()
+            self._maybe_predict()
 
     def _on_error(self, exc) -> None:
         show_error(f"Training failed: {exc}")
 
     def _on_finished(self) -> None:
         self.worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        self._finished_flag = True
+        pbar, self._pbar = self._pbar, None
+        if pbar is not None:
+            pbar.close()
         self.start_btn.setEnabled(True)
         self.stop_btn.setEnabled(False)
-        if self.predict_after and "done" in self.events_seen and self.last_result_dir is not None:
-            self.predict_trained()
+        self._maybe_predict()
+
+    def _maybe_predict(self) -> None:
+        # Signals may be handled out of order when a slot processes events (napari's progress
+        # bar does): predict once the worker has finished and a best model exists.
+        if not (self.predict_after and self._finished_flag) or self._predict_started:
+            return
+        from ..core.checkpoint import BEST
+
+        if self.last_result_dir is None or not (self.last_result_dir / BEST).exists():
+            return
+        self._predict_started = True
+        self.predict_trained()
 
     def predict_trained(self) -> None:
         """Predict every image layer that was trained on, with the best model."""
@@ -386,6 +402,13 @@ class TrainWidget(QWidget):
         self._predictor_runner.run(layers, self.last_result_dir)
 
     # ------------------------------------------------------------------ preview
+    def _preview_best(self) -> None:
+        """Preview the current view with the best model (at the end of training)."""
+        from ..core.checkpoint import BEST
+
+        if self.preview.isChecked() and self.last_result_dir is not None and (self.last_result_dir / BEST).exists():
+            self._start_preview(self.last_result_dir / BEST)
+
     def _start_preview(self, checkpoint) -> None:
         if self.preview_worker is not None:
             return

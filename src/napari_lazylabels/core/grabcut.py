@@ -82,6 +82,9 @@ class GrabCutConfig:
             or other objects' marks).
         percentiles: low and high intensity percentiles mapped to 0 and 255 when the image
             is not 8-bit.
+        seed: seed of OpenCV's random generator (GrabCut's k-means initialisation), set
+            before each object so results are reproducible and independent of the order and
+            selection of objects; ``None`` leaves OpenCV's generator alone.
     """
 
     margin: int = 15
@@ -93,6 +96,7 @@ class GrabCutConfig:
     keep_connected: bool = True
     fill_holes: bool = True
     percentiles: tuple[float, float] = (1.0, 99.8)
+    seed: int | None = 0
 
     def __post_init__(self) -> None:
         if self.margin < 1:
@@ -105,7 +109,9 @@ class GrabCutConfig:
             raise ValueError("probable_radius and probable_fraction must be >= 0.")
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}.")
+            raise ValueError(
+                f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}."
+            )
 
     def window_margin(self, extent: int) -> int:
         """Margin in pixels for a mark whose bounding box's larger side is ``extent``."""
@@ -203,7 +209,9 @@ def find_objects(detection: np.ndarray) -> list[MarkObject]:
     detection = np.asarray(detection)
     if detection.ndim != 2:
         raise ValueError(f"The detection map must be 2D (H, W), got shape {detection.shape}.")
-    return _components(validate_label_map(detection, detection.shape, _MAX_VALUE, "detection map"))[1]
+    return _components(validate_label_map(detection, detection.shape, _MAX_VALUE, "detection map"))[
+        1
+    ]
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -260,15 +268,28 @@ def _grabcut_object(
     if n_fg < _GMM_COMPONENTS or n_bg < _GMM_COMPONENTS:
         log.debug(
             "Object %d (value %d): too few foreground (%d) or background (%d) samples for "
-            "GrabCut; keeping its mark.", obj.index, obj.value, n_fg, n_bg,
+            "GrabCut; keeping its mark.",
+            obj.index,
+            obj.value,
+            n_fg,
+            n_bg,
         )
         return mark.copy()
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
+    if config.seed is not None:
+        cv2.setRNGSeed(int(config.seed))
     try:
-        cv2.grabCut(rgb, mask, None, bgd_model, fgd_model, int(config.iterations), cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(
+            rgb, mask, None, bgd_model, fgd_model, int(config.iterations), cv2.GC_INIT_WITH_MASK
+        )
     except cv2.error as exc:  # degenerate samples: keep the mark
-        log.debug("GrabCut failed on object %d (value %d): %s; keeping its mark.", obj.index, obj.value, exc)
+        log.debug(
+            "GrabCut failed on object %d (value %d): %s; keeping its mark.",
+            obj.index,
+            obj.value,
+            exc,
+        )
         return mark.copy()
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)) & ~sure_bg
     fg |= mark
@@ -335,8 +356,9 @@ def refine_iter(
         objects: refine only these object ids (indices into :func:`find_objects`).
         region: refine only objects whose mark has a pixel in this ``(rows, cols)`` window.
         existing: ``(H, W)`` segmentation map to start from (not modified; a copy is returned).
-        should_stop: called before each object; when it returns True the map of the objects
-            done so far is returned.
+        should_stop: called before each object; when it returns True the map is returned
+            with only the windows of the objects done so far written (the objects not done
+            count as untouched; without ``existing`` the rest of the map is 0, not annotated).
         label_value: refine only marks of this label value (class ``label_value - 1``).
 
     Returns:
@@ -387,31 +409,38 @@ def refine_iter(
     else:
         out = np.full(shape, BACKGROUND, dtype)
 
-    log.info("GrabCut refinement of %d of %d objects on a %dx%d image.", total, len(all_objects), *shape)
+    log.info(
+        "GrabCut refinement of %d of %d objects on a %dx%d image.", total, len(all_objects), *shape
+    )
     yield (0, total)
     if total == 0:
         return out
 
     rgb = to_uint8_rgb(image, config.percentiles)
-    chosen_ids = np.zeros(len(all_objects) + 1, bool)
-    for o in chosen:
-        chosen_ids[o.index + 1] = True
     values = np.zeros(len(all_objects) + 1, dtype)
     for o in all_objects:
         values[o.index + 1] = o.value
 
-    fg_owner = np.zeros(shape, np.int32)          # object index + 1 owning a foreground pixel
+    fg_owner = np.zeros(shape, np.int32)  # object index + 1 owning a foreground pixel
     fg_dist = np.full(shape, np.inf, np.float32)  # distance to that owner's mark
     ref_dist = np.full(shape, np.inf, np.float32)  # distance to the nearest chosen mark
     windows: list[tuple[slice, slice]] = []
+    processed = np.zeros(len(all_objects) + 1, bool)  # by object index + 1
 
     for done, obj in enumerate(chosen, start=1):
         if should_stop is not None and should_stop():
             log.info("GrabCut refinement stopped after %d of %d objects.", done - 1, total)
+            if existing is None and not restricted:
+                # Objects not done must not come out as background: only the windows of the
+                # objects done are annotated.
+                out[:] = UNLABELLED
             break
         r0, c0, r1, c1 = obj.bbox
         m = config.window_margin(obj.extent)
-        win = (slice(max(0, r0 - m), min(shape[0], r1 + m)), slice(max(0, c0 - m), min(shape[1], c1 + m)))
+        win = (
+            slice(max(0, r0 - m), min(shape[0], r1 + m)),
+            slice(max(0, c0 - m), min(shape[1], c1 + m)),
+        )
         ids_w = ids[win]
         mark = ids_w == obj.index + 1
         sure_bg = ((ids_w > 0) & ~mark) | (detection[win] == BACKGROUND)
@@ -424,12 +453,13 @@ def refine_iter(
         fd[take] = dist[take]
         np.minimum(ref_dist[win], dist, out=ref_dist[win])
         windows.append(win)
+        processed[obj.index + 1] = True
         yield (done, total)
 
     # Write the processed windows into the map.
     for win in windows:
         ids_w = ids[win]
-        untouched = (ids_w > 0) & ~chosen_ids[ids_w]
+        untouched = (ids_w > 0) & ~processed[ids_w]
         if untouched.any():
             d_untouched = cv2.distanceTransform((~untouched).astype(np.uint8), cv2.DIST_L2, 3)
         else:
@@ -465,8 +495,14 @@ def refine(
         ``(H, W)`` ``uint8`` or ``uint16`` task-3 map: 1 = background, ``c + 1`` = class ``c``.
     """
     gen = refine_iter(
-        image, detection, config, objects=objects, region=region, existing=existing,
-        should_stop=should_stop, label_value=label_value,
+        image,
+        detection,
+        config,
+        objects=objects,
+        region=region,
+        existing=existing,
+        should_stop=should_stop,
+        label_value=label_value,
     )
     while True:
         try:
