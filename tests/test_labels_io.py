@@ -30,7 +30,7 @@ def test_dataset_round_trip(tmp_path):
     back = io.load_dataset(tmp_path / "ds")
     assert back.classes == ds.classes
     assert back.names() == ["a", "b"]
-    for s, t in zip(ds, back):
+    for s, t in zip(ds, back, strict=True):
         np.testing.assert_array_equal(s.image, t.image)
         assert s.image.dtype == t.image.dtype
         for task in ("detection", "separation", "segmentation"):

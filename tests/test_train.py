@@ -131,13 +131,11 @@ def test_training_learns_synthetic_blobs(tmp_path):
     steps = np.array(res.history["steps"])[:, 1]
     assert steps[-20:].mean() < 0.5 * steps[:5].mean()
     test = blobs(1, seed=7)[0]
-    gt = test.detection  # not used for scoring: rebuild the truth from the image
     model, ckpt = ck.load_model(tmp_path / "m" / "latest.pt")
     pred = Predictor(model, ckpt.model_config, PredictConfig(device="cpu")).predict(test.image)
     truth = test.image > 60
     dice = 2 * (truth & (pred.classes > 0)).sum() / (truth.sum() + (pred.classes > 0).sum())
     assert dice > 0.8, dice
-    assert gt is not None
 
 
 @pytest.mark.slow
@@ -156,8 +154,8 @@ def test_real_crop_beats_chance(tmp_path, shared_data):
         lab = simulate_sample(inst, rng, SimulationConfig(), strong=i == 0)
         samples.append(Sample(s, read_image(folder / "images" / f"{s}.png"), **lab))
     ds = LazyDataset(ClassSpec(("background", "nucleus")), samples)
-    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(8, 16, 32, 64))
-    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=150, **{**FAST, "batch_size": 8, "augment": {"patch_size": 128}}))
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(8, 16, 32))
+    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=80, **{**FAST, "batch_size": 8, "augment": {"patch_size": 96}}))
     steps = np.array(res.history["steps"])[:, 1]
     assert steps[-20:].mean() < steps[:10].mean()
     model, ckpt = ck.load_model(tmp_path / "m" / "latest.pt")

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_lazylabels.core.io import LazyDataset, Sample, read_image, read_label, save_dataset, write_image, write_label
+from napari_lazylabels.core.io import (
+    LazyDataset,
+    Sample,
+    read_image,
+    read_label,
+    save_dataset,
+    write_image,
+    write_label,
+)
 from napari_lazylabels.core.labels import ClassSpec
 from napari_lazylabels.core.simulate import SimulationConfig, simulate_sample
 

@@ -7,7 +7,6 @@ It imports only :mod:`napari_lazylabels.core`, so it runs where napari is not in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -247,7 +246,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     cmd_predict(ns)
     res = evaluate_folder(out / "predictions", paths["test_masks"])
     s = res["summary"]
-    _out(f"held-out sample images: dice {s['dice']:.3f}, object F1 {s['f1']:.3f} (n={s['n']})")
+    _out(f"held-out sample images: dice {s['dice']:.3f}, object F1 {s['object_f1']:.3f}, interface precision {s['interface_precision']:.3f}, touching pairs separated {s['pairs_separated']:.3f} (n={s['n']})")
     return 0
 
 

@@ -183,7 +183,7 @@ class Encoder(nn.Module):
     def __init__(self, cin: int, widths: tuple[int, ...], slope: float) -> None:
         super().__init__()
         chans = (cin, *widths)
-        self.levels = nn.ModuleList(DoubleConv(a, b, slope) for a, b in zip(chans[:-1], chans[1:]))
+        self.levels = nn.ModuleList(DoubleConv(a, b, slope) for a, b in zip(chans[:-1], chans[1:], strict=True))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -255,7 +255,7 @@ class MultiTaskUNet(nn.Module):
         x, (h, w) = _pad_to(image, self.config.divisor)
         feats = self.encoder(x)
         det = seg = sep = feats[-1]
-        for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]))):
+        for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]), strict=True)):
             det, seg, sep = block(det, seg, sep, skip, same_xz=i == 0)
         paths = {DETECTION: det, SEGMENTATION: seg, SEPARATION: sep}
         return {t: head(paths[t])[..., :h, :w] for t, head in self.heads.items()}
@@ -284,7 +284,7 @@ class UNet(nn.Module):
         x, (h, w) = _pad_to(image, self.config.divisor)
         feats = self.encoder(x)
         x = feats[-1]
-        for block, skip in zip(self.decoder, reversed(feats[:-1])):
+        for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
             x = block(torch.cat([_up(x), skip], 1))
         return {self.task: self.head(x)[..., :h, :w]}
 

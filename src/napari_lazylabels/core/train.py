@@ -25,7 +25,14 @@ from .data import AugmentConfig, PatchSampler, PreparedSample
 from .io import LazyDataset, Sample
 from .labels import DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
 from .losses import multitask_loss
-from .model import ModelConfig, autocast_dtype, build_model, count_parameters, default_size, resolve_device
+from .model import (
+    ModelConfig,
+    autocast_dtype,
+    build_model,
+    count_parameters,
+    default_size,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 

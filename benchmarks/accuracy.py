@@ -1,0 +1,590 @@
+"""Accuracy benchmark: lazy-label methods and baselines on real data (not a test).
+
+A *run* is (dataset, method, strong fraction, seed, model size, iteration budget, device).
+Each finished run writes one JSON record (config, seed, versions, machine, iterations, wall
+time, metrics) to ``benchmarks/results/accuracy/<dataset>/<run-id>.json``, atomically; a run
+that fails writes nothing. Running again skips the records already there, so a tier can be
+filled in over several sessions.
+
+Data (from the shared development data only, ``$LAZYLABELS_SHARED_DATA`` or
+``../shared/data`` beside the repository):
+
+* ``glas``: GlaS training set (85 images). Validation: the 20 images of patients 3, 4, 7 and
+  11 (8 benign, 12 malignant; grades.csv), so no patient is in both parts; trained on the
+  other 65.
+* ``isbi``: ISBI 2012 slices 0-19: train 0-14, validate 15-19.
+* ``dsb``: DSB 2018 touching nuclei (48 images): images sorted by name, every 5th (index 0,
+  5, 10, ...) validates (10), the others train (38).
+
+Lazy labels are simulated from the train images' ground truth
+(:func:`napari_lazylabels.core.simulate.simulate_folder`, default
+:class:`~napari_lazylabels.core.simulate.SimulationConfig`, the run's seed; the exact-mask
+images are the first ``round(fraction * n)`` of a seeded permutation, so a smaller fraction's
+images are part of a larger one's). Validation images are never labelled nor trained on; they
+are scored against their exact instance masks with
+:func:`napari_lazylabels.core.metrics.evaluate_image` (foreground dice per image, object F1 at
+IoU > 0.5, interface precision, pairs separated), averaged over images. The model of the
+*last* iteration is scored: no checkpoint is selected on the validation images.
+
+Methods:
+
+* ``multitask-ignore``: the multi-task U-net, unannotated pixels ignored (the product default).
+* ``multitask-paper``: the multi-task U-net, unannotated pixels are background (Ke et al.).
+* ``unet-weak``: single-task U-net on the detection marks only (ignore mode).
+* ``unet-strong``: single-task U-net on the exact-mask images only.
+* ``pseudo-labels``: single-task U-net on GrabCut pseudo masks (exact masks where present).
+* ``random-forest``: scikit-image multi-scale features + scikit-learn random forest (100
+  trees) on the same scribbles and exact masks (needs scikit-learn).
+
+Tiers: ``quick`` (strong fraction 0.094, seed 0, every method and dataset, CPU, size small),
+``full`` (fractions 0.024, 0.047, 0.094, 1.0, seeds 0-2), ``gpu`` (as full, size paper on
+CUDA, network methods only).
+
+    OMP_NUM_THREADS=2 python benchmarks/accuracy.py --check            # one short run, < 15 min
+    python benchmarks/accuracy.py --tier quick --list                  # what is missing
+    nohup python benchmarks/accuracy.py --tier quick --dataset glas --method multitask-ignore \\
+        > benchmarks/work/quick.log 2>&1 &
+    python benchmarks/accuracy.py --table                              # docs/benchmarks-accuracy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E402
+from napari_lazylabels.core.checkpoint import load_checkpoint, versions  # noqa: E402
+from napari_lazylabels.core.io import LazyDataset, Sample  # noqa: E402
+from napari_lazylabels.core.model import resolve_device  # noqa: E402
+from napari_lazylabels.core.predict import PredictConfig, Predictor, instances_from_prediction  # noqa: E402
+from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config  # noqa: E402
+
+log = logging.getLogger("accuracy")
+
+RESULTS = REPO / "benchmarks" / "results" / "accuracy"
+WORK = REPO / "benchmarks" / "work" / "accuracy"
+TABLE = REPO / "docs" / "benchmarks-accuracy.md"
+RECORD_FORMAT = "napari-lazylabels accuracy record"
+RECORD_VERSION = 1
+
+METHODS = ("multitask-ignore", "multitask-paper", "unet-weak", "unet-strong", "pseudo-labels", "random-forest")
+NETWORK_METHODS = METHODS[:-1]
+FRACTIONS = (0.024, 0.047, 0.094, 1.0)
+DATASETS = ("glas", "isbi", "dsb")
+
+# Iterations (batches of 16 patches of 256 px) per (architecture, size): sized so that one
+# run, training plus scoring, takes about 10 minutes on the 2 shared CPU cores of the dev
+# machine (measured: multitask "small" ~3.4 patches/s bf16, "tiny" ~4 patches/s fp32; a
+# single-task U-net ~2x as fast). "paper" on a GPU: a guess, about 10 min on one H100.
+ITERATIONS: dict[tuple[str, str], int] = {
+    ("multitask", "tiny"): 130,
+    ("multitask", "small"): 110,
+    ("unet", "tiny"): 260,
+    ("unet", "small"): 220,
+    ("multitask", "medium"): 40,
+    ("unet", "medium"): 80,
+    ("multitask", "paper"): 4000,
+    ("unet", "paper"): 6000,
+}
+BATCH_SIZE = 16
+
+TIERS = {
+    "quick": {"fractions": (0.094,), "seeds": (0,), "methods": METHODS, "size": "small", "device": "cpu"},
+    "full": {"fractions": FRACTIONS, "seeds": (0, 1, 2), "methods": METHODS, "size": "small", "device": "cpu"},
+    "gpu": {"fractions": FRACTIONS, "seeds": (0, 1, 2), "methods": NETWORK_METHODS, "size": "paper", "device": "cuda"},
+}
+
+# GlaS validation: whole patients (grades.csv), both grades, ~20 images.
+GLAS_VAL_PATIENTS = ("3", "4", "7", "11")
+
+
+# --------------------------------------------------------------------------- data
+def shared_data() -> Path:
+    env = os.environ.get("LAZYLABELS_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "data", REPO / ".." / ".." / "shared" / "data"]
+    for c in candidates:
+        if (c / "isbi2012-dev").is_dir() or (c / "glas-train").is_dir():
+            return c.resolve()
+    raise SystemExit(
+        "Shared data not found: set LAZYLABELS_SHARED_DATA to the folder holding glas-train/, "
+        "isbi2012-dev/ and dsb2018-touching-dev/."
+    )
+
+
+FOLDERS = {"glas": "glas-train", "isbi": "isbi2012-dev", "dsb": "dsb2018-touching-dev"}
+
+
+def split(dataset: str, root: Path) -> tuple[list[str], list[str]]:
+    """Fixed (train stems, validation stems) of a dataset."""
+    folder = root / FOLDERS[dataset]
+    stems = sorted(p.stem for p in (folder / "masks").iterdir() if p.suffix == ".png")
+    if dataset == "glas":
+        with open(folder / "grades.csv", newline="") as f:
+            patient = {r["name"]: r["patient ID"].strip() for r in csv.DictReader(f)}
+        val = [s for s in stems if patient[s] in GLAS_VAL_PATIENTS]
+    elif dataset == "isbi":
+        val = [s for s in stems if int(s.split("_")[-1]) >= 15]
+    elif dataset == "dsb":
+        val = stems[::5]
+    else:
+        raise ValueError(dataset)
+    train = [s for s in stems if s not in set(val)]
+    return train, val
+
+
+def lazy_dataset(dataset: str, root: Path, fraction: float, seed: int) -> tuple[LazyDataset, dict]:
+    """Simulated lazy labels of the train images (cached in benchmarks/work, made atomically)."""
+    train, _ = split(dataset, root)
+    src = root / FOLDERS[dataset]
+    key = f"{dataset}_f{fraction:g}_s{seed}"
+    out = WORK / "datasets" / key
+    if not (out / "simulation.json").exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=WORK))
+        try:
+            for sub in ("images", "masks"):
+                (staging / "gt" / sub).mkdir(parents=True)
+                for stem in train:
+                    f = next((src / sub).glob(f"{stem}.*"))
+                    (staging / "gt" / sub / f.name).symlink_to(f)
+            simulate.simulate_folder(staging / "gt", staging / "lazy", strong_fraction=fraction, seed=seed)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if not (out / "simulation.json").exists():
+                if out.exists():
+                    shutil.rmtree(out)
+                os.replace(staging / "lazy", out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    sim = json.loads((out / "simulation.json").read_text())
+    ds = io.load_dataset(out)
+    if sorted(ds.names()) != sorted(train):
+        raise RuntimeError(f"{out} does not hold the train split of {dataset}; delete it and run again.")
+    return ds, {"seed": sim["seed"], "strong_fraction": sim["strong_fraction"], "strong": sim["strong"],
+                "n_strong": len(sim["strong"]), "config": sim["config"]}
+
+
+def validation_set(dataset: str, root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    _, val = split(dataset, root)
+    src = root / FOLDERS[dataset]
+    out = []
+    for stem in val:
+        image = io.read_image(next((src / "images").glob(f"{stem}.*")))
+        gt = io.read_label(src / "masks" / f"{stem}.png")
+        out.append((stem, image, gt))
+    return out
+
+
+# --------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    method: str
+    fraction: float
+    seed: int
+    size: str
+    iterations: int
+    device: str
+
+    @property
+    def architecture(self) -> str:
+        return "multitask" if self.method.startswith("multitask") else "unet"
+
+    @property
+    def run_id(self) -> str:
+        if self.method == "random-forest":
+            return f"{self.method}_f{self.fraction:g}_s{self.seed}"
+        return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_{self.device}"
+
+    def path(self, results: Path) -> Path:
+        return results / self.dataset / f"{self.run_id}.json"
+
+
+def runs_for(tier: str, args) -> list[Run]:
+    t = TIERS[tier]
+    size = args.size or t["size"]
+    device = args.device or t["device"]
+    out = []
+    for dataset in args.dataset or DATASETS:
+        for method in args.method or t["methods"]:
+            if method not in t["methods"] and not args.method:
+                continue
+            for fraction in args.fraction or t["fractions"]:
+                for seed in args.seed if args.seed is not None else t["seeds"]:
+                    if method == "random-forest":
+                        out.append(Run(dataset, method, fraction, seed, "-", 0, "cpu"))
+                        continue
+                    arch = "multitask" if method.startswith("multitask") else "unet"
+                    iters = args.iterations or ITERATIONS[(arch, size)]
+                    out.append(Run(dataset, method, fraction, seed, size, iters, device))
+    return list(dict.fromkeys(out))
+
+
+def training_set(run: Run, lazy: LazyDataset, cache_key: str) -> tuple[LazyDataset, str, str]:
+    """(dataset, architecture, label mode) a network method trains on."""
+    if run.method == "multitask-ignore":
+        return lazy, "multitask", "ignore"
+    if run.method == "multitask-paper":
+        return lazy, "multitask", "paper"
+    if run.method == "unet-weak":
+        return baselines.weak_only(lazy), "unet", "ignore"
+    if run.method == "unet-strong":
+        return baselines.strong_only(lazy), "unet", "ignore"
+    if run.method == "pseudo-labels":
+        return pseudo_labels(lazy, cache_key), "unet", "ignore"
+    raise ValueError(run.method)
+
+
+def pseudo_labels(lazy: LazyDataset, cache_key: str) -> LazyDataset:
+    """GrabCut pseudo labels, cached per simulated dataset (they depend on its marks only)."""
+    path = WORK / "pseudo" / f"{cache_key}.npz"
+    cache: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as z:
+            cache = {k: z[k] for k in z.files}
+    n_before = len(cache)
+    t0 = time.perf_counter()
+    ds = baselines.pseudo_label_dataset(lazy, cache=cache)
+    if len(cache) > n_before:
+        log.info("GrabCut pseudo labels: %d images in %.0f s", len(cache) - n_before, time.perf_counter() - t0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, **cache)
+        os.replace(tmp, path)
+    return ds
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def all_versions() -> dict:
+    v = versions()
+    import cv2
+    import skimage
+
+    v["scikit-image"] = skimage.__version__
+    v["opencv"] = cv2.__version__
+    with contextlib.suppress(ImportError):
+        import sklearn
+
+        v["scikit-learn"] = sklearn.__version__
+    with contextlib.suppress(Exception):
+        import subprocess
+
+        v["git_commit"] = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    return v
+
+
+def score(val, predict_one) -> tuple[dict, list[dict]]:
+    per_image = []
+    for stem, image, gt in val:
+        classes, inst, interfaces = predict_one(image)
+        m = metrics.evaluate_image(classes, inst, interfaces, gt)
+        per_image.append({"image": stem, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}})
+    summary = metrics.summarize([{k: (math.nan if v is None else v) for k, v in r.items() if k != "image"} for r in per_image])
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    return summary, per_image
+
+
+def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threads: int | None = None) -> dict:
+    """Do one run and write its record; raises on failure (nothing written)."""
+    t_start = time.perf_counter()
+    lazy, sim = lazy_dataset(run.dataset, root, run.fraction, run.seed)
+    val = validation_set(run.dataset, root)
+    cache_key = f"{run.dataset}_f{run.fraction:g}_s{run.seed}"
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "run_id": run.run_id,
+        "config": {
+            "dataset": run.dataset, "method": run.method, "strong_fraction": run.fraction,
+            "size": run.size, "iterations": run.iterations, "device": run.device,
+            "batch_size": BATCH_SIZE if run.method != "random-forest" else None,
+        },
+        "seed": run.seed,
+        "data": {
+            "folder": FOLDERS[run.dataset], "n_train": len(lazy), "n_val": len(val),
+            "val_images": [v[0] for v in val], "simulation": sim,
+        },
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": all_versions(),
+        "machine": machine(),
+    }
+    timing: dict[str, float] = {}
+    if run.method == "random-forest":
+        t0 = time.perf_counter()
+        rf = baselines.RandomForestSegmenter(seed=run.seed, n_jobs=threads)
+        rf.fit(lazy)
+        timing["train_s"] = time.perf_counter() - t0
+        record["train"] = {"n_training_pixels": rf.n_training_pixels, "n_estimators": rf.n_estimators,
+                           "max_depth": rf.max_depth, "sigma": [rf.sigma_min, rf.sigma_max]}
+
+        def predict_one(image):
+            classes = rf.predict(image)
+            return classes, instances_from_prediction(classes, None, min_size=16), None
+
+        t0 = time.perf_counter()
+        summary, per_image = score(val, predict_one)
+        timing["predict_s"] = time.perf_counter() - t0
+    else:
+        train_ds, arch, mode = training_set(run, lazy, cache_key)
+        timing["prepare_s"] = time.perf_counter() - t_start
+        device = resolve_device(run.device)
+        model_config = infer_model_config(train_ds, device, run.size, architecture=arch)
+        cfg = TrainConfig(
+            iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
+            val_fraction=0.0, val_every=0, seed=run.seed, num_threads=threads,
+        )
+        model_dir = WORK / "models" / run.dataset / run.run_id
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        # train() always validates once at the end; give it a 64 px crop without labels so
+        # that no validation image is seen and no time is spent (the score is NaN, unused).
+        s0 = train_ds[0]
+        dummy = [Sample(name="_no_validation", image=np.ascontiguousarray(s0.image[:64, :64]))]
+        speeds = []
+
+        def on_event(ev):
+            if ev.kind == "step":
+                speeds.append(ev.patches_per_s)
+                if ev.iteration % 10 == 0 or ev.iteration == ev.total:
+                    log.info("%s it %d/%s loss %.4f %.1f patches/s %.0f s", run.run_id, ev.iteration,
+                             ev.total, ev.loss, ev.patches_per_s, ev.elapsed)
+
+        t0 = time.perf_counter()
+        result = fit(train_ds, model_dir, model_config, cfg, validation=dummy, on_event=on_event)
+        timing["train_s"] = time.perf_counter() - t0
+        ck = load_checkpoint(result.latest)
+        model = ck.build(device)
+        predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device), batch_size=8))
+
+        def predict_one(image):
+            p = predictor.predict(image, instances=True)
+            interfaces = None if p.interfaces is None else p.interfaces >= predictor.predict_config.interface_threshold
+            return p.classes, p.instances, interfaces
+
+        t0 = time.perf_counter()
+        summary, per_image = score(val, predict_one)
+        timing["predict_s"] = time.perf_counter() - t0
+        record["train"] = {
+            "architecture": arch, "label_mode": mode, "tasks": list(ck.model_config.tasks),
+            "widths": list(ck.model_config.widths), "in_channels": ck.model_config.in_channels,
+            "n_train_images": len(train_ds), "iterations_done": result.iteration,
+            "final_loss": result.history["steps"][-1][1] if result.history["steps"] else None,
+            "mean_loss_last10": float(np.mean([s[1] for s in result.history["steps"][-10:]])) if result.history["steps"] else None,
+            "median_patches_per_s": float(np.median(speeds)) if speeds else None,
+            "train_config": cfg.to_dict(),
+        }
+        if not keep_model:
+            shutil.rmtree(model_dir, ignore_errors=True)
+    timing["wall_s"] = time.perf_counter() - t_start
+    record["iterations"] = run.iterations
+    record["timing"] = {k: round(v, 1) for k, v in timing.items()}
+    record["wall_time_s"] = round(timing["wall_s"], 1)
+    record["metrics"] = summary
+    record["per_image"] = per_image
+    io.atomic_write_json(run.path(results), record)
+    return record
+
+
+# --------------------------------------------------------------------------- table
+TABLE_METRICS = (("dice", "Dice (foreground, mean over images)"), ("object_f1", "Object F1 (IoU > 0.5)"),
+                 ("pairs_separated", "Touching pairs separated"), ("interface_precision", "Interface precision"))
+
+
+def load_records(results: Path) -> list[dict]:
+    out = []
+    for p in sorted(results.glob("*/*.json")):
+        with contextlib.suppress(ValueError, OSError):
+            r = json.loads(p.read_text())
+            if r.get("format") == RECORD_FORMAT:
+                out.append(r)
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.3f} (n=1)"
+    return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} (n={len(v)})"
+
+
+def write_table(results: Path, path: Path) -> str:
+    records = load_records(results)
+    lines = [
+        "# Accuracy benchmark (generated)",
+        "",
+        "Generated by `python benchmarks/accuracy.py --table` from the records in "
+        "`benchmarks/results/accuracy/`; do not edit by hand. How the runs are made (data splits, "
+        "simulated lazy labels, methods, budgets) is described in `benchmarks/accuracy.py`.",
+        "Cells: mean ± sample sd over seeds, and n = number of seeds (runs). Scores are on the "
+        "held-out validation images against exact ground truth; the last iteration's model is "
+        "scored. Budgets are small (CPU: ~10 min per run), so the figures compare methods under "
+        "equal, short training, not converged accuracy.",
+        "",
+    ]
+    if not records:
+        lines.append("No records yet.")
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        c = r["config"]
+        groups.setdefault((c["dataset"], c["size"] if c["method"] != "random-forest" else None,
+                           c["device"] if c["method"] != "random-forest" else None), []).append(r)
+    for dataset in DATASETS:
+        for setting in sorted({(k[1], k[2]) for k in groups if k[0] == dataset and k[1] is not None}
+                              | ({(None, None)} if (dataset, None, None) in groups else set()), key=str):
+            rs = groups.get((dataset, *setting), [])
+            if setting != (None, None):
+                rs = rs + groups.get((dataset, None, None), [])
+            elif any(k[0] == dataset and k[1] is not None for k in groups):
+                continue  # random forest shown with the network tables
+            if not rs:
+                continue
+            fracs = sorted({r["config"]["strong_fraction"] for r in rs})
+            title = f"## {dataset}" + (f": networks size `{setting[0]}` on {setting[1]}" if setting[0] else "")
+            lines += [title, ""]
+            n_val = rs[0]["data"]["n_val"]
+            n_train = rs[0]["data"]["n_train"]
+            lines.append(f"{n_train} train images (lazy labels), {n_val} validation images.")
+            lines.append("")
+            for key, label in TABLE_METRICS:
+                lines.append(f"**{label}**")
+                lines.append("")
+                lines.append("| method | iterations | " + " | ".join(f"{f:.1%} strong" for f in fracs) + " |")
+                lines.append("|---|---|" + "---|" * len(fracs))
+                for method in METHODS:
+                    mrs = [r for r in rs if r["config"]["method"] == method]
+                    if not mrs:
+                        continue
+                    its = sorted({r["config"]["iterations"] for r in mrs})
+                    for it in its:
+                        cells = []
+                        for f in fracs:
+                            vals = [r["metrics"].get(key) for r in mrs
+                                    if r["config"]["strong_fraction"] == f and r["config"]["iterations"] == it]
+                            cells.append(_cell(vals) if vals else "")
+                        lines.append(f"| {method} | {it if it else '–'} | " + " | ".join(cells) + " |")
+                lines.append("")
+            walls = [r["wall_time_s"] for r in rs]
+            lines.append(f"Wall time per run: {min(walls):.0f}-{max(walls):.0f} s.")
+            lines.append("")
+    text = "\n".join(lines).rstrip() + "\n"
+    io.atomic_write_bytes(path, text.encode())
+    return text
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tier", choices=tuple(TIERS), default="quick")
+    ap.add_argument("--dataset", action="append", choices=DATASETS)
+    ap.add_argument("--method", action="append", choices=METHODS)
+    ap.add_argument("--fraction", action="append", type=float)
+    ap.add_argument("--seed", action="append", type=int)
+    ap.add_argument("--size", choices=("tiny", "small", "medium", "paper"))
+    ap.add_argument("--iterations", type=int, help="override the iteration budget (a different run id)")
+    ap.add_argument("--device", help="override the tier's device (cpu, cuda)")
+    ap.add_argument("--max-runs", type=int)
+    ap.add_argument("--list", action="store_true", help="list the runs of the tier that have no record yet")
+    ap.add_argument("--table", action="store_true", help=f"write {TABLE.relative_to(REPO)} from the records")
+    ap.add_argument("--check", action="store_true", help="one short CPU run end to end (ISBI, tiny, 20 it)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="records folder")
+    ap.add_argument("--keep-models", action="store_true")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("napari_lazylabels.core.io",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    if args.table:
+        write_table(args.results, TABLE)
+        print(f"wrote {TABLE}")
+        return 0
+    root = shared_data()
+    if args.check:
+        run = Run("isbi", "multitask-ignore", 0.094, 0, args.size or "tiny", args.iterations or 20, "cpu")
+        results = WORK / "check"
+        path = run.path(results)
+        if path.exists():
+            path.unlink()
+        t0 = time.perf_counter()
+        rec = execute(run, root, results, threads=args.threads)
+        m = rec["metrics"]
+        for key in ("dice", "object_f1", "interface_precision", "pairs_separated"):
+            assert key in m, key
+        print(f"check OK in {time.perf_counter() - t0:.0f} s: {path}")
+        print(json.dumps({k: m[k] for k in ("dice", "object_f1", "interface_precision", "pairs_separated", "n")}))
+        return 0
+
+    todo = [r for r in runs_for(args.tier, args) if not r.path(args.results).exists()]
+    if args.list:
+        total = len(runs_for(args.tier, args))
+        print(f"{len(todo)} of {total} runs of tier {args.tier!r} have no record:")
+        for r in todo:
+            print(f"  {r.dataset:5s} {r.run_id}")
+        return 0
+    if args.max_runs is not None:
+        todo = todo[: args.max_runs]
+    failed = 0
+    for i, run in enumerate(todo, 1):
+        if run.path(args.results).exists():  # done meanwhile by another process
+            continue
+        log.info("run %d/%d: %s %s", i, len(todo), run.dataset, run.run_id)
+        try:
+            rec = execute(run, root, args.results, args.keep_models, args.threads)
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            failed += 1
+            log.error("run %s %s failed, nothing written:\n%s", run.dataset, run.run_id, traceback.format_exc())
+            continue
+        m = rec["metrics"]
+        print(f"done {run.dataset} {run.run_id}: dice {m['dice']:.3f} object F1 {m['object_f1']:.3f} "
+              f"pairs separated {m['pairs_separated']} in {rec['wall_time_s']:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
