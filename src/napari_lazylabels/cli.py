@@ -119,7 +119,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- predict
 def cmd_predict(a: argparse.Namespace) -> int:
     from .core.checkpoint import load_model
-    from .core.io import list_images, read_image
+    from .core.io import list_images, read_images
     from .core.model import resolve_device
     from .core.predict import PredictConfig, Predictor, predict_file
 
@@ -132,10 +132,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
     out = Path(a.out)
-    for f in _tqdm(iterable=files, desc="predict", unit="image"):
-        read_image(f)  # validates early with a clear message
-        predict_file(predictor, f, out)
-    _out(f"predicted {len(files)} images into {out}")
+    n = 0
+    for f in _tqdm(iterable=files, desc="predict", unit="file"):
+        for name, image in read_images(f):  # a stack TIFF gives one image per slice
+            predict_file(predictor, f, out, image=image, stem=name)
+            n += 1
+    _out(f"predicted {n} images from {len(files)} files into {out}")
     return 0
 
 

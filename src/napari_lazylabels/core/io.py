@@ -139,6 +139,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return as_image(arr, what=f"image {path.name}")
 
 
+def read_images(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
+    """Read an image file that may hold a stack of 2D images.
+
+    Returns:
+        ``[(name, image)]``: one item named by the file stem for a 2D image; for a stack
+        ``(N, H, W)`` or ``(N, H, W, 3)`` (TIFF), one item per slice named ``<stem>_z000``...
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(path))
+        stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4))
+        if stack:
+            return [(f"{path.stem}_z{i:03d}", as_image(a, what=f"slice {i} of {path.name}")) for i, a in enumerate(arr)]
+    return [(path.stem, read_image(path))]
+
+
 def _encode(arr: np.ndarray, suffix: str) -> bytes:
     if suffix in (".tif", ".tiff"):
         import io as _io

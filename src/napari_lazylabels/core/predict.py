@@ -801,8 +801,13 @@ def predict_file(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     large_pixels: int = LARGE_IMAGE_PIXELS,
+    image: np.ndarray | None = None,
+    stem: str | None = None,
 ) -> dict[str, Path]:
     """Predict an image file and write the results next to each other in ``out_dir``.
+
+    ``image`` and ``stem`` override the pixels and the output name (used for the slices of a
+    stack, see :func:`napari_lazylabels.core.io.read_images`).
 
     Files (``<stem>`` is the image's file stem), each written atomically:
 
@@ -825,8 +830,8 @@ def predict_file(
     out_dir.mkdir(parents=True, exist_ok=True)
     if save_probabilities is None:
         save_probabilities = predictor.predict_config.save_probabilities
-    stem = image_path.stem
-    image = read_image(image_path)
+    stem = stem or image_path.stem
+    image = read_image(image_path) if image is None else as_image(image, what=f"image {stem}")
     h, w = image.shape[:2]
     temps: list[Path] = []
     outputs: dict[str, np.ndarray] = {}
