@@ -274,3 +274,20 @@ def test_instances_per_class_and_small_removed():
         assert set(np.unique(inst)) == {0, 1, 2}
         assert inst[27 - 1, 27 - 1] == 0
         assert len(np.unique(inst[5:15, 5:15])) == 1 and inst[10, 10] != inst[10, 20]
+
+
+def test_uncertain_pixels_split_instances_when_asked():
+    """Two squares joined by a strip the class map calls foreground but with low confidence:
+    split only when class probabilities are passed in."""
+    from napari_lazylabels.core.predict import instances_from_prediction
+
+    classes = np.zeros((40, 80), np.uint8)
+    classes[10:30, 10:70] = 1
+    probs = np.zeros((2, 40, 80), np.float32)
+    probs[1] = np.where(classes > 0, 0.99, 0.01)
+    probs[1, 10:30, 38:42] = 0.6  # a weak boundary
+    probs[0] = 1 - probs[1]
+    assert instances_from_prediction(classes, None).max() == 1
+    inst = instances_from_prediction(classes, None, probabilities=probs, seed_probability=0.9)
+    assert inst.max() == 2
+    assert inst[20, 20] != inst[20, 60] and (inst[classes > 0] > 0).all()

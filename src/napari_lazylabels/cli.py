@@ -127,7 +127,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     model, ck = load_model(a.model, device)
     pcfg = PredictConfig(
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
-        save_probabilities=not a.no_probabilities,
+        save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
@@ -244,6 +244,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         model=str(out / "model"), images=[str(paths["test_images"])], out=str(out / "predictions"),
         tile=256, overlap=0.25, batch_size=4, device="auto", no_probabilities=True,
+        split_uncertain=None,
     )
     cmd_predict(ns)
     res = evaluate_folder(out / "predictions", paths["test_masks"])
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
+    pr.add_argument("--split-uncertain", type=float, metavar="P",
+                    help="also split instances where the class probability is below P (e.g. 0.9), "
+                    "for objects the class map merges across thin boundaries")
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="dice, object F1 and interface scores against masks",

@@ -356,6 +356,8 @@ def instances_from_prediction(
     min_size: int = 16,
     min_seed_size: int | None = None,
     seed_erosion: int = 0,
+    probabilities: np.ndarray | None = None,
+    seed_probability: float = 0.9,
 ) -> np.ndarray:
     """Instances from a class map, split at predicted interfaces (the separation task).
 
@@ -374,6 +376,12 @@ def instances_from_prediction(
         min_size: objects smaller than this (pixels) are removed (set to 0).
         min_seed_size: smallest seed; default ``max(1, min_size // 4)``.
         seed_erosion: erode the seeds by this many pixels first.
+        probabilities: optional ``(K, H, W)`` class probabilities. Then a pixel also
+            separates objects where its class probability is below ``seed_probability``, so
+            objects split by a thin, uncertain background line (membranes, the gaps between
+            nuclei the class map merges) get one seed each; the watershed then grows the
+            seeds back over the uncertain pixels of the component.
+        seed_probability: class probability a seed pixel needs (with ``probabilities``).
 
     Returns:
         ``(H, W)`` int32, 0 = no object, objects numbered ``1..N`` (class by class).
@@ -401,7 +409,15 @@ def instances_from_prediction(
         comp, n = ndimage.label(fg)
         if n == 0:
             continue
-        if interfaces is None:
+        split = interfaces
+        threshold = interface_threshold
+        if probabilities is not None and c < len(probabilities):
+            # One "separation" map, scaled so that 1 separates: interfaces at their
+            # threshold, or class probability below the seed probability.
+            doubt = (1.0 - np.asarray(probabilities[c], np.float32)) / max(1e-6, 1.0 - seed_probability)
+            split = doubt if interfaces is None else np.maximum(doubt, np.asarray(interfaces, np.float32) / interface_threshold)
+            threshold = 1.0
+        if split is None:
             sizes = np.bincount(comp.ravel(), minlength=n + 1)
             keep = sizes >= min_size
             keep[0] = False
@@ -414,7 +430,7 @@ def instances_from_prediction(
         # and run the per-component watershed only where an interface may split one.
         sizes = np.bincount(comp.ravel(), minlength=n + 1)
         crossed = np.zeros(n + 1, bool)
-        crossed[comp[fg & (np.asarray(interfaces) >= interface_threshold)]] = True
+        crossed[comp[fg & (np.asarray(split) >= threshold)]] = True
         del fg
         big = sizes >= min_size
         big[0] = False
@@ -428,8 +444,8 @@ def instances_from_prediction(
             if sl is None or not todo[i]:
                 continue
             mask = comp[sl] == i
-            interf = np.asarray(interfaces[sl], dtype=np.float32)
-            seed_mask = mask & (interf < interface_threshold)
+            interf = np.asarray(split[sl], dtype=np.float32)
+            seed_mask = mask & (interf < threshold)
             if seed_erosion > 0:
                 seed_mask = ndimage.binary_erosion(seed_mask, iterations=seed_erosion)
             seeds, ns = ndimage.label(seed_mask)
@@ -483,6 +499,9 @@ class PredictConfig:
         save_probabilities: :func:`predict_file` also writes the probability maps.
         keep_detection: also return the detection head's probabilities (multi-task).
         sigma_scale: Gaussian blending sigma as a fraction of ``tile``.
+        seed_probability: instances also split where the class probability drops below
+            this (see :func:`instances_from_prediction`); ``None`` (default) splits at
+            predicted interfaces only, as the paper does.
     """
 
     tile: int = 256
@@ -496,6 +515,7 @@ class PredictConfig:
     save_probabilities: bool = True
     keep_detection: bool = False
     sigma_scale: float = 0.125
+    seed_probability: float | None = None
 
     def __post_init__(self) -> None:
         if self.tile < 16:
