@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from . import model as model_lib
 from .data import normalize, percentiles, to_channels
-from .io import as_image, read_image, write_image, write_label
+from .io import as_image, atomic_path, read_image, write_image, write_label
 from .labels import DETECTION, SEGMENTATION, SEPARATION
 from .model import ModelConfig
 
@@ -789,10 +789,7 @@ def _atomic_tiff(path: Path, arr: np.ndarray, rows: int = 256) -> Path:
                 for x in range(0, w, rows):
                     yield strip[:, x : x + rows]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
             tiles(),
@@ -802,13 +799,6 @@ def _atomic_tiff(path: Path, arr: np.ndarray, rows: int = 256) -> Path:
             compression="zlib",
             photometric="minisblack",
         )
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
 
 
