@@ -87,6 +87,7 @@ def _train_config(a: argparse.Namespace):
         device=a.device,
         amp=not a.no_amp,
         val_every=a.val_every,
+        augment={**base.augment.__dict__, "patch_size": a.patch_size},
         seed=a.seed,
         num_threads=a.threads,
     )
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
     t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--patch-size", type=int, default=256, help="side of the square training patches")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")

@@ -139,18 +139,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def autocast_dtype(device: torch.device, config: ModelConfig | None = None) -> torch.dtype | None:
-    """The autocast dtype that speeds a model up on a device, or ``None`` for float32.
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that speeds training and prediction up on a device, or ``None``.
 
-    CUDA: bf16 (fp16 on cards without bf16). CPU: bf16 for nets whose narrowest level has at
-    least 16 channels (about 3x faster than float32 here); narrower nets run faster in float32
-    (measured on 2 cores: "tiny" multitask 4.2 patches/s float32 vs 3.6 bf16).
+    CUDA: bf16 (fp16 on cards without bf16). CPU: bf16, with channels-last about 3x faster
+    than float32 on this project's 2-core CPUs (see docs/benchmarks-speed.md).
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        if config is not None and min(config.widths) < 16:
-            return None
         return torch.bfloat16
     return None
 

@@ -570,7 +570,7 @@ class Predictor:
         self.config = config
         self.predict_config = predict_config
         self.device = model_lib.resolve_device(predict_config.device)
-        self.amp_dtype = model_lib.autocast_dtype(self.device, config) if predict_config.amp else None
+        self.amp_dtype = model_lib.autocast_dtype(self.device) if predict_config.amp else None
         self.model = model.to(self.device).eval()
         if predict_config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -304,7 +304,7 @@ def train_iter(
         optimizer.load_state_dict(opt_state)
         for g in optimizer.param_groups:
             g["lr"] = cfg.learning_rate
-    amp_dtype = autocast_dtype(device, model_config) if cfg.amp else None
+    amp_dtype = autocast_dtype(device) if cfg.amp else None
 
     def autocast():
         if amp_dtype is None:
