@@ -126,3 +126,21 @@ def test_class_spec_validation():
     with pytest.raises(ValueError, match="unique"):
         ClassSpec(("background", "a", "a"))
     assert ClassSpec(("background", "a")).value_of("a") == 2
+
+
+def test_ignore_mode_implies_separation_negatives_from_other_maps():
+    """Marks and the inside of exact masks are never interfaces, also on images without a
+    separation map; pixels near a change of label stay unknown."""
+    det = np.zeros((7, 9), np.uint8)
+    det[3, 1] = 1  # background stroke
+    det[3, 7] = 2  # object mark
+    seg = np.ones((7, 9), np.uint8)
+    seg[:, 5:] = 2
+    sep = training_targets(det, None, seg, "ignore")["separation"]
+    assert sep[3, 1] == 0 and sep[3, 7] == 0
+    assert (sep[:, :3] == 0).all()  # inside the background region, > 2 px from the border
+    assert (sep[:, 3:7] == -1).all()  # within 2 px of the object border: unknown
+    assert training_targets(None, None, None, "ignore")["separation"] is None
+    assert training_targets(np.zeros((4, 4), np.uint8), None, None, "ignore")["separation"] is None
+    # paper mode keeps the paper's rule: no separation map, no separation loss
+    assert training_targets(det, None, seg, "paper")["separation"] is None

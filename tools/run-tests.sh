@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # Pin the CPU wheel here: an unpinned torch pulls a multi-GB CUDA build.
-python -m pip install -q "torch==2.13.0" -e ".[all,testing]"
+python -m pip install -q "torch==2.13.0" -e ".[all,testing,bench]"
 if ! command -v Xvfb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 \

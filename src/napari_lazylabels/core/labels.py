@@ -18,9 +18,12 @@ Tasks (the paper's numbering):
 
 Label modes:
 
-* ``"ignore"``: pixels left at 0 are ignored by the loss. For separation, pixels marked in the
-  detection map (inner parts of objects, background scribbles) are known not to be interfaces
-  and count as separation background.
+* ``"ignore"``: pixels left at 0 are ignored by the loss. For separation, pixels that other
+  maps show not to be interfaces count as separation background, on every image: detection
+  marks (inner parts of objects, background scribbles) and the inside of exact masks (more
+  than 2 px from any change of label). Without these implied negatives the separation head
+  only ever sees interface positives next to object borders and learns "every border is an
+  interface".
 * ``"paper"``: as in Ke et al., every pixel not marked in an image's detection (or separation)
   map counts as background for that task.
 """
@@ -136,6 +139,18 @@ def validate_label_map(label: np.ndarray, shape: tuple[int, int], n_values: int,
     return label.astype(np.uint8 if n_values < 256 else np.uint16, copy=False)
 
 
+def mask_interior(label: np.ndarray, margin: int) -> np.ndarray:
+    """Annotated pixels whose label is the same within ``margin`` pixels (a square window):
+    the inside of each labelled region, away from every change of label and from unannotated
+    pixels."""
+    from scipy import ndimage
+
+    size = 2 * margin + 1
+    lo = ndimage.minimum_filter(label, size=size, mode="nearest")
+    hi = ndimage.maximum_filter(label, size=size, mode="nearest")
+    return (lo == hi) & (label != UNLABELLED)
+
+
 def training_targets(
     detection: np.ndarray | None,
     separation: np.ndarray | None,
@@ -145,7 +160,10 @@ def training_targets(
     """Turn stored label maps into per-task training targets.
 
     Targets hold class indices (``label - 1``) and ``-1`` where the loss ignores the pixel;
-    a task whose map is ``None`` gets ``None`` (the image is not in that task's loss).
+    a task whose map is ``None`` gets ``None`` (the image is not in that task's loss). In
+    ignore mode the separation target also holds the negatives other maps imply (detection
+    marks, insides of exact masks), so an image with marks but no separation map still
+    teaches the separation head where interfaces are *not*.
 
     Args:
         detection: ``(H, W)`` task-1 map or ``None``.
@@ -167,15 +185,35 @@ def training_targets(
         if mode == "paper" and task == DETECTION:
             t[lab == UNLABELLED] = BACKGROUND - 1
         out[task] = t
-    if separation is None:
+    if mode == "paper":
+        if separation is None:
+            out[SEPARATION] = None
+        else:
+            t = separation.astype(np.int64) - 1
+            t[separation == UNLABELLED] = BACKGROUND - 1
+            out[SEPARATION] = t
+        return out
+    # Ignore mode: besides the user's separation scribbles, pixels that other labels show not
+    # to be interfaces count as separation background, also on images without a separation
+    # map: detection marks (object insides, background strokes) and the inside of exact masks
+    # (more than 2 px from any change of label).
+    maps = [m for m in (detection, separation, segmentation) if m is not None]
+    if not maps:
         out[SEPARATION] = None
+        return out
+    known_not = np.zeros(maps[0].shape, bool)
+    if detection is not None:
+        known_not |= detection != UNLABELLED
+    if segmentation is not None:
+        known_not |= mask_interior(segmentation, 2)
+    if separation is None:
+        if not known_not.any():
+            out[SEPARATION] = None
+            return out
+        t = np.full(known_not.shape, -1, np.int64)
     else:
         t = separation.astype(np.int64) - 1
-        if mode == "paper":
-            t[separation == UNLABELLED] = BACKGROUND - 1
-        elif detection is not None:
-            # Inner object marks and background scribbles are known not to be interfaces.
-            known_not = (separation == UNLABELLED) & (detection != UNLABELLED)
-            t[known_not] = BACKGROUND - 1
-        out[SEPARATION] = t
+        known_not &= separation == UNLABELLED
+    t[known_not] = BACKGROUND - 1
+    out[SEPARATION] = t
     return out

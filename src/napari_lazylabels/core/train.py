@@ -56,7 +56,8 @@ class TrainConfig:
         val_fraction: share of images held out for validation when no validation set is given
             (only when at least 5 images are labelled; otherwise validation uses the training
             images' own labels).
-        val_every: validate every this many iterations (and at the end).
+        val_every: validate every this many iterations and at the end; 0 turns validation
+            off (``best.pt`` is then the last model).
         seed: seeds the sampler, the split and torch.
         num_threads: torch CPU threads (``None``: torch's default).
     """
@@ -274,12 +275,17 @@ def train_iter(
     if model_config is None:
         model_config = infer_model_config(dataset, device, size)
 
-    train_samples, val_samples = _split(dataset, cfg)
-    if validation is not None:
+    if cfg.val_every:
+        train_samples, val_samples = _split(dataset, cfg)
+    else:
+        train_samples, val_samples = [s for s in dataset if s.tasks()], []
+    if validation is not None:  # an explicit empty list turns validation off
         val_samples = list(validation)
-    if not val_samples:
-        val_samples = [s for s in train_samples][:8]
+    elif not val_samples and cfg.val_every:
+        val_samples = train_samples[:8]
         log.info("No held-out images: validation scores the training images' own labels.")
+    if not cfg.val_every:
+        val_samples = []
     prepared = [
         PreparedSample(s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks)
         for s in train_samples
@@ -386,11 +392,11 @@ def train_iter(
             "step", start_iteration + it, total and start_iteration + total, time.perf_counter() - t0,
             loss=lv, parts=parts, lr=lr, patches_per_s=cfg.batch_size / max(step_time, 1e-9),
         )
-        if cfg.val_every and it % cfg.val_every == 0:
+        if val_samples and it % cfg.val_every == 0:
             last_val_it = it
             yield from validate(start_iteration + it)
 
-    if it > 0 and last_val_it != it:
+    if it > 0 and last_val_it != it and val_samples:
         yield from validate(start_iteration + it)
     final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
     latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
