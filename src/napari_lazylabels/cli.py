@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
     t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--patch-size", type=int, default=256, help="side of the square training patches")
+    t.add_argument("--batch-size", type=int, help="patches per step (default 16)")
+    t.add_argument("--patch-size", type=int,
+                   help="side of the square training patches (default: 256 on a GPU, 128 on a CPU)")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")

@@ -242,9 +242,9 @@ class TrainWidget(QWidget):
         from ..core.train import TrainConfig
 
         device = self.device.currentText()
-        gpu = resolve_device(device).type != "cpu"
-        batch = self.batch.value() or (16 if gpu else 4)
-        patch = self.patch.value() or (256 if gpu else 128)
+        resolve_device(device)  # a clear error now if the device is not there
+        batch = self.batch.value() or None  # None: the core's default for the device
+        patch = self.patch.value() or None
         seconds = self.budget_kind.currentText() == "seconds"
         n = self.budget.value()
         return TrainConfig(

@@ -85,7 +85,9 @@ class AugmentConfig:
     """Random patch augmentation.
 
     Args:
-        patch_size: side of the square training patch (paper: 256).
+        patch_size: side of the square training patch; ``None`` picks by device
+            (:func:`napari_lazylabels.core.train.device_defaults`: the paper's 256 on a GPU,
+            128 on a CPU).
         scale_range: random rescale factor range (zoom of the patch).
         rotate: rotate by a uniform random angle.
         flip: random horizontal/vertical flips.
@@ -93,7 +95,7 @@ class AugmentConfig:
         labelled_fraction: probability that a patch is centred on an annotated pixel.
     """
 
-    patch_size: int = 256
+    patch_size: int | None = None
     scale_range: tuple[float, float] = (0.75, 1.33)
     rotate: bool = True
     flip: bool = True
