@@ -73,10 +73,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E402
 from napari_lazylabels.core.checkpoint import load_checkpoint, versions  # noqa: E402
-from napari_lazylabels.core.io import LazyDataset, Sample  # noqa: E402
+from napari_lazylabels.core.io import LazyDataset  # noqa: E402
 from napari_lazylabels.core.model import resolve_device  # noqa: E402
 from napari_lazylabels.core.predict import PredictConfig, Predictor, instances_from_prediction  # noqa: E402
-from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config  # noqa: E402
+from napari_lazylabels.core.train import TrainConfig, device_defaults, fit, infer_model_config  # noqa: E402
 
 log = logging.getLogger("accuracy")
 
@@ -91,17 +91,19 @@ NETWORK_METHODS = METHODS[:-1]
 FRACTIONS = (0.024, 0.047, 0.094, 1.0)
 DATASETS = ("glas", "isbi", "dsb")
 
-# Iterations (batches of 16 patches of 256 px) per (architecture, size): sized so that one
-# run, training plus scoring, takes about 10 minutes on the 2 shared CPU cores of the dev
-# machine (measured: multitask "small" ~3.4 patches/s bf16, "tiny" ~4 patches/s fp32; a
-# single-task U-net ~2x as fast). "paper" on a GPU: a guess, about 10 min on one H100.
+# Iterations (batches of 16 patches) per (architecture, size): sized so that one run, training
+# plus scoring, takes about 10 minutes on the 2 CPU cores of the dev machine with the CPU
+# default patch of 128 px (measured on ISBI: multitask "small" ~1.6 it/s, a single-task U-net
+# about 2x as fast). Records made before the CPU default became 128 px (run ids without
+# "_p128") used 256 px patches and a tenth of these budgets. "paper" on a GPU (256 px): a
+# guess, about 10 min on one H100.
 ITERATIONS: dict[tuple[str, str], int] = {
-    ("multitask", "tiny"): 130,
-    ("multitask", "small"): 110,
-    ("unet", "tiny"): 260,
-    ("unet", "small"): 220,
-    ("multitask", "medium"): 40,
-    ("unet", "medium"): 80,
+    ("multitask", "tiny"): 1000,
+    ("multitask", "small"): 700,
+    ("unet", "tiny"): 2000,
+    ("unet", "small"): 1400,
+    ("multitask", "medium"): 250,
+    ("unet", "medium"): 500,
     ("multitask", "paper"): 4000,
     ("unet", "paper"): 6000,
 }
@@ -213,7 +215,8 @@ class Run:
     def run_id(self) -> str:
         if self.method == "random-forest":
             return f"{self.method}_f{self.fraction:g}_s{self.seed}"
-        return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_{self.device}"
+        patch = device_defaults(self.device)["patch_size"]
+        return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}_{self.device}"
 
     def path(self, results: Path) -> Path:
         return results / self.dataset / f"{self.run_id}.json"
@@ -340,6 +343,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             "dataset": run.dataset, "method": run.method, "strong_fraction": run.fraction,
             "size": run.size, "iterations": run.iterations, "device": run.device,
             "batch_size": BATCH_SIZE if run.method != "random-forest" else None,
+            "patch_size": device_defaults(run.device)["patch_size"] if run.method != "random-forest" else None,
         },
         "seed": run.seed,
         "data": {
@@ -378,10 +382,6 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         model_dir = WORK / "models" / run.dataset / run.run_id
         if model_dir.exists():
             shutil.rmtree(model_dir)
-        # train() always validates once at the end; give it a 64 px crop without labels so
-        # that no validation image is seen and no time is spent (the score is NaN, unused).
-        s0 = train_ds[0]
-        dummy = [Sample(name="_no_validation", image=np.ascontiguousarray(s0.image[:64, :64]))]
         speeds = []
 
         def on_event(ev):
@@ -392,7 +392,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
                              ev.total, ev.loss, ev.patches_per_s, ev.elapsed)
 
         t0 = time.perf_counter()
-        result = fit(train_ds, model_dir, model_config, cfg, validation=dummy, on_event=on_event)
+        result = fit(train_ds, model_dir, model_config, cfg, validation=[], on_event=on_event)
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
         model = ck.build(device)
