@@ -150,7 +150,7 @@ class TrainWidget(QWidget):
         self.budget_kind.addItems(["seconds", "iterations"])
         self.budget = QSpinBox()
         self.budget.setRange(1, 10_000_000)
-        self.budget.setValue(120)
+        self.budget.setValue(180)
         self.size = QComboBox()
         self.size.addItems(SIZES)
         self.size.setToolTip("Model size; 'default' picks 'paper' on a GPU and 'small' on a CPU.")
