@@ -1,5 +1,6 @@
-"""Small pieces shared by the dock widgets: error notifications, layer pickers, the loss
-curve, torch thread limits and a per-viewer session (the model trained last)."""
+"""Small pieces shared by the dock widgets: error notifications, layer pickers, path rows,
+run/stop buttons, the loss curve, torch thread limits and a per-viewer session (the model
+trained last)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,31 @@ from pathlib import Path
 
 from qtpy.QtCore import QPointF, QSize, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QComboBox, QSizePolicy, QWidget
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLineEdit, QPushButton, QSizePolicy, QWidget
 
 log = logging.getLogger(__name__)
+
+
+def path_row(placeholder: str, on_browse) -> tuple[QLineEdit, QHBoxLayout]:
+    """A folder/file path field with a "…" browse button; returns ``(field, row layout)``."""
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    browse = QPushButton("…")
+    browse.setMaximumWidth(30)
+    browse.clicked.connect(on_browse)
+    row = QHBoxLayout()
+    row.addWidget(edit)
+    row.addWidget(browse)
+    return edit, row
+
+
+def run_stop_buttons(run_text: str, on_run, on_stop) -> tuple[QPushButton, QPushButton]:
+    """A run button and a Stop button (disabled until a job runs)."""
+    run, stop = QPushButton(run_text), QPushButton("Stop")
+    stop.setEnabled(False)
+    run.clicked.connect(on_run)
+    stop.clicked.connect(on_stop)
+    return run, stop
 
 
 def notify_errors(func):

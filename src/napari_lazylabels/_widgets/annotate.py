@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from ..core.labels import DETECTION, INTERFACE, SEGMENTATION, SEPARATION, TASKS, ClassSpec
 from . import _layers
-from ._common import LayerCombo, notify_errors, show_info
+from ._common import LayerCombo, notify_errors, path_row, show_info
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,7 @@ class AnnotationWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(120)
         self.table.cellDoubleClicked.connect(self._goto_row)
-        self.project = QLineEdit()
-        self.project.setPlaceholderText("dataset folder")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse)
-        prow = QHBoxLayout()
-        prow.addWidget(self.project)
-        prow.addWidget(browse)
+        self.project, prow = path_row("dataset folder", self._browse)
         self.save_btn = QPushButton("Save project")
         self.load_btn = QPushButton("Load project")
         self.save_btn.clicked.connect(lambda: self.save_project())

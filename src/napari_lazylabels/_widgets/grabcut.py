@@ -15,14 +15,13 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from ..core.labels import DETECTION, SEGMENTATION
 from . import _layers
-from ._common import LayerCombo, notify_errors, show_error, show_info
+from ._common import LayerCombo, notify_errors, run_stop_buttons, show_error, show_info
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,7 @@ class GrabCutWidget(QWidget):
             "all objects: every mark of the shown image; objects in view: marks visible in the "
             "canvas; selected label: marks of the detection layer's selected label (class)."
         )
-        self.run_btn = QPushButton("Refine")
-        self.stop_btn = QPushButton("Stop")
-        self.stop_btn.setEnabled(False)
-        self.run_btn.clicked.connect(self.run)
-        self.stop_btn.clicked.connect(self.stop)
+        self.run_btn, self.stop_btn = run_stop_buttons("Refine", self.run, self.stop)
         self.status = QLabel("Marks of the detection layer become masks in the segmentation layer (undo with Ctrl+Z).")
         self.status.setWordWrap(True)
         form = QFormLayout()

@@ -17,17 +17,23 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from . import _layers
-from ._common import limit_torch_threads, notify_errors, session, show_error, show_info
+from ._common import (
+    limit_torch_threads,
+    notify_errors,
+    path_row,
+    run_stop_buttons,
+    session,
+    show_error,
+    show_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +143,14 @@ class PredictWidget(QWidget):
         self.runner: PredictionRunner | None = None
         self.images = QListWidget()
         self.images.setMaximumHeight(120)
-        self.model_dir = QLineEdit()
-        self.model_dir.setPlaceholderText("the model trained last")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse)
-        mrow = QHBoxLayout()
-        mrow.addWidget(self.model_dir)
-        mrow.addWidget(browse)
+        self.model_dir, mrow = path_row("the model trained last", self._browse)
         self.device = QComboBox()
         self.device.addItems(("auto", "cuda", "mps", "cpu"))
         self.tile = QSpinBox()
         self.tile.setRange(32, 2048)
         self.tile.setSingleStep(32)
         self.tile.setValue(256)
-        self.run_btn = QPushButton("Predict")
-        self.stop_btn = QPushButton("Stop")
-        self.stop_btn.setEnabled(False)
-        self.run_btn.clicked.connect(self.run)
-        self.stop_btn.clicked.connect(self.stop)
+        self.run_btn, self.stop_btn = run_stop_buttons("Predict", self.run, self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout()

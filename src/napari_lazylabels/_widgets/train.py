@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -38,6 +37,8 @@ from ._common import (
     default_model_dir,
     limit_torch_threads,
     notify_errors,
+    path_row,
+    run_stop_buttons,
     session,
     show_error,
     show_info,
@@ -176,24 +177,13 @@ class TrainWidget(QWidget):
             wrow.addWidget(sp)
         self.label_mode = QComboBox()
         self.label_mode.addItems(LABEL_MODES)
-        self.model_dir = QLineEdit()
-        self.model_dir.setPlaceholderText("(a new folder in the temp dir)")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_model_dir)
-        mrow = QHBoxLayout()
-        mrow.addWidget(self.model_dir)
-        mrow.addWidget(browse)
+        self.model_dir, mrow = path_row("(a new folder in the temp dir)", self._browse_model_dir)
         self.resume = QCheckBox("continue from the folder's latest checkpoint")
         self.resume.setChecked(True)
         self.preview = QCheckBox("preview the current view at each new best model")
         self.preview.setChecked(True)
 
-        self.start_btn = QPushButton("Start")
-        self.stop_btn = QPushButton("Stop")
-        self.stop_btn.setEnabled(False)
-        self.start_btn.clicked.connect(self.start)
-        self.stop_btn.clicked.connect(self.stop)
+        self.start_btn, self.stop_btn = run_stop_buttons("Start", self.start, self.stop)
         self.load_btn = QPushButton("Load model…")
         self.save_btn = QPushButton("Save model as…")
         self.load_btn.clicked.connect(self._load_model_dialog)
