@@ -372,7 +372,6 @@ def train_iter(
     it = 0
     stopped = False
     last_val_it = None
-    ema = None
     while True:
         elapsed = time.perf_counter() - t0
         if cfg.iterations is not None and it >= cfg.iterations:
@@ -407,7 +406,6 @@ def train_iter(
             raise FloatingPointError(
                 f"The loss became {lv} at iteration {start_iteration + it}; lower the learning rate."
             )
-        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         step_time = time.perf_counter() - ts
         history["steps"].append([start_iteration + it, round(lv, 5)])
         yield TrainEvent(
@@ -474,8 +472,3 @@ def fit(
                 with contextlib.suppress(Exception):
                     progress.set_postfix(val_dice=f"{ev.metrics['dice']:.3f}", refresh=False)
     return result
-
-
-def train_config_with(cfg: TrainConfig, **changes) -> TrainConfig:
-    """A copy of ``cfg`` with fields changed (frozen dataclasses are replaced, never mutated)."""
-    return replace(cfg, **changes)
