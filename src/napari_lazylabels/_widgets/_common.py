@@ -32,13 +32,16 @@ def path_row(placeholder: str, on_browse) -> tuple[QLineEdit, QHBoxLayout]:
     return edit, row
 
 
-def run_stop_buttons(run_text: str, on_run, on_stop) -> tuple[QPushButton, QPushButton]:
-    """A run button and a Stop button (disabled until a job runs)."""
+def run_stop_buttons(run_text: str, on_run, on_stop) -> tuple[QPushButton, QPushButton, QHBoxLayout]:
+    """A run button and a Stop button (disabled until a job runs), side by side in a row."""
     run, stop = QPushButton(run_text), QPushButton("Stop")
     stop.setEnabled(False)
     run.clicked.connect(on_run)
     stop.clicked.connect(on_stop)
-    return run, stop
+    row = QHBoxLayout()
+    row.addWidget(run)
+    row.addWidget(stop)
+    return run, stop, row
 
 
 def notify_errors(func):

@@ -13,7 +13,6 @@ import logging
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QVBoxLayout,
     QWidget,
@@ -49,7 +48,7 @@ class GrabCutWidget(QWidget):
             "all objects: every mark of the shown image; objects in view: marks visible in the "
             "canvas; selected label: marks of the detection layer's selected label (class)."
         )
-        self.run_btn, self.stop_btn = run_stop_buttons("Refine", self.run, self.stop)
+        self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Refine", self.run, self.stop)
         self.status = QLabel("Marks of the detection layer become masks in the segmentation layer (undo with Ctrl+Z).")
         self.status.setWordWrap(True)
         form = QFormLayout()
@@ -57,10 +56,7 @@ class GrabCutWidget(QWidget):
         form.addRow("refine", self.scope)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
-        row = QHBoxLayout()
-        row.addWidget(self.run_btn)
-        row.addWidget(self.stop_btn)
-        lay.addLayout(row)
+        lay.addLayout(self._run_row)
         lay.addWidget(self.status)
         lay.addStretch(1)
 

@@ -15,7 +15,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -150,7 +149,7 @@ class PredictWidget(QWidget):
         self.tile.setRange(32, 2048)
         self.tile.setSingleStep(32)
         self.tile.setValue(256)
-        self.run_btn, self.stop_btn = run_stop_buttons("Predict", self.run, self.stop)
+        self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Predict", self.run, self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout()
@@ -161,10 +160,7 @@ class PredictWidget(QWidget):
         lay.addWidget(QLabel("images to predict"))
         lay.addWidget(self.images)
         lay.addLayout(form)
-        row = QHBoxLayout()
-        row.addWidget(self.run_btn)
-        row.addWidget(self.stop_btn)
-        lay.addLayout(row)
+        lay.addLayout(self._run_row)
         lay.addWidget(self.status)
         lay.addStretch(1)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed, napari_viewer.layers.events.changed):
