@@ -75,7 +75,12 @@ from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E40
 from napari_lazylabels.core.checkpoint import load_checkpoint, versions  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
 from napari_lazylabels.core.model import resolve_device  # noqa: E402
-from napari_lazylabels.core.predict import PredictConfig, Predictor, instances_from_prediction  # noqa: E402
+from napari_lazylabels.core.predict import (  # noqa: E402
+    PredictConfig,
+    Predictor,
+    instances_from_prediction,
+    separating_interfaces,
+)
 from napari_lazylabels.core.train import TrainConfig, device_defaults, fit, infer_model_config  # noqa: E402
 
 log = logging.getLogger("accuracy")
@@ -321,8 +326,13 @@ def all_versions() -> dict:
 def score(val, predict_one) -> tuple[dict, list[dict]]:
     per_image = []
     for stem, image, gt in val:
-        classes, inst, interfaces = predict_one(image)
+        classes, inst, interfaces, raw = predict_one(image)
         m = metrics.evaluate_image(classes, inst, interfaces, gt)
+        # The separation head's thresholded map before keeping only the pixels between two
+        # predicted objects (records before 2026-11-25 scored this map as interface_precision).
+        m["interface_precision_raw"] = (
+            math.nan if raw is None else metrics.interface_scores(raw, inst, gt)["precision"]
+        )
         per_image.append({"image": stem, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}})
     summary = metrics.summarize([{k: (math.nan if v is None else v) for k, v in r.items() if k != "image"} for r in per_image])
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
@@ -365,7 +375,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
 
         def predict_one(image):
             classes = rf.predict(image)
-            return classes, instances_from_prediction(classes, None, min_size=16), None
+            return classes, instances_from_prediction(classes, None, min_size=16), None, None
 
         t0 = time.perf_counter()
         summary, per_image = score(val, predict_one)
@@ -398,10 +408,14 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         model = ck.build(device)
         predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device), batch_size=8))
 
+        threshold = predictor.predict_config.interface_threshold
+
         def predict_one(image):
             p = predictor.predict(image, instances=True)
-            interfaces = None if p.interfaces is None else p.interfaces >= predictor.predict_config.interface_threshold
-            return p.classes, p.instances, interfaces
+            if p.interfaces is None:
+                return p.classes, p.instances, None, None
+            raw = p.interfaces >= threshold
+            return p.classes, p.instances, separating_interfaces(p.interfaces, p.instances, threshold), raw
 
         t0 = time.perf_counter()
         summary, per_image = score(val, predict_one)

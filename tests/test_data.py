@@ -5,7 +5,10 @@ from napari_lazylabels.core.data import (
     AugmentConfig,
     PatchSampler,
     PreparedSample,
+    auto_scale,
     normalize,
+    object_size,
+    resize_targets,
     sample_patch,
     to_channels,
 )
@@ -78,3 +81,55 @@ def test_sampler_batches_and_untasked_images_are_ignored():
         assert not (has_det and has_seg)
     with pytest.raises(ValueError, match="annotate"):
         PatchSampler([], AugmentConfig())
+
+
+def test_resize_targets_keeps_thin_scribbles_and_majority():
+    t = np.full((40, 40), -1, np.int16)
+    t[10, :] = 1  # a 1 px line: at half size it would fall between nearest-neighbour samples
+    t[:, 31] = 0
+    t[20:30, 0:10] = 2
+    t[20:30, 9] = 0  # a minority inside a class-2 block
+    small = resize_targets(t, (20, 20))
+    assert small.dtype == t.dtype
+    assert (small[5, :15] == 1).all()  # the line survives
+    assert (small[:, 15] == 0).sum() >= 18
+    assert (small[10:15, 0:4] == 2).all()  # majority wins where several classes meet
+    assert small[0, 0] == -1 and small[15, 8] == -1  # nothing labelled under it: ignored
+    np.testing.assert_array_equal(resize_targets(t, t.shape), t)
+
+
+def _blobs(radius, n=4, size=400):
+    seg = np.ones((size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx = 80 + 80 * (i % 3), 90 + 100 * (i // 3)
+        seg[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 2
+    return Sample("b", np.zeros((size, size), np.uint8), segmentation=seg)
+
+
+def test_auto_scale_by_object_size():
+    assert object_size([_blobs(30)]) == pytest.approx(60, rel=0.05)
+    assert auto_scale([_blobs(10)], 128) == 1.0  # small objects: no resizing
+    assert auto_scale([_blobs(30)], 128) == 1.0  # 60 px: fits in half a 128 px patch
+    assert auto_scale([_blobs(40)], 128) == 0.5  # 80 px: fits at half size
+    assert auto_scale([_blobs(40)], 256) == 1.0  # a bigger patch holds them as they are
+    assert auto_scale([_blobs(70)], 128) == 0.25
+    assert auto_scale([Sample("e", np.zeros((9, 9), np.uint8))], 128) == 1.0  # no objects
+    # without exact masks the marks' length stands in for the objects' size
+    det = np.zeros((400, 400), np.uint8)
+    det[100:104, 50:150] = 2
+    det[200:204, 50:160] = 2
+    # (the major axis of a uniform bar is 1.15 x its length)
+    assert object_size([Sample("d", np.zeros((400, 400), np.uint8), detection=det)]) == pytest.approx(1.15 * 105, rel=0.05)
+
+
+def test_prepared_sample_at_working_scale():
+    s = _sample()
+    ps = PreparedSample(s, 1, (1.0, 99.8), "ignore", ("detection", "separation"), scale=0.5)
+    assert ps.shape == (60, 75)
+    assert ps.targets["detection"].shape == (60, 75)
+    assert (ps.targets["detection"][25:35, 30:45] == 1).all()  # the object mark, halved
+    assert ps.image[30, 37, 0] > 0.9 and ps.image[2, 2, 0] < 0.1
+    ys, xs = ps.labelled_yx.T
+    assert ys.max() < 60 and xs.max() < 75
+    assert set(ps.targets["detection"][ys, xs].tolist()) <= {0, 1}

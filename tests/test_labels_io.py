@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from napari_lazylabels.core import io
-from napari_lazylabels.core.labels import ClassSpec, training_targets, validate_label_map
+from napari_lazylabels.core.labels import (
+    ClassSpec,
+    mask_outline,
+    training_targets,
+    validate_label_map,
+)
 
 
 def _dataset(rng):
@@ -129,8 +134,8 @@ def test_class_spec_validation():
 
 
 def test_ignore_mode_implies_separation_negatives_from_other_maps():
-    """Marks and the inside of exact masks are never interfaces, also on images without a
-    separation map; pixels near a change of label stay unknown."""
+    """Marks, the inside of exact masks and their outline against open background are never
+    interfaces, also on images without a separation map."""
     det = np.zeros((7, 9), np.uint8)
     det[3, 1] = 1  # background stroke
     det[3, 7] = 2  # object mark
@@ -138,9 +143,30 @@ def test_ignore_mode_implies_separation_negatives_from_other_maps():
     seg[:, 5:] = 2
     sep = training_targets(det, None, seg, "ignore")["separation"]
     assert sep[3, 1] == 0 and sep[3, 7] == 0
-    assert (sep[:, :3] == 0).all()  # inside the background region, > 2 px from the border
-    assert (sep[:, 3:7] == -1).all()  # within 2 px of the object border: unknown
+    assert (sep == 0).all()  # inside (> 2 px from the edge) and the open edge itself
+    # without the exact mask only the marks are known
+    sep = training_targets(det, None, None, "ignore")["separation"]
+    assert sep[3, 1] == 0 and sep[3, 7] == 0 and (sep == 0).sum() == 2
     assert training_targets(None, None, None, "ignore")["separation"] is None
     assert training_targets(np.zeros((4, 4), np.uint8), None, None, "ignore")["separation"] is None
     # paper mode keeps the paper's rule: no separation map, no separation loss
     assert training_targets(det, None, seg, "paper")["separation"] is None
+
+
+def test_narrow_gaps_and_scribbled_interfaces_stay_unknown():
+    """Where two objects of an exact mask face each other across a narrow strip, and around
+    an interface scribble, nobody said where the interface ends: those pixels stay ignored."""
+    seg = np.ones((40, 60), np.uint8)
+    seg[10:30, 10:28] = 2
+    seg[10:30, 30:50] = 2  # a 2 px strip of background between two objects
+    outline = mask_outline(seg)
+    assert not outline[15:25, 26:32].any()  # the strip and the edges facing it
+    assert outline[20, 9] and outline[20, 10] and outline[9, 20] and outline[20, 50]
+    assert not outline[0:5].any()  # far from any edge: that is the interior's business
+    sep = np.zeros(seg.shape, np.uint8)
+    sep[10:30, 28:30] = 2  # interface scribble in the strip
+    t = training_targets(None, sep, seg, "ignore")["separation"]
+    assert (t[10:30, 28:30] == 1).all()  # the scribble is an interface
+    assert (t[15:25, 25:33] != 0).all()  # no negative from the mask within 3 px of it
+    assert (t[20, 0:7] == 0).all() and (t[20, 53:60] == 0).all()  # open background is known
+

@@ -74,5 +74,10 @@ def test_sizes_and_defaults():
 
 
 def test_config_round_trip():
-    cfg = ModelConfig.named("tiny", in_channels=3, n_classes=5, tasks=("detection", "segmentation"))
+    cfg = ModelConfig.named("tiny", in_channels=3, n_classes=5, tasks=("detection", "segmentation"), scale=0.5)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    # configs saved before the working scale existed load at scale 1
+    old = {k: v for k, v in cfg.to_dict().items() if k != "scale"}
+    assert ModelConfig.from_dict(old).scale == 1.0
+    with pytest.raises(ValueError, match="working scale"):
+        ModelConfig(scale=0)

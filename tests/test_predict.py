@@ -16,6 +16,8 @@ from napari_lazylabels.core.predict import (
     gaussian_importance_map,
     instances_from_prediction,
     predict_file,
+    resize_maps,
+    separating_interfaces,
     sliding_window,
     tile_starts,
 )
@@ -291,3 +293,58 @@ def test_uncertain_pixels_split_instances_when_asked():
     inst = instances_from_prediction(classes, None, probabilities=probs, seed_probability=0.9)
     assert inst.max() == 2
     assert inst[20, 20] != inst[20, 60] and (inst[classes > 0] > 0).all()
+
+
+@pytest.mark.parametrize("src_shape, dst_shape, rows", [((37, 53), (150, 211), 16), ((80, 80), (40, 40), 7), ((5, 9), (5, 9), 256)])
+def test_resize_maps_matches_cv2_in_bands(src_shape, dst_shape, rows):
+    import cv2
+
+    src = np.random.default_rng(1).random((2, *src_shape), dtype=np.float32)
+    dst = np.empty((2, *dst_shape), np.float32)
+    resize_maps(src, dst, rows=rows)
+    ref = np.stack([cv2.resize(c, dst_shape[::-1], interpolation=cv2.INTER_LINEAR) for c in src])
+    np.testing.assert_allclose(dst, ref, atol=1e-5)
+
+
+def test_predictor_at_working_scale(multitask):
+    """A model with scale 0.5 sees the image at half size; its maps come back at full size,
+    and an object of the image is found where it is."""
+    model, cfg = multitask
+    half = ModelConfig(**{**cfg.to_dict(), "scale": 0.5})
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            out = self.inner(x)
+            # class 1 wherever the (normalised) input is bright, at the network's scale
+            bright = (x[:, :1] > 0.5).float() * 20
+            out[SEGMENTATION] = torch.cat([-bright, bright, -bright], 1)
+            return out
+
+    image = np.zeros((301, 517), np.float32)
+    image[100:200, 200:400] = 1.0
+    pred = Predictor(Spy(model), half, FAST).predict(image)
+    _check(pred, (301, 517), 3)
+    assert sum(n for n, *_ in seen) == len(tile_starts(151, 64, 0.25)) * len(tile_starts(259, 64, 0.25))
+    assert (pred.classes[104:196, 204:396] == 1).all() and (pred.classes[:96] == 0).all()
+    assert pred.instances.max() == 1
+
+
+def test_separating_interfaces_keep_only_pixels_between_objects():
+    inst = np.zeros((30, 50), np.int32)
+    inst[5:25, 5:24] = 1
+    inst[5:25, 26:45] = 2
+    prob = np.zeros(inst.shape, np.float32)
+    prob[5:25, 24:26] = 0.9  # between the two objects
+    prob[5:25, 3:5] = 0.9  # along object 1's open edge
+    prob[26:28, 20:30] = 0.4  # below the threshold
+    sep = separating_interfaces(prob, inst, 0.5)
+    assert sep[5:25, 24:26].all()
+    assert not sep[:, :20].any() and not sep[26:].any()
+    with pytest.raises(ValueError, match="shape"):
+        separating_interfaces(prob, inst[:10])

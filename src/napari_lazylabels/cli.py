@@ -152,11 +152,15 @@ def _find_pred(pred_dir: Path, stem: str, kind: str) -> Path | None:
 
 
 def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path) -> dict:
-    """Score predictions written by ``lazylabels predict`` against instance masks."""
+    """Score predictions written by ``lazylabels predict`` against instance masks.
+
+    Interface precision is that of the predicted interface pixels that separate two predicted
+    objects (:func:`napari_lazylabels.core.predict.separating_interfaces`)."""
     import numpy as np
 
     from .core.io import IMAGE_SUFFIXES, read_image, read_label
     from .core.metrics import evaluate_image, summarize
+    from .core.predict import separating_interfaces
 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if (gt_dir / "masks").is_dir():
@@ -172,12 +176,13 @@ def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path) -> dict:
         inst_p = _find_pred(pred_dir, g.stem, "instances")
         itf_p = _find_pred(pred_dir, g.stem, "interfaces")
         instances = read_label(inst_p) if inst_p else None
-        interfaces = read_image(itf_p) > 0.5 if itf_p else None
         if instances is None:
             from skimage.measure import label
 
             instances = label(classes > 0)
-        if interfaces is None:
+        if itf_p:
+            interfaces = separating_interfaces(read_image(itf_p), instances)
+        else:
             interfaces = np.zeros(gt.shape, bool)
         per_image[g.stem] = evaluate_image(classes, instances, interfaces, gt)
     if not per_image:

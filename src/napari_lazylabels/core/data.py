@@ -79,6 +79,86 @@ def normalize(image: np.ndarray, in_channels: int, norm_percentiles=(1.0, 99.8),
     return np.ascontiguousarray(np.moveaxis(out, -1, 0))
 
 
+# --------------------------------------------------------------------------- working scale
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(H, W)`` of an image resized by ``scale`` (at least 1 x 1)."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize an ``(H, W)`` or ``(H, W, C)`` image by ``scale`` (area averaging when shrinking,
+    bilinear when enlarging); ``scale == 1`` returns the image itself."""
+    if scale == 1:
+        return image
+    h, w = scaled_shape(image.shape[:2], scale)
+    src = image if image.dtype in (np.uint8, np.uint16, np.float32) else image.astype(np.float32)
+    out = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return out.reshape((h, w) + image.shape[2:])
+
+
+def resize_targets(target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a training target (class indices, ``-1`` = ignore) to ``shape`` ``(H, W)``.
+
+    Each output pixel takes the class that covers most of its area among the *labelled*
+    pixels under it, and is ignored only where no pixel under it is labelled, so thin
+    scribbles (1-2 px strokes, interface lines) survive shrinking.
+    """
+    h, w = shape
+    if target.shape == (h, w):
+        return target
+    if h >= target.shape[0] and w >= target.shape[1]:
+        return cv2.resize(target.astype(np.int16), (w, h), interpolation=cv2.INTER_NEAREST).astype(target.dtype)
+    best = np.zeros((h, w), np.float32)
+    out = np.full((h, w), IGNORE, target.dtype)
+    for c in np.unique(target):
+        if c < 0:
+            continue
+        cover = cv2.resize((target == c).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        win = cover > best
+        out[win] = c
+        best[win] = cover[win]
+    return out
+
+
+def object_size(samples) -> float | None:
+    """Typical object diameter in pixels (median equivalent diameter) of a set of samples.
+
+    Uses the objects of the exact masks (task 3) where there are any, otherwise the length
+    (major axis) of the detection marks (task 1), which underestimates objects a little.
+    ``None`` when no image has objects.
+    """
+    from skimage.measure import regionprops
+
+    def sizes(maps, prop):
+        out = []
+        for lab in maps:
+            fg = (lab >= 2).astype(np.uint8)
+            if not fg.any():
+                continue
+            n, comp = cv2.connectedComponents(fg, connectivity=8)
+            out += [getattr(r, prop) for r in regionprops(comp) if r.area >= 9]
+        return out
+
+    masks = [s.segmentation for s in samples if s.segmentation is not None]
+    d = sizes(masks, "equivalent_diameter_area")
+    if not d:
+        d = sizes([s.detection for s in samples if s.detection is not None], "axis_major_length")
+    return float(np.median(d)) if d else None
+
+
+def auto_scale(samples, patch_size: int, scales=(1.0, 0.5, 0.25)) -> float:
+    """The working scale for a dataset: the largest of ``scales`` at which a typical object
+    (:func:`object_size`) spans at most half the training patch, so the network sees each
+    object whole with context around it. Objects that already fit give 1 (no resizing)."""
+    d = object_size(samples)
+    if d is None:
+        return 1.0
+    for s in scales:
+        if d * s <= patch_size / 2:
+            return float(s)
+    return float(scales[-1])
+
+
 # --------------------------------------------------------------------------- augmentation
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -104,17 +184,22 @@ class AugmentConfig:
 
 
 class PreparedSample:
-    """A sample normalised once for training: image ``(C, H, W)`` float32, targets per task
+    """A sample normalised once for training: image ``(H, W, C)`` float32, targets per task
     ``(H, W)`` int16 with -1 = ignore (``None`` = task not labelled), and annotated pixel
-    coordinates for patch sampling."""
+    coordinates for patch sampling; all at the working ``scale`` (see :func:`resize_image`,
+    :func:`resize_targets`)."""
 
-    def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks) -> None:
+    def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks, scale: float = 1.0) -> None:
         self.name = sample.name
         img = normalize(sample.image, in_channels, norm_percentiles)
-        self.image = np.ascontiguousarray(np.moveaxis(img, 0, -1))  # (H, W, C) for cv2
+        img = np.moveaxis(img, 0, -1)  # (H, W, C) for cv2
+        shape = scaled_shape(sample.shape, scale)
+        if scale != 1:
+            img = resize_image(img, scale)
+        self.image = np.ascontiguousarray(img)
         targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode)
         self.targets = {
-            t: (None if (v is None or t not in tasks or not np.any(v >= 0)) else v.astype(np.int16))
+            t: (None if (v is None or t not in tasks or not np.any(v >= 0)) else resize_targets(v.astype(np.int16), shape))
             for t, v in targets.items()
         }
         labelled = np.zeros(sample.shape, bool)
@@ -123,6 +208,9 @@ class PreparedSample:
             lab = sample.label(t)
             if v is not None and lab is not None:
                 labelled |= lab > 0
+        if scale != 1:
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+            labelled = cv2.resize(labelled.astype(np.float32), shape[::-1], interpolation=interp) > 0
         ys, xs = np.nonzero(labelled)
         step = max(1, ys.size // 200_000)
         self.labelled_yx = np.stack([ys[::step], xs[::step]], 1).astype(np.int32)

@@ -20,10 +20,11 @@ Label modes:
 
 * ``"ignore"``: pixels left at 0 are ignored by the loss. For separation, pixels that other
   maps show not to be interfaces count as separation background, on every image: detection
-  marks (inner parts of objects, background scribbles) and the inside of exact masks (more
-  than 2 px from any change of label). Without these implied negatives the separation head
-  only ever sees interface positives next to object borders and learns "every border is an
-  interface".
+  marks (inner parts of objects, background scribbles), the inside of exact masks (more
+  than 2 px from any change of label) and the outline of exact-mask objects where they meet
+  open background (:func:`mask_outline`; of these, a band of 3 px around interface
+  scribbles is left out). Without these implied negatives the separation head only ever sees interface
+  positives next to object borders and learns "every border is an interface".
 * ``"paper"``: as in Ke et al., every pixel not marked in an image's detection (or separation)
   map counts as background for that task.
 """
@@ -151,6 +152,41 @@ def mask_interior(label: np.ndarray, margin: int) -> np.ndarray:
     return (lo == hi) & (label != UNLABELLED)
 
 
+def _disk(radius: int) -> np.ndarray:
+    import cv2
+
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def mask_outline(segmentation: np.ndarray, margin: int = 2, gap: int = 3) -> np.ndarray:
+    """Pixels of an exact mask within ``margin`` px of an object/background edge that cannot
+    be interfaces: the edge where an object meets open background.
+
+    Edges that face another object across a narrow strip of background (at most about
+    ``2 * gap`` px wide, the gap GrabCut or a careful annotator leaves between touching
+    objects) are left out, since that strip *is* an interface. Edges between two object
+    classes are left out too.
+
+    Args:
+        segmentation: ``(H, W)`` task-3 map (0 unannotated, 1 background, >= 2 objects).
+
+    Returns:
+        ``(H, W)`` bool.
+    """
+    import cv2
+
+    fg = (segmentation >= 2).astype(np.uint8)
+    bg = (segmentation == BACKGROUND).astype(np.uint8)
+    if not fg.any() or not bg.any():
+        return np.zeros(segmentation.shape, bool)
+    k = _disk(margin)
+    edge = (cv2.dilate(fg, k).astype(bool) & bg.astype(bool)) | (cv2.dilate(bg, k).astype(bool) & fg.astype(bool))
+    strips = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, _disk(gap)).astype(bool) & bg.astype(bool)
+    if strips.any():
+        edge &= ~cv2.dilate(strips.astype(np.uint8), _disk(gap + margin)).astype(bool)
+    return edge
+
+
 def training_targets(
     detection: np.ndarray | None,
     separation: np.ndarray | None,
@@ -195,17 +231,24 @@ def training_targets(
         return out
     # Ignore mode: besides the user's separation scribbles, pixels that other labels show not
     # to be interfaces count as separation background, also on images without a separation
-    # map: detection marks (object insides, background strokes) and the inside of exact masks
-    # (more than 2 px from any change of label).
+    # map: detection marks (object insides, background strokes), the inside of exact masks
+    # (more than 2 px from any change of label) and their outline against open background.
     maps = [m for m in (detection, separation, segmentation) if m is not None]
     if not maps:
         out[SEPARATION] = None
         return out
     known_not = np.zeros(maps[0].shape, bool)
+    if segmentation is not None:
+        known_not |= mask_interior(segmentation, 2) | mask_outline(segmentation)
+        if separation is not None and np.any(separation == INTERFACE):
+            # How wide an interface is, the exact mask does not say: leave a band around
+            # interface scribbles out.
+            import cv2
+
+            near = cv2.dilate((separation == INTERFACE).astype(np.uint8), _disk(3)).astype(bool)
+            known_not &= ~near
     if detection is not None:
         known_not |= detection != UNLABELLED
-    if segmentation is not None:
-        known_not |= mask_interior(segmentation, 2)
     if separation is None:
         if not known_not.any():
             out[SEPARATION] = None

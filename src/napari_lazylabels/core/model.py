@@ -54,6 +54,10 @@ class ModelConfig:
         tasks: tasks the network predicts; a ``"unet"`` predicts one task.
         norm_percentiles: per-image intensity normalisation: these percentiles map to 0 and 1.
         negative_slope: LeakyReLU slope (paper: 0.01).
+        scale: working scale: images are resized by this factor before they reach the network
+            (0.5 = half the height and width) and predictions are resized back, so that large
+            objects fit in the network's patches. Chosen from the objects' size when training
+            starts (:func:`napari_lazylabels.core.data.auto_scale`) and saved with the model.
     """
 
     in_channels: int = 1
@@ -64,6 +68,7 @@ class ModelConfig:
     tasks: tuple[str, ...] = TASKS
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     negative_slope: float = 0.01
+    scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,9 @@ class ModelConfig:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}.")
         if self.architecture == "unet" and len(self.tasks) != 1:
             raise ValueError("A single-task 'unet' predicts exactly one task.")
+        object.__setattr__(self, "scale", float(self.scale))
+        if not 0.0625 <= self.scale <= 4:
+            raise ValueError(f"scale (the working scale) must be in [1/16, 4], got {self.scale}.")
         lo, hi = self.norm_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"norm_percentiles must satisfy 0 <= low < high <= 100, got {lo, hi}.")

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 import torch
 from scipy import ndimage
 
 from . import model as model_lib
-from .data import normalize, percentiles, to_channels
+from .data import normalize, percentiles, resize_image, to_channels
 from .io import as_image, atomic_path, read_image, write_image, write_label
 from .labels import DETECTION, SEGMENTATION, SEPARATION
 from .model import ModelConfig
@@ -292,6 +293,33 @@ def iter_sliding_window(
     return outputs
 
 
+def resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> np.ndarray:
+    """Bilinearly resize float maps ``src`` ``(K, h, w)`` into ``dst`` ``(K, H, W)`` (e.g. a
+    model's working-scale output back to the image's size), band by band, so that ``dst`` may
+    be a memory-mapped array and the temporaries stay small.
+
+    Pixel centres are aligned as in ``cv2.resize`` (``align_corners=False``); borders are
+    replicated. Returns ``dst``.
+    """
+    k, h, w = src.shape
+    kd, hd, wd = dst.shape
+    if kd != k:
+        raise ValueError(f"resize_maps: {k} maps into {kd}.")
+    sx, sy = w / wd, h / hd
+    map_x = np.clip((np.arange(wd, dtype=np.float32) + 0.5) * np.float32(sx) - 0.5, 0, w - 1)
+    for y0 in range(0, hd, rows):
+        y1 = min(hd, y0 + rows)
+        ys = np.clip((np.arange(y0, y1, dtype=np.float32) + 0.5) * np.float32(sy) - 0.5, 0, h - 1)
+        lo, hi = int(np.floor(ys[0])), min(h, int(np.floor(ys[-1])) + 2)
+        mx = np.broadcast_to(map_x, (y1 - y0, wd))
+        my = np.broadcast_to((ys - lo)[:, None], (y1 - y0, wd))
+        mx, my = np.ascontiguousarray(mx), np.ascontiguousarray(my)
+        for c in range(k):
+            band = np.ascontiguousarray(src[c, lo:hi], dtype=np.float32)
+            dst[c, y0:y1] = cv2.remap(band, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return dst
+
+
 def sliding_window(
     image: np.ndarray | TileSource,
     forward: Forward,
@@ -472,6 +500,34 @@ def instances_from_prediction(
     return out
 
 
+def separating_interfaces(
+    interfaces: np.ndarray, instances: np.ndarray, threshold: float = 0.5, distance: int = 2
+) -> np.ndarray:
+    """The predicted interface pixels that separate two predicted objects.
+
+    The separation head's probability map can also be high along an object's edge against
+    open background, where there is nothing to separate; this keeps only the pixels at or
+    above ``threshold`` that have two different objects within ``distance`` px (Chebyshev).
+
+    Args:
+        interfaces: ``(H, W)`` interface probability.
+        instances: ``(H, W)`` instance ids (0 = none), e.g. from
+            :func:`instances_from_prediction`.
+
+    Returns:
+        ``(H, W)`` bool.
+    """
+    interfaces = np.asarray(interfaces)
+    inst = np.asarray(instances).astype(np.int32, copy=False)
+    if interfaces.shape != inst.shape:
+        raise ValueError(f"interfaces {interfaces.shape} and instances {inst.shape} differ in shape.")
+    size = 2 * distance + 1
+    top = int(inst.max(initial=0)) + 1  # stands for "no object" in the minimum
+    hi = ndimage.maximum_filter(inst, size=size, mode="constant", cval=0)
+    lo = ndimage.minimum_filter(np.where(inst > 0, inst, top), size=size, mode="constant", cval=top)
+    return (interfaces >= threshold) & (hi > 0) & (lo != top) & (hi != lo)
+
+
 def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
     """``argmax`` over the class axis of ``(K, H, W)`` band by band (bounded for memmaps)."""
     k, h, w = probs.shape
@@ -643,6 +699,8 @@ class Predictor:
                     "trained on RGB images (in_channels=3)."
                 )
             img = img[..., 0]
+        if self.config.scale != 1:
+            img = resize_image(img, self.config.scale)
         h, w = img.shape[:2]
         step = max(1, int(math.sqrt(h * w / 1_000_000)))
         sub = to_channels(img[::step, ::step], c)
@@ -675,6 +733,7 @@ class Predictor:
             instances: also compute instances (:func:`instances_from_prediction`).
         """
         pc = self.predict_config
+        full_shape = as_image(image).shape[:2]
         src = self.prepare(image)
         outputs = dict(outputs or {})
         for name in list(outputs):
@@ -682,9 +741,18 @@ class Predictor:
                 name == DETECTION_OUT and not self.has_detection
             ):
                 del outputs[name]
+        scaled = self.config.scale != 1
         result = yield from iter_sliding_window(
-            src, self.forward, outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
+            src, self.forward, {} if scaled else outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
         )
+        if scaled:  # back from the working scale to the image's pixels
+            for name, small in result.items():
+                dst = outputs.get(name)
+                if dst is None:
+                    dst = np.empty((small.shape[0], *full_shape), np.float32)
+                outputs[name] = dst
+                resize_maps(small, dst if dst.ndim == 3 else dst[None])
+            result = outputs
         probs = result[PROBABILITIES]
         classes = _argmax_rows(probs)
         interfaces = result.get(INTERFACES)

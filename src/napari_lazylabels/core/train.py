@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_mod
-from .data import AugmentConfig, PatchSampler, PreparedSample
+from .data import AugmentConfig, PatchSampler, PreparedSample, auto_scale, object_size
 from .io import LazyDataset, Sample
 from .labels import DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
 from .losses import multitask_loss
@@ -162,10 +162,18 @@ def resolve_for_device(cfg: TrainConfig, device: torch.device | str) -> TrainCon
     return replace(cfg, batch_size=cfg.batch_size or d["batch_size"], augment=augment)
 
 
-def infer_model_config(dataset: LazyDataset, device: torch.device, size: str | None = None, **kwargs) -> ModelConfig:
+def infer_model_config(
+    dataset: LazyDataset,
+    device: torch.device,
+    size: str | None = None,
+    patch_size: int | None = None,
+    **kwargs,
+) -> ModelConfig:
     """A model config that fits a dataset: channels from its images, classes from its class
     list, tasks from the labels it has (a task nobody labelled is not trained), size from the
-    device unless given."""
+    device unless given, and the working scale from its objects' size
+    (:func:`napari_lazylabels.core.data.auto_scale` for ``patch_size``, by default the
+    device's training patch) unless ``scale`` is given."""
     channels = {1 if s.image.ndim == 2 else 3 for s in dataset}
     rgb = any(
         s.image.ndim == 3 and not (np.array_equal(s.image[..., 0], s.image[..., 1]) and np.array_equal(s.image[..., 0], s.image[..., 2]))
@@ -185,6 +193,10 @@ def infer_model_config(dataset: LazyDataset, device: torch.device, size: str | N
     if architecture == "unet" and "tasks" not in kwargs:
         kwargs["tasks"] = (SEGMENTATION,) if SEGMENTATION in tasks else (DETECTION,)
     kwargs.setdefault("tasks", tasks)
+    if kwargs.get("scale") is None:
+        kwargs["scale"] = auto_scale(list(dataset), patch_size or device_defaults(device)["patch_size"])
+        if kwargs["scale"] != 1:
+            log.info("Objects are large (median %.0f px): working at scale %g.", object_size(list(dataset)), kwargs["scale"])
     return ModelConfig.named(
         size or default_size(device),
         in_channels=in_channels,
@@ -295,7 +307,7 @@ def train_iter(
         best_metric = ck.metrics.get("best_metric")
         history = ckpt_mod.read_history(Path(resume) if Path(resume).is_dir() else Path(resume).parent) or history
     if model_config is None:
-        model_config = infer_model_config(dataset, device, size)
+        model_config = infer_model_config(dataset, device, size, patch_size=cfg.augment.patch_size)
 
     if cfg.val_every:
         train_samples, val_samples = _split(dataset, cfg)
@@ -309,7 +321,10 @@ def train_iter(
     if not cfg.val_every:
         val_samples = []
     prepared = [
-        PreparedSample(s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks)
+        PreparedSample(
+            s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks,
+            model_config.scale,
+        )
         for s in train_samples
     ]
     prepared = [p for p in prepared if p.tasks]
