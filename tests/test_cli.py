@@ -41,11 +41,14 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys):
     assert main(["simulate", str(gt), "--out", str(ds), "--strong-fraction", "0.34", "--seed", "1"]) == 0
     assert len(list((ds / "segmentation").glob("*.png"))) == 1
     model = tmp_path / "model"
+    capsys.readouterr()
     assert main(["train", str(ds), "--out", str(model), "--iterations", "3", "--size", "tiny",
-                 "--batch-size", "2", "--device", "cpu", "--val-every", "0"]) == 0
+                 "--batch-size", "2", "--device", "cpu", "--val-every", "0", "--scale", "0.5"]) == 0
+    assert "working scale 0.5" in capsys.readouterr().out
     assert (model / "best.pt").exists() and (model / "latest.pt").exists()
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["model_config"]["size"] == "tiny" and cfg["classes"]["names"] == ["background", "object"]
+    assert cfg["model_config"]["scale"] == 0.5  # predictions below still come back at full size
     # a 2-slice stack is predicted slice by slice
     stack = np.stack([read_label(gt / "images" / "im0.png")] * 2).astype(np.uint8)
     tifffile.imwrite(tmp_path / "stack.tif", stack)
@@ -81,6 +84,8 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, caplog):
     assert "corrupt or incomplete" in caplog.text
     assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]) == 2
     assert "No dataset folder" in caplog.text
+    with pytest.raises(SystemExit, match="--scale takes 'auto' or a number"):
+        main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--scale", "half"])
 
 
 def test_cli_runs_without_napari(tmp_path):

@@ -208,6 +208,7 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     tw = TrainWidget(viewer)
     _tiny_trainer(tw)
     tw.model_dir.setText(str(tmp_path / "model"))
+    tw.scale.setCurrentText("0.5")  # the network works at half size; layers stay full size
     tw.start()
     qtbot.waitUntil(lambda: tw.events_seen.count("step") >= 3, timeout=30_000)
     tw.stop()
@@ -227,6 +228,7 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     from napari_lazylabels.core.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "model" / "latest.pt").iteration >= 5
+    assert load_checkpoint(tmp_path / "model" / "latest.pt").model_config.scale == 0.5
 
     # Predict; layers appear; re-predict updates them in place.
     pw = PredictWidget(viewer)

@@ -93,6 +93,16 @@ def _train_config(a: argparse.Namespace):
     )
 
 
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SystemExit(f"--scale takes 'auto' or a number such as 0.5, got {text!r}.") from None
+    if not 0.0625 <= value <= 4:
+        raise SystemExit(f"--scale must be between 0.0625 and 4 (1 = as the images are), got {value}.")
+    return value
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .core.io import load_dataset
     from .core.model import resolve_device
@@ -100,6 +110,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if a.iterations is None and a.minutes is None:
         a.iterations = 1000
+    scale = None if a.scale == "auto" else _scale(a.scale)
     cfg = _train_config(a)
     ds = load_dataset(a.dataset)
     validation = list(load_dataset(a.validation)) if a.validation else None
@@ -108,7 +119,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         kw = {"architecture": a.architecture}
         if a.tasks:
             kw["tasks"] = tuple(a.tasks.split(","))
-        model_config = infer_model_config(ds, resolve_device(a.device), a.size, **kw)
+        if scale is not None:
+            kw["scale"] = scale
+        model_config = infer_model_config(ds, resolve_device(a.device), a.size, patch_size=a.patch_size, **kw)
+        _out(f"model: {model_config.architecture} {model_config.size}, tasks {','.join(model_config.tasks)}, "
+             f"working scale {model_config.scale:g}")
     total = a.iterations
     with _tqdm(total=total, desc="train", unit="it") as bar:
         res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar)
@@ -287,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", choices=["tiny", "small", "medium", "paper"],
                    help="model size (default: paper on a GPU, small on a CPU)")
     t.add_argument("--architecture", choices=["multitask", "unet"], default="multitask")
+    t.add_argument("--scale", default="auto",
+                   help="working scale: resize images by this factor for the network (0.5 = half size); "
+                        "'auto' (default) picks 1, 0.5 or 0.25 so that a typical object spans at most "
+                        "half a training patch")
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
     t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")

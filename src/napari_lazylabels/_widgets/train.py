@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from qtpy.QtCore import Qt
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 SIZES = ("default", "tiny", "small", "medium", "paper")
+SCALES = ("auto", "1", "0.5", "0.25")
 
 
 def _train_worker_fn(dataset, out_dir, model_config, train_config, resume, size, should_stop):
@@ -155,6 +157,13 @@ class TrainWidget(QWidget):
         self.size = QComboBox()
         self.size.addItems(SIZES)
         self.size.setToolTip("Model size; 'default' picks 'paper' on a GPU and 'small' on a CPU.")
+        self.scale = QComboBox()
+        self.scale.addItems(SCALES)
+        self.scale.setToolTip(
+            "Working scale: the network sees the images resized by this factor (0.5 = half size), "
+            "so that large objects fit in its patches; predictions come back at full size. "
+            "'auto' picks 1, 0.5 or 0.25 from the size of your objects."
+        )
         self.batch = QSpinBox()
         self.batch.setRange(0, 256)
         self.batch.setSpecialValueText("auto")
@@ -200,6 +209,7 @@ class TrainWidget(QWidget):
         brow.addWidget(self.budget_kind)
         form.addRow("budget", brow)
         form.addRow("model size", self.size)
+        form.addRow("working scale", self.scale)
         prow = QHBoxLayout()
         prow.addWidget(self.batch)
         prow.addWidget(QLabel("patch"))
@@ -274,8 +284,6 @@ class TrainWidget(QWidget):
             resume = out_dir / LATEST
         model_config = self.model_config
         if model_config is not None and resume is None:
-            from dataclasses import replace
-
             channels = 3 if any(s.image.ndim == 3 for s in dataset) else 1
             have = dataset.summary()
             tasks = tuple(t for t in model_config.tasks if have[t] > 0) or model_config.tasks
@@ -283,6 +291,17 @@ class TrainWidget(QWidget):
         if resume is not None:
             model_config = None
         size = None if self.size.currentText() == "default" else self.size.currentText()
+        if self.scale.currentText() != "auto":
+            scale = float(self.scale.currentText())
+            if model_config is not None:
+                model_config = replace(model_config, scale=scale)
+            elif resume is None:
+                from ..core.model import resolve_device
+                from ..core.train import infer_model_config
+
+                model_config = infer_model_config(
+                    dataset, resolve_device(cfg.device), size, patch_size=cfg.augment.patch_size, scale=scale
+                )
         warm_torch()
         limit_torch_threads()
         self._stop_requested = False

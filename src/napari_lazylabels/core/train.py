@@ -383,7 +383,11 @@ def train_iter(
             p = save(ckpt_mod.BEST, iteration, metrics)
             yield TrainEvent("checkpoint", iteration, total, time.perf_counter() - t0, path=p, metrics=metrics)
 
-    yield TrainEvent("start", start_iteration, total, 0.0, message=f"{device}, {count_parameters(model)} parameters")
+    yield TrainEvent(
+        "start", start_iteration, total, 0.0,
+        message=f"{device}, {model_config.size} model ({count_parameters(model):,} parameters), "
+        f"working scale {model_config.scale:g}",
+    )
     it = 0
     stopped = False
     last_val_it = None
