@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--scale", type=float, default=1.0, help="the model's working scale")
     ap.add_argument("--instances", action="store_true", help="also compute instances (not bounded)")
     ap.add_argument(
         "--eager-limit-mb",
@@ -61,6 +62,7 @@ def main() -> None:
         n_classes=k,
         widths=tuple(int(w) for w in args.widths.split(",")),
         size="custom",
+        scale=args.scale,
     )
     torch.manual_seed(0)
     predictor = Predictor(
@@ -93,7 +95,8 @@ def main() -> None:
         peak = peak_rss()
         mp = side * side / 1e6
         print(
-            f"image {side}x{side} ({mp:.1f} MP), model widths {cfg.widths}, {k} classes, device {predictor.device}"
+            f"image {side}x{side} ({mp:.1f} MP), model widths {cfg.widths}, {k} classes, "
+            f"working scale {cfg.scale:g}, device {predictor.device}"
         )
         print(
             f"input {in_bytes / MB:.0f} MB, float outputs (memmap) {out_bytes / MB:.0f} MB, "

@@ -306,7 +306,7 @@ def test_resize_maps_matches_cv2_in_bands(src_shape, dst_shape, rows):
     np.testing.assert_allclose(dst, ref, atol=1e-5)
 
 
-def test_predictor_at_working_scale(multitask):
+def test_predictor_at_working_scale(multitask, monkeypatch):
     """A model with scale 0.5 sees the image at half size; its maps come back at full size,
     and an object of the image is found where it is."""
     model, cfg = multitask
@@ -333,6 +333,12 @@ def test_predictor_at_working_scale(multitask):
     assert sum(n for n, *_ in seen) == len(tile_starts(151, 64, 0.25)) * len(tile_starts(259, 64, 0.25))
     assert (pred.classes[104:196, 204:396] == 1).all() and (pred.classes[:96] == 0).all()
     assert pred.instances.max() == 1
+    # large images keep their working-scale maps in memory-mapped files: same result
+    import napari_lazylabels.core.predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "LARGE_IMAGE_PIXELS", 1000)
+    again = Predictor(Spy(model), half, FAST).predict(image)
+    np.testing.assert_array_equal(again.probabilities, pred.probabilities)
 
 
 def test_separating_interfaces_keep_only_pixels_between_objects():

@@ -42,7 +42,7 @@ from scipy import ndimage
 from . import model as model_lib
 from .data import normalize, percentiles, resize_image, to_channels
 from .io import as_image, atomic_path, read_image, write_image, write_label
-from .labels import DETECTION, SEGMENTATION, SEPARATION
+from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -741,17 +741,25 @@ class Predictor:
                 name == DETECTION_OUT and not self.has_detection
             ):
                 del outputs[name]
-        scaled = self.config.scale != 1
-        result = yield from iter_sliding_window(
-            src, self.forward, {} if scaled else outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
-        )
-        if scaled:  # back from the working scale to the image's pixels
-            for name, small in result.items():
-                dst = outputs.get(name)
-                if dst is None:
-                    dst = np.empty((small.shape[0], *full_shape), np.float32)
-                outputs[name] = dst
-                resize_maps(small, dst if dst.ndim == 3 else dst[None])
+        if self.config.scale == 1:
+            result = yield from iter_sliding_window(
+                src, self.forward, outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
+            )
+        else:
+            # At the working scale into temporary maps (memory-mapped for large images), then
+            # resized back to the image's pixels.
+            with tempfile.TemporaryDirectory(prefix="lazylabels-scaled-") as tmp:
+                small = self._working_maps(src.shape[1:], Path(tmp))
+                small = yield from iter_sliding_window(
+                    src, self.forward, small, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
+                )
+                for name, arr in small.items():
+                    dst = outputs.get(name)
+                    if dst is None:
+                        dst = np.empty((arr.shape[0], *full_shape), np.float32)
+                    outputs[name] = dst
+                    resize_maps(arr, dst if dst.ndim == 3 else dst[None])
+                del small, arr
             result = outputs
         probs = result[PROBABILITIES]
         classes = _argmax_rows(probs)
@@ -769,6 +777,18 @@ class Predictor:
         pred = Prediction(probs, classes, interfaces, inst, detection)
         yield pred
         return pred
+
+    def _working_maps(self, shape: tuple[int, int], folder: Path) -> dict[str, np.ndarray]:
+        """Float maps at the working scale: plain arrays, or ``np.memmap`` files in ``folder``
+        when an image is larger than :data:`LARGE_IMAGE_PIXELS`."""
+        names = {PROBABILITIES: n_task_classes(self.main_task, self.config.n_classes)}
+        if self.has_interfaces:
+            names[INTERFACES] = 1
+        if self.has_detection:
+            names[DETECTION_OUT] = self.config.n_classes
+        if shape[0] * shape[1] <= LARGE_IMAGE_PIXELS:
+            return {n: np.empty((k, *shape), np.float32) for n, k in names.items()}
+        return {n: np.memmap(folder / f"{n}.f32", np.float32, "w+", shape=(k, *shape)) for n, k in names.items()}
 
     def predict(
         self,
