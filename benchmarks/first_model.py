@@ -1,0 +1,126 @@
+"""Time to a first useful model (issue 6; not a test).
+
+From the bundled sample's lazy labels (``napari_lazylabels/sample_data/dataset``) a model is
+trained with the product's default settings (device, model size, batch, patch, working scale
+all "auto"), exactly as the one-click button and ``lazylabels demo`` do, for a long budget.
+Every ``--every`` iterations the model is scored on the two held-out sample images with exact
+masks (foreground dice, the training loop's own validation), and the time spent validating is
+taken out of the clock. Reported: the dice curve against training time, the long run's dice
+(mean of its last three scores), the first time the dice came within ``--tolerance`` of it,
+and the time to predict the sample images as layers would be (whole images, Gaussian tiles).
+
+    OMP_NUM_THREADS=2 python benchmarks/first_model.py --minutes 20
+    python benchmarks/first_model.py --minutes 4 --device cuda      # on a GPU
+
+Writes ``benchmarks/results/first_model/<device>-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from napari_lazylabels.core import io  # noqa: E402
+from napari_lazylabels.core.checkpoint import load_model, versions  # noqa: E402
+from napari_lazylabels.core.io import Sample  # noqa: E402
+from napari_lazylabels.core.model import resolve_device  # noqa: E402
+from napari_lazylabels.core.predict import PredictConfig, Predictor  # noqa: E402
+from napari_lazylabels.core.train import TrainConfig, fit  # noqa: E402
+from napari_lazylabels.sample_data import sample_paths  # noqa: E402
+
+log = logging.getLogger("first_model")
+RESULTS = REPO / "benchmarks" / "results" / "first_model"
+
+
+def held_out() -> list[Sample]:
+    paths = sample_paths()
+    out = []
+    for f in sorted(Path(paths["test_images"]).iterdir()):
+        gt = io.read_label(Path(paths["test_masks"]) / f"{f.stem}.png")
+        seg = np.where(gt > 0, 2, 1).astype(np.uint8)
+        out.append(Sample(f.stem, io.read_image(f), segmentation=seg))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=20.0, help="the long run's training budget")
+    ap.add_argument("--every", type=int, default=20, help="score every this many iterations")
+    ap.add_argument("--tolerance", type=float, default=0.02)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    ds = io.load_dataset(sample_paths()["dataset"])
+    val = held_out()
+    device = resolve_device(args.device)
+    cfg = TrainConfig(iterations=None, time_budget=args.minutes * 60, seed=0, val_every=args.every,
+                      device=args.device, num_threads=args.threads)
+    curve: list[dict] = []
+    state = {"last_step": 0.0, "val_time": 0.0}
+
+    def on_event(ev):
+        if ev.kind == "step":
+            state["last_step"] = ev.elapsed
+        elif ev.kind == "validation":
+            state["val_time"] += ev.elapsed - state["last_step"]
+            train_s = ev.elapsed - state["val_time"]
+            curve.append({"iteration": ev.iteration, "train_s": round(train_s, 1), "dice": round(ev.metrics["dice"], 4)})
+            log.info("it %d, %.0f s of training: held-out dice %.3f", ev.iteration, train_s, ev.metrics["dice"])
+        elif ev.kind == "start":
+            log.info("start: %s", ev.message)
+            state["start"] = ev.message
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = fit(ds, Path(tmp) / "model", train_config=cfg, validation=val, on_event=on_event)
+        wall = time.perf_counter() - t0
+        model, ck = load_model(res.latest, device=device)
+        predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device)))
+        t1 = time.perf_counter()
+        pixels = 0
+        for s in ds:
+            predictor.predict(s.image, instances=True)
+            pixels += s.image.shape[0] * s.image.shape[1]
+        predict_s = time.perf_counter() - t1
+
+    final = float(np.mean([c["dice"] for c in curve[-3:]]))
+    first = next((c for c in curve if c["dice"] >= final - args.tolerance), None)
+    record = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "start": state.get("start"),
+        "model_config": ck.model_config.to_dict(),
+        "train_config": cfg.to_dict(),
+        "versions": versions(),
+        "iterations": res.iteration,
+        "wall_s": round(wall, 1),
+        "long_run_dice": round(final, 4),
+        "tolerance": args.tolerance,
+        "first_useful": first,
+        "predict_sample_s": round(predict_s, 2),
+        "predict_sample_mp": round(pixels / 1e6, 3),
+        "curve": curve,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{device.type}-{record['date'][:10]}.json"
+    io.atomic_write_json(path, record)
+    sys.stdout.write(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1) + "\n")
+    sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
