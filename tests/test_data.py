@@ -83,6 +83,25 @@ def test_sampler_batches_and_untasked_images_are_ignored():
         PatchSampler([], AugmentConfig())
 
 
+def test_exact_masks_get_their_share_of_every_batch():
+    s1 = _sample()
+    tasks = ("detection", "segmentation")
+    weak = [PreparedSample(Sample(f"w{i}", s1.image, detection=s1.detection), 1, (1.0, 99.8), "ignore", tasks) for i in range(9)]
+    strong = PreparedSample(Sample("s", s1.image, segmentation=np.ones(s1.image.shape, np.uint8)), 1, (1.0, 99.8), "ignore", tasks)
+    samples = weak + [strong]
+    for share, lo, hi in ((0.5, 8, 16), (0.25, 4, 16), (0.0, 0, 16)):
+        sampler = PatchSampler(samples, AugmentConfig(patch_size=32, mask_share=share), seed=0)
+        counts = [int(np.sum(sampler.draw(16) == 9)) for _ in range(200)]
+        assert min(counts) >= lo and max(counts) <= hi
+        # the rest is drawn by size from all images: ~1/10 of them are the strong one
+        assert np.mean(counts) == pytest.approx(16 * share + 16 * (1 - share) / 10, abs=0.35)
+    # all or none of the images with exact masks: nothing to favour
+    only = PatchSampler([strong, strong], AugmentConfig(patch_size=32), seed=0)
+    assert only.strong_weights is None and len(only.draw(5)) == 5
+    with pytest.raises(ValueError, match="mask_share"):
+        AugmentConfig(mask_share=1.5)
+
+
 def test_resize_targets_keeps_thin_scribbles_and_majority():
     t = np.full((40, 40), -1, np.int16)
     t[10, :] = 1  # a 1 px line: at half size it would fall between nearest-neighbour samples

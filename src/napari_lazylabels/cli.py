@@ -87,7 +87,7 @@ def _train_config(a: argparse.Namespace):
         device=a.device,
         amp=not a.no_amp,
         val_every=a.val_every,
-        augment={**base.augment.__dict__, "patch_size": a.patch_size},
+        augment={**base.augment.__dict__, "patch_size": a.patch_size, "mask_share": base.augment.mask_share if a.mask_share is None else a.mask_share},
         seed=a.seed,
         num_threads=a.threads,
     )
@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="patches per step (default 16)")
     t.add_argument("--patch-size", type=int,
                    help="side of the square training patches (default: 256 on a GPU, 128 on a CPU)")
+    t.add_argument("--mask-share", type=float,
+                   help="share of each batch drawn from the images with exact masks, when only some "
+                        "have them (default 0.5)")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")

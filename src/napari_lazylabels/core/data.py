@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .io import Sample, as_image
-from .labels import TASKS, training_targets
+from .labels import SEGMENTATION, TASKS, training_targets
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,10 @@ class AugmentConfig:
         flip: random horizontal/vertical flips.
         intensity: random contrast/brightness/gamma jitter amplitude (0 disables).
         labelled_fraction: probability that a patch is centred on an annotated pixel.
+        mask_share: share of each batch drawn from the images that have exact masks (task 3)
+            when only some images have them, so the few exact masks are seen in every batch
+            (drawing by image size alone gives them ~ their share of the images, e.g. 1.5
+            patches of 16 with 9% exact masks). 0 draws every image by size only.
     """
 
     patch_size: int | None = None
@@ -181,6 +185,13 @@ class AugmentConfig:
     flip: bool = True
     intensity: float = 0.1
     labelled_fraction: float = 0.8
+    mask_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mask_share <= 1:
+            raise ValueError(f"mask_share is a share of the batch in [0, 1], got {self.mask_share}.")
+        if not 0 <= self.labelled_fraction <= 1:
+            raise ValueError(f"labelled_fraction is a probability in [0, 1], got {self.labelled_fraction}.")
 
 
 class PreparedSample:
@@ -274,7 +285,8 @@ class PatchSampler:
     """Endless random batches from prepared samples.
 
     Images are drawn with probability proportional to the square root of their area, so large
-    images are seen more often without drowning out small ones.
+    images are seen more often without drowning out small ones; when only some images have
+    exact masks, ``cfg.mask_share`` of each batch comes from those (by the same weights).
     """
 
     def __init__(self, samples: list[PreparedSample], cfg: AugmentConfig, seed: int = 0) -> None:
@@ -285,11 +297,24 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         areas = np.array([np.sqrt(s.shape[0] * s.shape[1]) for s in samples], float)
         self.weights = areas / areas.sum()
+        strong = np.array([s.targets.get(SEGMENTATION) is not None for s in samples])
+        self.strong_weights = None
+        if strong.any() and not strong.all() and cfg.mask_share > 0:
+            w = np.where(strong, areas, 0.0)
+            self.strong_weights = w / w.sum()
+
+    def draw(self, batch_size: int) -> np.ndarray:
+        """Indices of the samples of one batch."""
+        n_strong = 0 if self.strong_weights is None else int(round(batch_size * self.cfg.mask_share))
+        idx = self.rng.choice(len(self.samples), size=batch_size - n_strong, p=self.weights)
+        if n_strong:
+            idx = np.concatenate([self.rng.choice(len(self.samples), size=n_strong, p=self.strong_weights), idx])
+        return idx
 
     def batch(self, batch_size: int, tasks: tuple[str, ...]):
         """Return ``image (B, C, P, P)`` float32 tensor and ``{task: (B, P, P) int64 tensor}``
         with ``-1`` at ignored pixels and for images not labelled for a task."""
-        idx = self.rng.choice(len(self.samples), size=batch_size, p=self.weights)
+        idx = self.draw(batch_size)
         imgs, tgts = [], {t: [] for t in tasks}
         p = self.cfg.patch_size
         for i in idx:
