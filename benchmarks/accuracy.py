@@ -73,6 +73,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E402
 from napari_lazylabels.core.checkpoint import load_checkpoint, versions  # noqa: E402
+from napari_lazylabels.core.data import AugmentConfig  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
 from napari_lazylabels.core.model import resolve_device  # noqa: E402
 from napari_lazylabels.core.predict import (  # noqa: E402
@@ -211,6 +212,7 @@ class Run:
     size: str
     iterations: int
     device: str
+    mask_share: float | None = None  # None: the product default (AugmentConfig.mask_share)
 
     @property
     def architecture(self) -> str:
@@ -221,7 +223,8 @@ class Run:
         if self.method == "random-forest":
             return f"{self.method}_f{self.fraction:g}_s{self.seed}"
         patch = device_defaults(self.device)["patch_size"]
-        return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}_{self.device}"
+        extra = "" if self.mask_share is None else f"_ms{self.mask_share:g}"
+        return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
         return results / self.dataset / f"{self.run_id}.json"
@@ -243,7 +246,7 @@ def runs_for(tier: str, args) -> list[Run]:
                         continue
                     arch = "multitask" if method.startswith("multitask") else "unet"
                     iters = args.iterations or ITERATIONS[(arch, size)]
-                    out.append(Run(dataset, method, fraction, seed, size, iters, device))
+                    out.append(Run(dataset, method, fraction, seed, size, iters, device, args.mask_share))
     return list(dict.fromkeys(out))
 
 
@@ -388,6 +391,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         cfg = TrainConfig(
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
             val_fraction=0.0, val_every=0, seed=run.seed, num_threads=threads,
+            augment=AugmentConfig() if run.mask_share is None else AugmentConfig(mask_share=run.mask_share),
         )
         model_dir = WORK / "models" / run.dataset / run.run_id
         if model_dir.exists():
@@ -540,6 +544,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=("tiny", "small", "medium", "paper"))
     ap.add_argument("--iterations", type=int, help="override the iteration budget (a different run id)")
     ap.add_argument("--device", help="override the tier's device (cpu, cuda)")
+    ap.add_argument("--mask-share", type=float, help="override AugmentConfig.mask_share (in the run id)")
     ap.add_argument("--max-runs", type=int)
     ap.add_argument("--list", action="store_true", help="list the runs of the tier that have no record yet")
     ap.add_argument("--table", action="store_true", help=f"write {TABLE.relative_to(REPO)} from the records")
