@@ -447,7 +447,9 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
 
 # --------------------------------------------------------------------------- table
 TABLE_METRICS = (("dice", "Dice (foreground, mean over images)"), ("object_f1", "Object F1 (IoU > 0.5)"),
-                 ("pairs_separated", "Touching pairs separated"), ("interface_precision", "Interface precision"))
+                 ("pairs_separated", "Touching pairs separated"),
+                 ("interface_precision", "Interface precision (interface pixels between two predicted objects)"),
+                 ("interface_precision_raw", "Interface precision of the raw separation map (>= 0.5 anywhere)"))
 
 
 def load_records(results: Path) -> list[dict]:
