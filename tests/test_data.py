@@ -102,6 +102,24 @@ def test_exact_masks_get_their_share_of_every_batch():
         AugmentConfig(mask_share=1.5)
 
 
+def test_patches_find_the_few_interface_scribbles():
+    s = _sample()
+    s.separation = np.zeros(s.image.shape, np.uint8)
+    s.separation[100:103, 130:133] = 2  # one small interface scribble in a corner
+    tasks = ("detection", "separation")
+    ps = PreparedSample(s, 1, (1.0, 99.8), "ignore", tasks)
+    assert len(ps.interface_yx) == 9
+
+    def hits(fraction):
+        cfg = AugmentConfig(patch_size=32, interface_fraction=fraction, labelled_fraction=1.0)
+        rng = np.random.default_rng(0)
+        return sum(bool((sample_patch(ps, rng, cfg)[1]["separation"] == 1).any()) for _ in range(100))
+
+    assert hits(1.0) == 100  # every patch holds the scribble
+    assert hits(0.0) < 20  # drawn among all annotated pixels it is rarely seen
+    assert 15 < hits(0.3) < 50
+
+
 def test_resize_targets_keeps_thin_scribbles_and_majority():
     t = np.full((40, 40), -1, np.int16)
     t[10, :] = 1  # a 1 px line: at half size it would fall between nearest-neighbour samples

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .io import Sample, as_image
-from .labels import SEGMENTATION, TASKS, training_targets
+from .labels import SEGMENTATION, SEPARATION, TASKS, training_targets
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,9 @@ class AugmentConfig:
         flip: random horizontal/vertical flips.
         intensity: random contrast/brightness/gamma jitter amplitude (0 disables).
         labelled_fraction: probability that a patch is centred on an annotated pixel.
+        interface_fraction: of those, the share centred on an interface scribble (task 2) in
+            images that have some: interface scribbles are a few percent of the annotated
+            pixels, and the separation head learns little from patches that miss them.
         mask_share: share of each batch drawn from the images that have exact masks (task 3)
             when only some images have them, so the few exact masks are seen in every batch
             (drawing by image size alone gives them ~ their share of the images, e.g. 1.5
@@ -185,11 +188,14 @@ class AugmentConfig:
     flip: bool = True
     intensity: float = 0.1
     labelled_fraction: float = 0.8
+    interface_fraction: float = 0.3
     mask_share: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.mask_share <= 1:
             raise ValueError(f"mask_share is a share of the batch in [0, 1], got {self.mask_share}.")
+        if not 0 <= self.interface_fraction <= 1:
+            raise ValueError(f"interface_fraction is a probability in [0, 1], got {self.interface_fraction}.")
         if not 0 <= self.labelled_fraction <= 1:
             raise ValueError(f"labelled_fraction is a probability in [0, 1], got {self.labelled_fraction}.")
 
@@ -225,6 +231,10 @@ class PreparedSample:
         ys, xs = np.nonzero(labelled)
         step = max(1, ys.size // 200_000)
         self.labelled_yx = np.stack([ys[::step], xs[::step]], 1).astype(np.int32)
+        sep = self.targets.get(SEPARATION)
+        iy, ix = np.nonzero(sep == 1) if sep is not None else (np.zeros(0, int), np.zeros(0, int))
+        step = max(1, iy.size // 50_000)
+        self.interface_yx = np.stack([iy[::step], ix[::step]], 1).astype(np.int32)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -254,7 +264,10 @@ def sample_patch(ps: PreparedSample, rng: np.random.Generator, cfg: AugmentConfi
     h, w = ps.shape
     p = cfg.patch_size
     if ps.labelled_yx.size and rng.random() < cfg.labelled_fraction:
-        cy, cx = ps.labelled_yx[rng.integers(len(ps.labelled_yx))]
+        centres = ps.labelled_yx
+        if ps.interface_yx.size and rng.random() < cfg.interface_fraction:
+            centres = ps.interface_yx
+        cy, cx = centres[rng.integers(len(centres))]
         cy += rng.integers(-p // 4, p // 4 + 1)
         cx += rng.integers(-p // 4, p // 4 + 1)
     else:
