@@ -118,6 +118,7 @@ def test_patches_find_the_few_interface_scribbles():
     assert hits(1.0) == 100  # every patch holds the scribble
     assert hits(0.0) < 20  # drawn among all annotated pixels it is rarely seen
     assert 15 < hits(0.3) < 50
+    assert AugmentConfig().interface_fraction == 0.0  # measured not to help (DSB): off
 
 
 def test_resize_targets_keeps_thin_scribbles_and_majority():

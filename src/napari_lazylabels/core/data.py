@@ -175,7 +175,8 @@ class AugmentConfig:
         labelled_fraction: probability that a patch is centred on an annotated pixel.
         interface_fraction: of those, the share centred on an interface scribble (task 2) in
             images that have some: interface scribbles are a few percent of the annotated
-            pixels, and the separation head learns little from patches that miss them.
+            pixels. Off by default: on DSB (seed 0, 700 steps) 0.3 gave object F1 0.672 and
+            pairs separated 0.06 against 0.704 and 0.10 without it.
         mask_share: share of each batch drawn from the images that have exact masks (task 3)
             when only some images have them, so the few exact masks are seen in every batch
             (drawing by image size alone gives them ~ their share of the images, e.g. 1.5
@@ -188,7 +189,7 @@ class AugmentConfig:
     flip: bool = True
     intensity: float = 0.1
     labelled_fraction: float = 0.8
-    interface_fraction: float = 0.3
+    interface_fraction: float = 0.0
     mask_share: float = 0.5
 
     def __post_init__(self) -> None:
