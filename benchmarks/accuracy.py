@@ -213,6 +213,8 @@ class Run:
     iterations: int
     device: str
     mask_share: float | None = None  # None: the product default (AugmentConfig.mask_share)
+    scale: float | None = None  # None: the product default (working scale from object size)
+    augment: tuple[tuple[str, float], ...] = ()  # AugmentConfig overrides for experiments
 
     @property
     def architecture(self) -> str:
@@ -224,6 +226,8 @@ class Run:
             return f"{self.method}_f{self.fraction:g}_s{self.seed}"
         patch = device_defaults(self.device)["patch_size"]
         extra = "" if self.mask_share is None else f"_ms{self.mask_share:g}"
+        extra += "" if self.scale is None else f"_sc{self.scale:g}"
+        extra += "".join(f"_{k}{v:g}" for k, v in self.augment)
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -246,8 +250,20 @@ def runs_for(tier: str, args) -> list[Run]:
                         continue
                     arch = "multitask" if method.startswith("multitask") else "unet"
                     iters = args.iterations or ITERATIONS[(arch, size)]
-                    out.append(Run(dataset, method, fraction, seed, size, iters, device, args.mask_share))
+                    out.append(Run(dataset, method, fraction, seed, size, iters, device, args.mask_share,
+                                   args.scale, parse_augment(args.augment)))
     return list(dict.fromkeys(out))
+
+
+def parse_augment(items: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """``["color=0.1", ...]`` -> sorted ``(("color", 0.1), ...)``, checked against AugmentConfig."""
+    out = {}
+    for item in items or ():
+        key, _, value = item.partition("=")
+        if key not in AugmentConfig.__dataclass_fields__ or key in ("patch_size", "scale_range"):
+            raise SystemExit(f"--augment {item!r}: not a numeric AugmentConfig field.")
+        out[key] = float(value)
+    return tuple(sorted(out.items()))
 
 
 def training_set(run: Run, lazy: LazyDataset, cache_key: str) -> tuple[LazyDataset, str, str]:
@@ -357,6 +373,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             "size": run.size, "iterations": run.iterations, "device": run.device,
             "batch_size": BATCH_SIZE if run.method != "random-forest" else None,
             "patch_size": device_defaults(run.device)["patch_size"] if run.method != "random-forest" else None,
+            "scale_override": run.scale, "augment_override": dict(run.augment),
         },
         "seed": run.seed,
         "data": {
@@ -387,11 +404,14 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         train_ds, arch, mode = training_set(run, lazy, cache_key)
         timing["prepare_s"] = time.perf_counter() - t_start
         device = resolve_device(run.device)
-        model_config = infer_model_config(train_ds, device, run.size, architecture=arch)
+        model_config = infer_model_config(train_ds, device, run.size, architecture=arch, scale=run.scale)
+        augment = dict(run.augment)
+        if run.mask_share is not None:
+            augment["mask_share"] = run.mask_share
         cfg = TrainConfig(
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
             val_fraction=0.0, val_every=0, seed=run.seed, num_threads=threads,
-            augment=AugmentConfig() if run.mask_share is None else AugmentConfig(mask_share=run.mask_share),
+            augment=AugmentConfig(**augment),
         )
         model_dir = WORK / "models" / run.dataset / run.run_id
         if model_dir.exists():
@@ -427,6 +447,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         record["train"] = {
             "architecture": arch, "label_mode": mode, "tasks": list(ck.model_config.tasks),
             "widths": list(ck.model_config.widths), "in_channels": ck.model_config.in_channels,
+            "scale": ck.model_config.scale,
             "n_train_images": len(train_ds), "iterations_done": result.iteration,
             "final_loss": result.history["steps"][-1][1] if result.history["steps"] else None,
             "mean_loss_last10": float(np.mean([s[1] for s in result.history["steps"][-10:]])) if result.history["steps"] else None,
@@ -469,6 +490,19 @@ def _cell(values: list[float]) -> str:
     if len(v) == 1:
         return f"{v[0]:.3f} (n=1)"
     return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} (n={len(v)})"
+
+
+def variant(record: dict) -> str:
+    """The experiment overrides of a record's run id (e.g. ``"sc0.25, color0.1"``), ``""`` for
+    the product defaults."""
+    c = record["config"]
+    if c["method"] == "random-forest":
+        return ""
+    head = f"_p{c['patch_size']}"
+    rid = record["run_id"]
+    rest = rid[rid.index(head) + len(head):] if head in rid else ""
+    rest = rest[: -len(f"_{c['device']}")] if rest.endswith(f"_{c['device']}") else rest
+    return ", ".join(x for x in rest.split("_") if x)
 
 
 def write_table(results: Path, path: Path) -> str:
@@ -516,16 +550,15 @@ def write_table(results: Path, path: Path) -> str:
                 lines.append("|---|---|" + "---|" * len(fracs))
                 for method in METHODS:
                     mrs = [r for r in rs if r["config"]["method"] == method]
-                    if not mrs:
-                        continue
-                    its = sorted({r["config"]["iterations"] for r in mrs})
-                    for it in its:
+                    for var, it in sorted({(variant(r), r["config"]["iterations"]) for r in mrs}):
                         cells = []
                         for f in fracs:
                             vals = [r["metrics"].get(key) for r in mrs
-                                    if r["config"]["strong_fraction"] == f and r["config"]["iterations"] == it]
+                                    if r["config"]["strong_fraction"] == f and r["config"]["iterations"] == it
+                                    and variant(r) == var]
                             cells.append(_cell(vals) if vals else "")
-                        lines.append(f"| {method} | {it if it else '–'} | " + " | ".join(cells) + " |")
+                        name = method + (f" ({var})" if var else "")
+                        lines.append(f"| {name} | {it if it else '–'} | " + " | ".join(cells) + " |")
                 lines.append("")
             walls = [r["wall_time_s"] for r in rs]
             lines.append(f"Wall time per run: {min(walls):.0f}-{max(walls):.0f} s.")
@@ -547,6 +580,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, help="override the iteration budget (a different run id)")
     ap.add_argument("--device", help="override the tier's device (cpu, cuda)")
     ap.add_argument("--mask-share", type=float, help="override AugmentConfig.mask_share (in the run id)")
+    ap.add_argument("--scale", type=float, help="override the working scale (in the run id)")
+    ap.add_argument("--augment", action="append", metavar="KEY=VALUE",
+                    help="override an AugmentConfig field for an experiment, e.g. color=0.1 (in the run id)")
     ap.add_argument("--max-runs", type=int)
     ap.add_argument("--list", action="store_true", help="list the runs of the tier that have no record yet")
     ap.add_argument("--table", action="store_true", help=f"write {TABLE.relative_to(REPO)} from the records")

@@ -65,6 +65,29 @@ def test_patches_keep_labels_aligned_with_image():
     assert seen_obj > 10 and seen_bg > 0  # patches are drawn around the labels
 
 
+def test_color_jitter_shifts_channels_apart_on_rgb_only():
+    """Colour jitter gives each channel of an RGB patch its own gain/offset (a stain shift);
+    gray patches and ``color=0`` are left alone."""
+    flat = np.full((64, 64), 128, np.uint8)
+    flat[0, 0], flat[-1, -1] = 0, 255  # so the normalised plateau sits inside (0, 1)
+    rgb = Sample("c", np.repeat(flat[..., None], 3, -1), detection=np.full(flat.shape, 2, np.uint8))
+    ps = PreparedSample(rgb, 3, (0.0, 100.0), "ignore", ("detection",))
+    spreads = {}
+    for color in (0.0, 0.2):
+        cfg = AugmentConfig(patch_size=16, intensity=0.0, color=color, rotate=False, scale_range=(1, 1))
+        rng = np.random.default_rng(0)
+        centre = [sample_patch(ps, rng, cfg)[0][:, 8, 8] for _ in range(20)]
+        spreads[color] = max(float(np.ptp(c)) for c in centre)
+    assert spreads[0.0] == 0.0
+    assert 0.05 < spreads[0.2] < 0.9
+    gray = PreparedSample(Sample("g", flat, detection=rgb.detection), 1, (0.0, 100.0), "ignore", ("detection",))
+    cfg = AugmentConfig(patch_size=16, intensity=0.0, color=0.5, rotate=False, scale_range=(1, 1))
+    img, _ = sample_patch(gray, np.random.default_rng(0), cfg)
+    np.testing.assert_allclose(img[0, 8, 8], 128 / 255, atol=1e-6)
+    with pytest.raises(ValueError, match="amplitudes"):
+        AugmentConfig(color=-0.1)
+
+
 def test_sampler_batches_and_untasked_images_are_ignored():
     s1 = _sample()
     s2 = Sample("t", s1.image.copy(), segmentation=np.ones(s1.image.shape, np.uint8))

@@ -174,8 +174,10 @@ def current_index(viewer, layer) -> int:
 def view_region(viewer, layer) -> tuple[slice, slice]:
     """The ``(rows, cols)`` part of ``layer``'s 2D planes visible in the canvas."""
     shape = tuple(layer.data.shape[-2:]) if layer.__class__.__name__ != "Image" else label_shape(layer)[-2:]
-    cy, cx = viewer.camera.center[-2:]
-    zoom = float(viewer.camera.zoom) or 1.0
+    # napari 0.9 moved the camera to viewer.scene (viewer.camera is deprecated there).
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    cy, cx = camera.center[-2:]
+    zoom = float(camera.zoom) or 1.0
     try:
         cw, ch = _canvas_hw(viewer)
     except Exception:  # no window: the whole image

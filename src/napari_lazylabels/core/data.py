@@ -171,7 +171,10 @@ class AugmentConfig:
         scale_range: random rescale factor range (zoom of the patch).
         rotate: rotate by a uniform random angle.
         flip: random horizontal/vertical flips.
-        intensity: random contrast/brightness/gamma jitter amplitude (0 disables).
+        intensity: random contrast/brightness jitter amplitude (0 disables).
+        color: per-channel gain and offset jitter amplitude for colour (3-channel) images, on
+            top of ``intensity``: stain and white-balance differences between slides, patients
+            and microscopes (0 disables; gray images are unaffected).
         labelled_fraction: probability that a patch is centred on an annotated pixel.
         interface_fraction: of those, the share centred on an interface scribble (task 2) in
             images that have some: interface scribbles are a few percent of the annotated
@@ -188,6 +191,7 @@ class AugmentConfig:
     rotate: bool = True
     flip: bool = True
     intensity: float = 0.1
+    color: float = 0.0
     labelled_fraction: float = 0.8
     interface_fraction: float = 0.0
     mask_share: float = 0.5
@@ -197,6 +201,8 @@ class AugmentConfig:
             raise ValueError(f"mask_share is a share of the batch in [0, 1], got {self.mask_share}.")
         if not 0 <= self.interface_fraction <= 1:
             raise ValueError(f"interface_fraction is a probability in [0, 1], got {self.interface_fraction}.")
+        if self.intensity < 0 or self.color < 0:
+            raise ValueError("intensity and color are jitter amplitudes >= 0.")
         if not 0 <= self.labelled_fraction <= 1:
             raise ValueError(f"labelled_fraction is a probability in [0, 1], got {self.labelled_fraction}.")
 
@@ -283,6 +289,11 @@ def sample_patch(ps: PreparedSample, rng: np.random.Generator, cfg: AugmentConfi
         gain = 1 + rng.uniform(-a, a)
         bias = rng.uniform(-a, a)
         img = img * np.float32(gain) + np.float32(bias)
+    if cfg.color > 0 and img.shape[-1] == 3:
+        a = cfg.color
+        gain = (1 + rng.uniform(-a, a, 3)).astype(np.float32)
+        bias = rng.uniform(-a, a, 3).astype(np.float32)
+        img = img * gain + bias
     targets = {}
     for t, v in ps.targets.items():
         if v is None:
