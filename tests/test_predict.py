@@ -295,6 +295,36 @@ def test_uncertain_pixels_split_instances_when_asked():
     assert inst[20, 20] != inst[20, 60] and (inst[classes > 0] > 0).all()
 
 
+def test_predictor_splits_at_uncertain_class_probability_when_configured(multitask):
+    """``PredictConfig.seed_probability`` (the CLI's ``--split-uncertain``) reaches the
+    instance step: two bright squares joined by a dimmer bridge that the class map calls
+    foreground with ~0.73 confidence are one object by default and two when asked."""
+    from dataclasses import replace
+
+    model, cfg = multitask
+
+    class Confidence(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            logit = torch.where(x[:, :1] > 0.9, 8.0, torch.where(x[:, :1] > 0.3, 1.0, -8.0))
+            out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
+            out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
+            return out
+
+    image = np.zeros((64, 128), np.float32)
+    image[16:48, 16:56] = image[16:48, 72:112] = 1.0
+    image[24:40, 56:72] = 0.5  # the bridge
+    plain = Predictor(Confidence(model), cfg, FAST).predict(image)
+    assert plain.instances.max() == 1
+    split = Predictor(Confidence(model), cfg, replace(FAST, seed_probability=0.9)).predict(image)
+    assert split.instances.max() == 2 and split.instances[32, 30] != split.instances[32, 100]
+    np.testing.assert_array_equal(split.classes, plain.classes)
+
+
 @pytest.mark.parametrize("src_shape, dst_shape, rows", [((37, 53), (150, 211), 16), ((80, 80), (40, 40), 7), ((5, 9), (5, 9), 256)])
 def test_resize_maps_matches_cv2_in_bands(src_shape, dst_shape, rows):
     import cv2

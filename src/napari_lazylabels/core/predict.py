@@ -772,7 +772,9 @@ class Predictor:
         inst = None
         if instances:
             inst = instances_from_prediction(
-                classes, interfaces, pc.interface_threshold, pc.min_object_size
+                classes, interfaces, pc.interface_threshold, pc.min_object_size,
+                probabilities=None if pc.seed_probability is None else probs,
+                seed_probability=pc.seed_probability or 0.9,
             )
         pred = Prediction(probs, classes, interfaces, inst, detection)
         yield pred
