@@ -295,6 +295,27 @@ def test_uncertain_pixels_split_instances_when_asked():
     assert inst[20, 20] != inst[20, 60] and (inst[classes > 0] > 0).all()
 
 
+def test_instances_split_at_necks_when_asked():
+    """Two overlapping discs (a figure of eight) that the class map merges and no interface
+    cuts: one object by default, two with ``neck_depth``; a single disc and an ellipse stay
+    whole, and every foreground pixel keeps an object."""
+    yy, xx = np.mgrid[:60, :120]
+    classes = np.zeros((60, 120), np.uint8)
+    classes[(yy - 30) ** 2 + (xx - 30) ** 2 <= 14**2] = 1
+    classes[(yy - 30) ** 2 + (xx - 52) ** 2 <= 14**2] = 1  # centres 22 px apart: a neck
+    classes[((yy - 30) / 10.0) ** 2 + ((xx - 95) / 20.0) ** 2 <= 1] = 1  # an ellipse, no neck
+    for interfaces in (None, np.zeros(classes.shape, np.float32)):
+        plain = instances_from_prediction(classes, interfaces)
+        assert plain.max() == 2
+        split = instances_from_prediction(classes, interfaces, neck_depth=2.0)
+        assert split.max() == 3
+        assert split[30, 25] != split[30, 57] and split[30, 85] == split[30, 105]
+        assert (split[classes > 0] > 0).all()
+    lone = np.zeros((40, 40), np.uint8)
+    lone[(yy[:40, :40] - 20) ** 2 + (xx[:40, :40] - 20) ** 2 <= 15**2] = 1
+    assert instances_from_prediction(lone, None, neck_depth=2.0).max() == 1
+
+
 def test_predictor_splits_at_uncertain_class_probability_when_configured(multitask):
     """``PredictConfig.seed_probability`` (the CLI's ``--split-uncertain``) reaches the
     instance step: two bright squares joined by a dimmer bridge that the class map calls

@@ -58,6 +58,10 @@ class ModelConfig:
             (0.5 = half the height and width) and predictions are resized back, so that large
             objects fit in the network's patches. Chosen from the objects' size when training
             starts (:func:`napari_lazylabels.core.data.auto_scale`) and saved with the model.
+        object_diameter: typical object diameter in pixels of the training images (median
+            over the exact masks' objects, else over the detection marks; see
+            :func:`napari_lazylabels.core.data.object_size`), measured when training starts;
+            prediction derives its instance post-processing from it. ``None``: unknown.
     """
 
     in_channels: int = 1
@@ -69,6 +73,7 @@ class ModelConfig:
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     negative_slope: float = 0.01
     scale: float = 1.0
+    object_diameter: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,10 @@ class ModelConfig:
         if self.architecture == "unet" and len(self.tasks) != 1:
             raise ValueError("A single-task 'unet' predicts exactly one task.")
         object.__setattr__(self, "scale", float(self.scale))
+        if self.object_diameter is not None:
+            object.__setattr__(self, "object_diameter", float(self.object_diameter))
+            if not self.object_diameter > 0:
+                raise ValueError(f"object_diameter must be > 0 pixels, got {self.object_diameter}.")
         if not 0.0625 <= self.scale <= 4:
             raise ValueError(f"scale (the working scale) must be in [1/16, 4], got {self.scale}.")
         lo, hi = self.norm_percentiles

@@ -386,6 +386,7 @@ def instances_from_prediction(
     seed_erosion: int = 0,
     probabilities: np.ndarray | None = None,
     seed_probability: float = 0.9,
+    neck_depth: float = 0.0,
 ) -> np.ndarray:
     """Instances from a class map, split at predicted interfaces (the separation task).
 
@@ -410,10 +411,17 @@ def instances_from_prediction(
             nuclei the class map merges) get one seed each; the watershed then grows the
             seeds back over the uncertain pixels of the component.
         seed_probability: class probability a seed pixel needs (with ``probabilities``).
+        neck_depth: when > 0, objects are also split at necks: every seed is cut further
+            into the basins of the distance to its edge whose peak rises at least this many
+            pixels above the neck joining it to another (h-maxima), and a watershed on that
+            distance gives each part its pixels. Touching round objects that the class map
+            merges and the interface map does not cut come apart; a value of about a tenth
+            of the objects' radius splits pairs of nuclei without cutting single ones.
 
     Returns:
         ``(H, W)`` int32, 0 = no object, objects numbered ``1..N`` (class by class).
     """
+    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     classes = np.asarray(classes)
@@ -445,7 +453,7 @@ def instances_from_prediction(
             doubt = (1.0 - np.asarray(probabilities[c], np.float32)) / max(1e-6, 1.0 - seed_probability)
             split = doubt if interfaces is None else np.maximum(doubt, np.asarray(interfaces, np.float32) / interface_threshold)
             threshold = 1.0
-        if split is None:
+        if split is None and neck_depth <= 0:
             sizes = np.bincount(comp.ravel(), minlength=n + 1)
             keep = sizes >= min_size
             keep[0] = False
@@ -458,10 +466,13 @@ def instances_from_prediction(
         # and run the per-component watershed only where an interface may split one.
         sizes = np.bincount(comp.ravel(), minlength=n + 1)
         crossed = np.zeros(n + 1, bool)
-        crossed[comp[fg & (np.asarray(split) >= threshold)]] = True
+        if split is not None:
+            crossed[comp[fg & (np.asarray(split) >= threshold)]] = True
         del fg
         big = sizes >= min_size
         big[0] = False
+        if neck_depth > 0:
+            crossed[:] = True  # any component may have a neck
         simple = big & ~crossed
         lut = np.zeros(n + 1, np.int32)
         lut[simple] = np.arange(next_id, next_id + int(simple.sum()), dtype=np.int32)
@@ -472,12 +483,16 @@ def instances_from_prediction(
             if sl is None or not todo[i]:
                 continue
             mask = comp[sl] == i
-            interf = np.asarray(split[sl], dtype=np.float32)
+            interf = np.zeros(mask.shape, np.float32) if split is None else np.asarray(split[sl], dtype=np.float32)
             seed_mask = mask & (interf < threshold)
             if seed_erosion > 0:
                 seed_mask = ndimage.binary_erosion(seed_mask, iterations=seed_erosion)
+            landscape = interf
+            if neck_depth > 0:
+                landscape = -ndimage.distance_transform_edt(np.pad(seed_mask, 1))[1:-1, 1:-1]
+                seed_mask = h_maxima(-landscape, neck_depth).astype(bool) & seed_mask
             seeds, ns = ndimage.label(seed_mask)
-            if ns > 1:
+            if ns > 1 and neck_depth <= 0:  # neck seeds are peaks: a pixel or a ridge
                 seed_sizes = np.bincount(seeds.ravel(), minlength=ns + 1)
                 small = seed_sizes < min_seed_size
                 small[0] = False
@@ -489,7 +504,7 @@ def instances_from_prediction(
                 region[mask] = next_id
                 next_id += 1
                 continue
-            parts = watershed(interf, markers=seeds, mask=mask)
+            parts = watershed(landscape, markers=seeds, mask=mask)
             sizes = np.bincount(parts.ravel(), minlength=ns + 1)
             keep = sizes >= min_size
             keep[0] = False

@@ -193,10 +193,13 @@ def infer_model_config(
     if architecture == "unet" and "tasks" not in kwargs:
         kwargs["tasks"] = (SEGMENTATION,) if SEGMENTATION in tasks else (DETECTION,)
     kwargs.setdefault("tasks", tasks)
+    diameter = object_size(list(dataset))
+    if kwargs.get("object_diameter") is None and diameter is not None:
+        kwargs["object_diameter"] = round(diameter, 2)
     if kwargs.get("scale") is None:
-        kwargs["scale"] = auto_scale(list(dataset), patch_size or device_defaults(device)["patch_size"])
+        kwargs["scale"] = auto_scale(list(dataset), patch_size or device_defaults(device)["patch_size"], diameter=diameter)
         if kwargs["scale"] != 1:
-            log.info("Objects are large (median %.0f px): working at scale %g.", object_size(list(dataset)), kwargs["scale"])
+            log.info("Objects are large (median %.0f px): working at scale %g.", diameter, kwargs["scale"])
     return ModelConfig.named(
         size or default_size(device),
         in_channels=in_channels,
