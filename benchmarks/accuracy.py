@@ -217,6 +217,7 @@ class Run:
     mask_share: float | None = None  # None: the product default (AugmentConfig.mask_share)
     scale: float | None = None  # None: the product default (working scale from object size)
     augment: tuple[tuple[str, float], ...] = ()  # AugmentConfig overrides for experiments
+    balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
 
     @property
     def architecture(self) -> str:
@@ -230,6 +231,8 @@ class Run:
         extra = "" if self.mask_share is None else f"_ms{self.mask_share:g}"
         extra += "" if self.scale is None else f"_sc{self.scale:g}"
         extra += "".join(f"_{k}{v:g}" for k, v in self.augment)
+        if self.balance is not None:
+            extra += "_bal" + ("-".join(t[:3] for t in self.balance) or "none")
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -253,7 +256,8 @@ def runs_for(tier: str, args) -> list[Run]:
                     arch = "multitask" if method.startswith("multitask") else "unet"
                     iters = args.iterations or ITERATIONS[(arch, size)]
                     out.append(Run(dataset, method, fraction, seed, size, iters, device, args.mask_share,
-                                   args.scale, parse_augment(args.augment)))
+                                   args.scale, parse_augment(args.augment),
+                                   None if args.balance is None else tuple(t for t in args.balance.split(",") if t)))
     return list(dict.fromkeys(out))
 
 
@@ -410,7 +414,9 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         augment = dict(run.augment)
         if run.mask_share is not None:
             augment["mask_share"] = run.mask_share
+        balance = {} if run.balance is None else {"balance_classes": run.balance}
         cfg = TrainConfig(
+            **balance,
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
             val_fraction=0.0, val_every=0, seed=run.seed, num_threads=threads,
             augment=AugmentConfig(**augment),
@@ -585,6 +591,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, help="override the working scale (in the run id)")
     ap.add_argument("--augment", action="append", metavar="KEY=VALUE",
                     help="override an AugmentConfig field for an experiment, e.g. color=0.1 (in the run id)")
+    ap.add_argument("--balance", metavar="TASKS",
+                    help="override TrainConfig.balance_classes: comma list of tasks, '' for none (in the run id)")
     ap.add_argument("--max-runs", type=int)
     ap.add_argument("--list", action="store_true", help="list the runs of the tier that have no record yet")
     ap.add_argument("--table", action="store_true", help=f"write {TABLE.relative_to(REPO)} from the records")

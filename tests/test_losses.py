@@ -44,3 +44,29 @@ def test_task_without_any_label_is_zero_but_differentiable():
     total, parts = multitask_loss({"separation": logits}, {"separation": torch.full((1, 4, 4), -1)})
     assert float(total) == 0.0 and parts == {}
     total.backward()
+
+
+def test_balanced_cross_entropy_weighs_each_class_equally():
+    """With ``balance`` a rare class's pixels weigh as much in total as a common class's: the
+    loss is the mean of the per-class means; without it, the mean over pixels."""
+    from napari_lazylabels.core.losses import masked_cross_entropy
+
+    logits = torch.zeros(1, 2, 1, 10)
+    logits[0, 1, 0, :] = 2.0  # every pixel predicts class 1 with p = sigmoid(2)
+    target = torch.tensor([[[0] * 9 + [1]]])
+    target_ignored = target.clone()
+    target_ignored[0, 0, 0] = -1
+    ce0 = float(torch.nn.functional.softplus(torch.tensor(2.0)))  # -log p(class 0)
+    ce1 = float(torch.nn.functional.softplus(torch.tensor(-2.0)))  # -log p(class 1)
+    plain, n = masked_cross_entropy(logits, target)
+    assert n == 10 and abs(float(plain) - (9 * ce0 + ce1) / 10) < 1e-6
+    bal, n = masked_cross_entropy(logits, target, balance=True)
+    assert n == 10 and abs(float(bal) - (ce0 + ce1) / 2) < 1e-6
+    bal_ignored, n = masked_cross_entropy(logits, target_ignored, balance=True)
+    assert n == 9 and abs(float(bal_ignored) - (ce0 + ce1) / 2) < 1e-6
+    only0, _ = masked_cross_entropy(logits, torch.zeros(1, 1, 10, dtype=torch.long), balance=True)
+    assert abs(float(only0) - ce0) < 1e-6  # absent classes do not count
+    logits.requires_grad_(True)
+    loss, _ = masked_cross_entropy(logits, target_ignored, balance=True)
+    loss.backward()
+    assert logits.grad[0, :, 0, 0].abs().sum() == 0  # ignored pixel: no gradient

@@ -17,12 +17,17 @@ from .labels import DETECTION, SEGMENTATION, SEPARATION
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0}
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, balance: bool = False
+) -> tuple[torch.Tensor, int]:
     """Mean cross entropy over the pixels whose target is not ``-1``.
 
     Args:
         logits: ``(B, K, H, W)``.
         target: ``(B, H, W)`` int64 class indices, ``-1`` = ignore.
+        balance: weigh every class present in the batch equally: the mean over those
+            classes of each class's mean cross entropy (so thin interface scribbles weigh as
+            much as the many "not an interface" pixels).
 
     Returns:
         ``(loss, n_pixels)``; the loss is ``0`` (with a gradient path) when no pixel counts.
@@ -30,14 +35,24 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[to
     n = int((target >= 0).sum())
     if n == 0:
         return logits.sum() * 0.0, 0
-    loss = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum") / n
-    return loss, n
+    if not balance:
+        loss = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum") / n
+        return loss, n
+    ce = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="none")
+    valid = target >= 0
+    t, v = target[valid], ce[valid]
+    k = logits.shape[1]
+    counts = torch.bincount(t, minlength=k)
+    sums = torch.zeros(k, dtype=v.dtype, device=v.device).index_add_(0, t, v)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean(), n
 
 
 def multitask_loss(
     outputs: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
     weights: Mapping[str, float] | None = None,
+    balance: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. (5): ``sum_k alpha_k * CE_k`` over the tasks that have outputs and targets.
 
@@ -49,6 +64,7 @@ def multitask_loss(
         outputs: ``{task: (B, K_task, H, W)}`` logits.
         targets: ``{task: (B, H, W)}`` int64, ``-1`` = ignore.
         weights: ``{task: alpha_k}``; missing tasks weigh 1.
+        balance: tasks whose term weighs each class equally (see :func:`masked_cross_entropy`).
 
     Returns:
         ``(total loss, {task: float loss})`` - tasks without annotated pixels are left out
@@ -61,7 +77,7 @@ def multitask_loss(
         target = targets.get(task)
         if target is None:
             continue
-        loss, n = masked_cross_entropy(logits, target)
+        loss, n = masked_cross_entropy(logits, target, balance=task in balance)
         term = weights.get(task, 1.0) * loss
         total = term if total is None else total + term
         if n:

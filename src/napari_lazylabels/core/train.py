@@ -48,6 +48,9 @@ class TrainConfig:
         learning_rate: Adam's learning rate (paper: 2e-4).
         lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 5% over the budget).
         task_weights: alpha_k of eq. (5) per task.
+        balance_classes: tasks whose cross entropy weighs each class equally within a batch
+            (:func:`napari_lazylabels.core.losses.masked_cross_entropy`); the paper's plain
+            mean over pixels for the others.
         label_mode: ``"ignore"`` (unannotated pixels are ignored) or ``"paper"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         amp: bf16 autocast where it helps (CUDA, CPU).
@@ -68,6 +71,7 @@ class TrainConfig:
     learning_rate: float = 2e-4
     lr_schedule: str = "constant"
     task_weights: dict = field(default_factory=lambda: {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0})
+    balance_classes: tuple[str, ...] = ()
     label_mode: str = "ignore"
     device: str = "auto"
     amp: bool = True
@@ -93,6 +97,10 @@ class TrainConfig:
             raise ValueError("lr_schedule must be 'constant' or 'cosine'.")
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        object.__setattr__(self, "balance_classes", tuple(self.balance_classes))
+        unknown = set(self.balance_classes) - set(TASKS)
+        if unknown:
+            raise ValueError(f"balance_classes names unknown tasks {sorted(unknown)}; use some of {TASKS}.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -418,7 +426,7 @@ def train_iter(
         targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
         with autocast():
             outputs = model(image)
-        loss, parts = multitask_loss(outputs, targets, cfg.task_weights)
+        loss, parts = multitask_loss(outputs, targets, cfg.task_weights, cfg.balance_classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
