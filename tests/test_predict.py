@@ -346,6 +346,34 @@ def test_predictor_splits_at_uncertain_class_probability_when_configured(multita
     np.testing.assert_array_equal(split.classes, plain.classes)
 
 
+def test_predictor_splits_at_necks_when_configured(multitask):
+    """``PredictConfig.neck_depth`` (the CLI's ``--split-necks``) reaches the instance step."""
+    from dataclasses import replace
+
+    model, cfg = multitask
+
+    class Bright(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            logit = torch.where(x[:, :1] > 0.5, 8.0, -8.0)
+            out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
+            out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
+            return out
+
+    yy, xx = np.mgrid[:64, :96]
+    image = np.zeros((64, 96), np.float32)
+    image[((yy - 32) ** 2 + (xx - 34) ** 2 <= 14**2) | ((yy - 32) ** 2 + (xx - 56) ** 2 <= 14**2)] = 1.0
+    assert Predictor(Bright(model), cfg, FAST).predict(image).instances.max() == 1
+    split = Predictor(Bright(model), cfg, replace(FAST, neck_depth=2.0)).predict(image).instances
+    assert split.max() == 2 and split[32, 26] != split[32, 64]
+    with pytest.raises(ValueError, match="neck_depth"):
+        PredictConfig(neck_depth=-1)
+
+
 @pytest.mark.parametrize("src_shape, dst_shape, rows", [((37, 53), (150, 211), 16), ((80, 80), (40, 40), 7), ((5, 9), (5, 9), 256)])
 def test_resize_maps_matches_cv2_in_bands(src_shape, dst_shape, rows):
     import cv2

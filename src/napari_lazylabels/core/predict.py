@@ -573,6 +573,10 @@ class PredictConfig:
         seed_probability: instances also split where the class probability drops below
             this (see :func:`instances_from_prediction`); ``None`` (default) splits at
             predicted interfaces only, as the paper does.
+        neck_depth: instances also split at necks this many pixels (at the image's
+            resolution) shallower than the objects' centres (see
+            :func:`instances_from_prediction`); 0 (default) turns it off. For round touching
+            objects (nuclei) about a tenth of their radius.
     """
 
     tile: int = 256
@@ -587,8 +591,11 @@ class PredictConfig:
     keep_detection: bool = False
     sigma_scale: float = 0.125
     seed_probability: float | None = None
+    neck_depth: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.neck_depth < 0:
+            raise ValueError(f"neck_depth is a depth in pixels >= 0, got {self.neck_depth}.")
         if self.tile < 16:
             raise ValueError(f"tile must be at least 16 pixels, got {self.tile}.")
         if not 0 <= self.overlap < 1:
@@ -789,7 +796,7 @@ class Predictor:
             inst = instances_from_prediction(
                 classes, interfaces, pc.interface_threshold, pc.min_object_size,
                 probabilities=None if pc.seed_probability is None else probs,
-                seed_probability=pc.seed_probability or 0.9,
+                seed_probability=pc.seed_probability or 0.9, neck_depth=pc.neck_depth,
             )
         pred = Prediction(probs, classes, interfaces, inst, detection)
         yield pred
