@@ -133,8 +133,20 @@ def test_working_scale_is_chosen_from_object_size_and_saved(tmp_path):
     res = fit(ds, tmp_path / "m", None, TrainConfig(iterations=2, **{**FAST, "augment": {"patch_size": 24}}), size="tiny")
     model, ckpt = ck.load_model(res.latest)
     assert ckpt.model_config.scale == 0.5
+    assert 15 < ckpt.model_config.object_diameter < 25  # blobs of 8 px radius (some merge)
     pred = Predictor(model, ckpt.model_config, PredictConfig(device="cpu", tile=32)).predict(ds[0].image)
     assert pred.classes.shape == ds[0].image.shape
+
+
+def test_balanced_classes_config_is_checked_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="unknown tasks"):
+        TrainConfig(balance_classes=("interfaces",))
+    cfg = TrainConfig(iterations=2, balance_classes=["segmentation"], **FAST)
+    assert cfg.balance_classes == ("segmentation",)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    res = fit(blobs(), tmp_path / "m", ModelConfig(in_channels=1, n_classes=2, **TINY), cfg)
+    saved = ck.load_checkpoint(res.latest).train_config
+    assert TrainConfig.from_dict(saved).balance_classes == ("segmentation",)
 
 
 def test_training_learns_synthetic_blobs(tmp_path):
