@@ -73,12 +73,13 @@ sys.path.insert(0, str(REPO / "src"))
 
 from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E402
 from napari_lazylabels.core.checkpoint import load_checkpoint, versions  # noqa: E402
-from napari_lazylabels.core.data import AugmentConfig  # noqa: E402
+from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
-from napari_lazylabels.core.model import resolve_device  # noqa: E402
+from napari_lazylabels.core.model import ModelConfig, resolve_device  # noqa: E402
 from napari_lazylabels.core.predict import (  # noqa: E402
     PredictConfig,
     Predictor,
+    auto_min_object_size,
     instances_from_prediction,
     separating_interfaces,
 )
@@ -390,6 +391,10 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         "versions": all_versions(),
         "machine": machine(),
     }
+    # Every method's instances drop the same specks: the product's default smallest object
+    # (a tenth of the typical object's area), measured on the run's lazy labels.
+    min_size = auto_min_object_size(ModelConfig(object_diameter=object_size(list(lazy))))
+    record["config"]["min_object_size"] = min_size
     timing: dict[str, float] = {}
     if run.method == "random-forest":
         t0 = time.perf_counter()
@@ -401,7 +406,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
 
         def predict_one(image):
             classes = rf.predict(image)
-            return classes, instances_from_prediction(classes, None, min_size=16), None, None
+            return classes, instances_from_prediction(classes, None, min_size=min_size), None, None
 
         t0 = time.perf_counter()
         summary, per_image = score(val, predict_one)
@@ -438,7 +443,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
         model = ck.build(device)
-        predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device), batch_size=8))
+        predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device), batch_size=8, min_object_size=min_size))
 
         threshold = predictor.predict_config.interface_threshold
 
@@ -474,6 +479,40 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
     return record
 
 
+def rescore(path: Path, root: Path) -> dict | None:
+    """Score a record's kept model (``--keep-models``) again with the current prediction and
+    post-processing code, without training; the record keeps its training part and notes the
+    rescoring (and the metrics it had before). ``None`` when the model was not kept."""
+    record = json.loads(path.read_text())
+    c = record["config"]
+    model_dir = WORK / "models" / c["dataset"] / record["run_id"]
+    if c["method"] == "random-forest" or not (model_dir / "latest.pt").exists():
+        return None
+    lazy, _ = lazy_dataset(c["dataset"], root, c["strong_fraction"], record["seed"])
+    min_size = auto_min_object_size(ModelConfig(object_diameter=object_size(list(lazy))))
+    ck = load_checkpoint(model_dir / "latest.pt")
+    device = resolve_device("cpu")
+    predictor = Predictor(ck.build(device), ck.model_config,
+                          PredictConfig(device=str(device), batch_size=8, min_object_size=min_size))
+    threshold = predictor.predict_config.interface_threshold
+
+    def predict_one(image):
+        p = predictor.predict(image, instances=True)
+        if p.interfaces is None:
+            return p.classes, p.instances, None, None
+        return p.classes, p.instances, separating_interfaces(p.interfaces, p.instances, threshold), p.interfaces >= threshold
+
+    summary, per_image = score(validation_set(c["dataset"], root), predict_one)
+    record.setdefault("rescored", []).append({
+        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": all_versions().get("git_commit"), "previous_metrics": record["metrics"],
+    })
+    record["config"]["min_object_size"] = min_size
+    record["metrics"], record["per_image"] = summary, per_image
+    io.atomic_write_json(path, record)
+    return record
+
+
 # --------------------------------------------------------------------------- table
 TABLE_METRICS = (("dice", "Dice (foreground, mean over images)"), ("object_f1", "Object F1 (IoU > 0.5)"),
                  ("pairs_separated", "Touching pairs separated"),
@@ -504,13 +543,14 @@ def variant(record: dict) -> str:
     """The experiment overrides of a record's run id (e.g. ``"sc0.25, color0.1"``), ``""`` for
     the product defaults."""
     c = record["config"]
+    old = [] if "min_object_size" in c else ["specks ≥ 16 px kept"]  # scored before 2026-12-02
     if c["method"] == "random-forest":
-        return ""
+        return ", ".join(old)
     head = f"_p{c['patch_size']}"
     rid = record["run_id"]
     rest = rid[rid.index(head) + len(head):] if head in rid else ""
     rest = rest[: -len(f"_{c['device']}")] if rest.endswith(f"_{c['device']}") else rest
-    return ", ".join(x for x in rest.split("_") if x)
+    return ", ".join([x for x in rest.split("_") if x] + old)
 
 
 def write_table(results: Path, path: Path) -> str:
@@ -599,6 +639,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="one short CPU run end to end (ISBI, tiny, 20 it)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="records folder")
     ap.add_argument("--keep-models", action="store_true")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the kept models of the records again with the current post-processing (no training)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -625,6 +667,18 @@ def main(argv=None) -> int:
         print(json.dumps({k: m[k] for k in ("dice", "object_f1", "interface_precision", "pairs_separated", "n")}))
         return 0
 
+    if args.rescore:
+        for path in sorted(args.results.glob("*/*.json")):
+            r = json.loads(path.read_text())
+            if (args.dataset and r["config"]["dataset"] not in args.dataset) or (
+                args.method and r["config"]["method"] not in args.method
+            ):
+                continue
+            new = rescore(path, root)
+            if new is not None:
+                m = new["metrics"]
+                print(f"rescored {path.relative_to(args.results)}: dice {m['dice']:.3f} object F1 {m['object_f1']:.3f}", flush=True)
+        return 0
     todo = [r for r in runs_for(args.tier, args) if not r.path(args.results).exists()]
     if args.list:
         total = len(runs_for(args.tier, args))

@@ -346,6 +346,41 @@ def test_predictor_splits_at_uncertain_class_probability_when_configured(multita
     np.testing.assert_array_equal(split.classes, plain.classes)
 
 
+def test_smallest_object_follows_the_models_object_size(multitask):
+    """By default instances below a tenth of the typical training object's area go; a model
+    without a measured object size, or an explicit ``min_object_size``, keeps 16 px / that."""
+    from dataclasses import replace
+
+    from napari_lazylabels.core.predict import auto_min_object_size
+
+    model, cfg = multitask
+    assert auto_min_object_size(cfg) == 16
+    sized = replace(cfg, object_diameter=40.0)
+    assert auto_min_object_size(sized) == int(0.1 * np.pi / 4 * 1600) == 125
+    assert auto_min_object_size(replace(cfg, object_diameter=5.0)) == 16
+    assert auto_min_object_size(sized, 7) == 7
+
+    class Bright(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            logit = torch.where(x[:, :1] > 0.5, 8.0, -8.0)
+            out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
+            return out
+
+    image = np.zeros((64, 96), np.float32)
+    image[10:40, 10:40] = 1.0  # 900 px: kept
+    image[50:58, 70:78] = 1.0  # 64 px: a speck for a model of 40 px objects
+    cfg_nosep = replace(cfg, tasks=("detection", "segmentation"))
+    pc = replace(FAST, min_object_size=None)
+    assert Predictor(Bright(model), cfg_nosep, pc).predict(image).instances.max() == 2
+    pred = Predictor(Bright(model), replace(cfg_nosep, object_diameter=40.0), pc).predict(image)
+    assert pred.instances.max() == 1 and pred.instances[54, 74] == 0 and pred.classes[54, 74] == 1
+
+
 def test_predictor_splits_at_necks_when_configured(multitask):
     """``PredictConfig.neck_depth`` (the CLI's ``--split-necks``) reaches the instance step."""
     from dataclasses import replace

@@ -144,7 +144,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     pcfg = PredictConfig(
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
         save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,
-        neck_depth=getattr(a, "split_necks", 0.0) or 0.0,
+        neck_depth=getattr(a, "split_necks", 0.0) or 0.0, min_object_size=getattr(a, "min_size", None),
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split-uncertain", type=float, metavar="P",
                     help="also split instances where the class probability is below P (e.g. 0.9), "
                     "for objects the class map merges across thin boundaries")
+    pr.add_argument("--min-size", type=int, metavar="PIXELS",
+                    help="drop instances smaller than this (default: a tenth of the area of the "
+                    "typical object the model was trained on, at least 16)")
     pr.add_argument("--split-necks", type=float, metavar="H", default=0.0,
                     help="also split instances at necks at least H pixels shallower than the "
                     "objects' centres (round touching objects such as nuclei: about a tenth of "
