@@ -175,7 +175,8 @@ class AugmentConfig:
         intensity: random contrast/brightness jitter amplitude (0 disables).
         color: per-channel gain and offset jitter amplitude for colour (3-channel) images, on
             top of ``intensity``: stain and white-balance differences between slides, patients
-            and microscopes (0 disables; gray images are unaffected).
+            and microscopes (0 disables; gray images are unaffected). GlaS, held-out patients,
+            700 steps: dice 0.754 -> 0.779 with 0.1.
         labelled_fraction: probability that a patch is centred on an annotated pixel.
         interface_fraction: of those, the share centred on an interface scribble (task 2) in
             images that have some: interface scribbles are a few percent of the annotated
@@ -192,7 +193,7 @@ class AugmentConfig:
     rotate: bool = True
     flip: bool = True
     intensity: float = 0.1
-    color: float = 0.0
+    color: float = 0.1
     labelled_fraction: float = 0.8
     interface_fraction: float = 0.0
     mask_share: float = 0.5

@@ -50,7 +50,9 @@ class TrainConfig:
         task_weights: alpha_k of eq. (5) per task.
         balance_classes: tasks whose cross entropy weighs each class equally within a batch
             (:func:`napari_lazylabels.core.losses.masked_cross_entropy`); the paper's plain
-            mean over pixels for the others.
+            mean over pixels for the others. Default: separation, whose interface scribbles
+            are a few percent of its labelled pixels (DSB, 700 steps: touching pairs
+            separated 0.11 -> 0.24, dice 0.863 -> 0.895, object F1 0.724 -> 0.717).
         label_mode: ``"ignore"`` (unannotated pixels are ignored) or ``"paper"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         amp: bf16 autocast where it helps (CUDA, CPU).
@@ -71,7 +73,7 @@ class TrainConfig:
     learning_rate: float = 2e-4
     lr_schedule: str = "constant"
     task_weights: dict = field(default_factory=lambda: {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0})
-    balance_classes: tuple[str, ...] = ()
+    balance_classes: tuple[str, ...] = (SEPARATION,)
     label_mode: str = "ignore"
     device: str = "auto"
     amp: bool = True
