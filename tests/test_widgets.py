@@ -373,7 +373,7 @@ def test_training_keeps_gui_responsive(make_napari_viewer, qtbot, dataset_dir, t
 @pytest.mark.gui
 @pytest.mark.slow
 def test_training_keeps_gui_responsive_default_model(make_napari_viewer, qtbot, dataset_dir, tmp_path):
-    """The same with the CPU defaults (model 'small', batch 4, patch 128) for 8 seconds."""
+    """The same with the CPU defaults (the default model size, batch 4, patch 128) for 8 seconds."""
     viewer = make_napari_viewer(show=True)
     viewer.open(str(dataset_dir), plugin="napari-lazylabels")
 

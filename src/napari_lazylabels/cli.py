@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=int, help="optimiser steps (default 1000 when no --minutes)")
     t.add_argument("--minutes", type=float, help="wall-clock budget")
     t.add_argument("--size", choices=["tiny", "small", "medium", "paper"],
-                   help="model size (default: paper on a GPU, small on a CPU)")
+                   help="model size (default: paper on a GPU, tiny on a CPU)")
     t.add_argument("--architecture", choices=["multitask", "unet"], default="multitask")
     t.add_argument("--scale", default="auto",
                    help="working scale: resize images by this factor for the network (0.5 = half size); "
