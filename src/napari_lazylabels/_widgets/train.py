@@ -156,7 +156,7 @@ class TrainWidget(QWidget):
         self.budget.setValue(180)
         self.size = QComboBox()
         self.size.addItems(SIZES)
-        self.size.setToolTip("Model size; 'default' picks 'paper' on a GPU and 'tiny' on a CPU (measured best for CPU budgets).")
+        self.size.setToolTip("Model size; 'default' picks 'paper' on a GPU and 'tiny' on a CPU (2.4x the steps of 'small' in the same time).")
         self.scale = QComboBox()
         self.scale.addItems(SCALES)
         self.scale.setToolTip(

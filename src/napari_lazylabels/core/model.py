@@ -36,10 +36,11 @@ MODEL_SIZES: dict[str, tuple[int, ...]] = {
 }
 """Named model sizes: the channel widths per level (the depth is their number)."""
 
-# On a 2-core CPU "tiny" runs 2.4x the steps of "small" in the same time and, with equal
-# wall-clock budgets (1700 vs 700 steps of 16 x 128 px), scored better on held-out images:
-# GlaS dice 0.777 vs 0.754, ISBI object F1 0.783 vs 0.522 at dice 0.937 vs 0.939
-# (benchmarks/accuracy.py records, docs/benchmarks.md).
+# On a 2-core CPU "tiny" runs 2.4x the steps of "small" in the same time. Within equal budgets
+# (1700 vs 700 steps of 16 x 128 px) their dice tied within run-to-run noise (GlaS 0.777 vs
+# 0.754 with one set of defaults, 0.755 vs 0.799 with another; ISBI 0.937 vs 0.939) while
+# "tiny" found far more whole objects on ISBI (object F1 0.78 vs 0.52); its faster steps also
+# suit the short budgets of the Train widget (docs/benchmarks.md, 2026-12-02).
 CPU_DEFAULT_SIZE = "tiny"
 GPU_DEFAULT_SIZE = "paper"
 ARCHITECTURES = ("multitask", "unet")
