@@ -367,6 +367,29 @@ def score(val, predict_one) -> tuple[dict, list[dict]]:
     return summary, per_image
 
 
+def speck_filter(lazy: LazyDataset) -> int:
+    """Smallest object every method keeps: the product's default for the run's lazy labels
+    (a tenth of the typical object's area), so all methods drop the same specks."""
+    return auto_min_object_size(ModelConfig(object_diameter=object_size(list(lazy))))
+
+
+def network_predictor(ck, device, min_size: int):
+    """``predict_one(image) -> (classes, instances, separating interfaces, raw interfaces)``
+    for a trained network checkpoint, as :func:`score` wants it."""
+    predictor = Predictor(ck.build(device), ck.model_config,
+                          PredictConfig(device=str(device), batch_size=8, min_object_size=min_size))
+    threshold = predictor.predict_config.interface_threshold
+
+    def predict_one(image):
+        p = predictor.predict(image, instances=True)
+        if p.interfaces is None:
+            return p.classes, p.instances, None, None
+        raw = p.interfaces >= threshold
+        return p.classes, p.instances, separating_interfaces(p.interfaces, p.instances, threshold), raw
+
+    return predict_one
+
+
 def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threads: int | None = None) -> dict:
     """Do one run and write its record; raises on failure (nothing written)."""
     t_start = time.perf_counter()
@@ -393,9 +416,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         "versions": all_versions(),
         "machine": machine(),
     }
-    # Every method's instances drop the same specks: the product's default smallest object
-    # (a tenth of the typical object's area), measured on the run's lazy labels.
-    min_size = auto_min_object_size(ModelConfig(object_diameter=object_size(list(lazy))))
+    min_size = speck_filter(lazy)
     record["config"]["min_object_size"] = min_size
     timing: dict[str, float] = {}
     if run.method == "random-forest":
@@ -444,17 +465,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         result = fit(train_ds, model_dir, model_config, cfg, validation=[], on_event=on_event)
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
-        model = ck.build(device)
-        predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device), batch_size=8, min_object_size=min_size))
-
-        threshold = predictor.predict_config.interface_threshold
-
-        def predict_one(image):
-            p = predictor.predict(image, instances=True)
-            if p.interfaces is None:
-                return p.classes, p.instances, None, None
-            raw = p.interfaces >= threshold
-            return p.classes, p.instances, separating_interfaces(p.interfaces, p.instances, threshold), raw
+        predict_one = network_predictor(ck, device, min_size)
 
         t0 = time.perf_counter()
         summary, per_image = score(val, predict_one)
@@ -491,19 +502,8 @@ def rescore(path: Path, root: Path) -> dict | None:
     if c["method"] == "random-forest" or not (model_dir / "latest.pt").exists():
         return None
     lazy, _ = lazy_dataset(c["dataset"], root, c["strong_fraction"], record["seed"])
-    min_size = auto_min_object_size(ModelConfig(object_diameter=object_size(list(lazy))))
-    ck = load_checkpoint(model_dir / "latest.pt")
-    device = resolve_device("cpu")
-    predictor = Predictor(ck.build(device), ck.model_config,
-                          PredictConfig(device=str(device), batch_size=8, min_object_size=min_size))
-    threshold = predictor.predict_config.interface_threshold
-
-    def predict_one(image):
-        p = predictor.predict(image, instances=True)
-        if p.interfaces is None:
-            return p.classes, p.instances, None, None
-        return p.classes, p.instances, separating_interfaces(p.interfaces, p.instances, threshold), p.interfaces >= threshold
-
+    min_size = speck_filter(lazy)
+    predict_one = network_predictor(load_checkpoint(model_dir / "latest.pt"), resolve_device("cpu"), min_size)
     summary, per_image = score(validation_set(c["dataset"], root), predict_one)
     record.setdefault("rescored", []).append({
         "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

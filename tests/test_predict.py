@@ -316,6 +316,28 @@ def test_instances_split_at_necks_when_asked():
     assert instances_from_prediction(lone, None, neck_depth=2.0).max() == 1
 
 
+class Fixed(torch.nn.Module):
+    """Stand-in network: the wrapped model's outputs, with the segmentation logits of class 1
+    given by ``logit(x)`` (class 0 at 0, class 2 far below) and, with ``interfaces=False``,
+    no interface anywhere."""
+
+    def __init__(self, inner, logit, interfaces: bool = True):
+        super().__init__()
+        self.inner, self.logit, self.interfaces = inner, logit, interfaces
+
+    def forward(self, x):
+        out = self.inner(x)
+        logit = self.logit(x[:, :1])
+        out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
+        if not self.interfaces:
+            out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
+        return out
+
+
+def bright(x):
+    return torch.where(x > 0.5, 8.0, -8.0)
+
+
 def test_predictor_splits_at_uncertain_class_probability_when_configured(multitask):
     """``PredictConfig.seed_probability`` (the CLI's ``--split-uncertain``) reaches the
     instance step: two bright squares joined by a dimmer bridge that the class map calls
@@ -324,24 +346,15 @@ def test_predictor_splits_at_uncertain_class_probability_when_configured(multita
 
     model, cfg = multitask
 
-    class Confidence(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            out = self.inner(x)
-            logit = torch.where(x[:, :1] > 0.9, 8.0, torch.where(x[:, :1] > 0.3, 1.0, -8.0))
-            out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
-            out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
-            return out
+    def confidence(x):
+        return torch.where(x > 0.9, 8.0, torch.where(x > 0.3, 1.0, -8.0))
 
     image = np.zeros((64, 128), np.float32)
     image[16:48, 16:56] = image[16:48, 72:112] = 1.0
     image[24:40, 56:72] = 0.5  # the bridge
-    plain = Predictor(Confidence(model), cfg, FAST).predict(image)
+    plain = Predictor(Fixed(model, confidence, interfaces=False), cfg, FAST).predict(image)
     assert plain.instances.max() == 1
-    split = Predictor(Confidence(model), cfg, replace(FAST, seed_probability=0.9)).predict(image)
+    split = Predictor(Fixed(model, confidence, interfaces=False), cfg, replace(FAST, seed_probability=0.9)).predict(image)
     assert split.instances.max() == 2 and split.instances[32, 30] != split.instances[32, 100]
     np.testing.assert_array_equal(split.classes, plain.classes)
 
@@ -360,24 +373,13 @@ def test_smallest_object_follows_the_models_object_size(multitask):
     assert auto_min_object_size(replace(cfg, object_diameter=5.0)) == 16
     assert auto_min_object_size(sized, 7) == 7
 
-    class Bright(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            out = self.inner(x)
-            logit = torch.where(x[:, :1] > 0.5, 8.0, -8.0)
-            out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
-            return out
-
     image = np.zeros((64, 96), np.float32)
     image[10:40, 10:40] = 1.0  # 900 px: kept
     image[50:58, 70:78] = 1.0  # 64 px: a speck for a model of 40 px objects
     cfg_nosep = replace(cfg, tasks=("detection", "segmentation"))
     pc = replace(FAST, min_object_size=None)
-    assert Predictor(Bright(model), cfg_nosep, pc).predict(image).instances.max() == 2
-    pred = Predictor(Bright(model), replace(cfg_nosep, object_diameter=40.0), pc).predict(image)
+    assert Predictor(Fixed(model, bright), cfg_nosep, pc).predict(image).instances.max() == 2
+    pred = Predictor(Fixed(model, bright), replace(cfg_nosep, object_diameter=40.0), pc).predict(image)
     assert pred.instances.max() == 1 and pred.instances[54, 74] == 0 and pred.classes[54, 74] == 1
 
 
@@ -387,23 +389,11 @@ def test_predictor_splits_at_necks_when_configured(multitask):
 
     model, cfg = multitask
 
-    class Bright(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            out = self.inner(x)
-            logit = torch.where(x[:, :1] > 0.5, 8.0, -8.0)
-            out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
-            out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
-            return out
-
     yy, xx = np.mgrid[:64, :96]
     image = np.zeros((64, 96), np.float32)
     image[((yy - 32) ** 2 + (xx - 34) ** 2 <= 14**2) | ((yy - 32) ** 2 + (xx - 56) ** 2 <= 14**2)] = 1.0
-    assert Predictor(Bright(model), cfg, FAST).predict(image).instances.max() == 1
-    split = Predictor(Bright(model), cfg, replace(FAST, neck_depth=2.0)).predict(image).instances
+    assert Predictor(Fixed(model, bright, interfaces=False), cfg, FAST).predict(image).instances.max() == 1
+    split = Predictor(Fixed(model, bright, interfaces=False), cfg, replace(FAST, neck_depth=2.0)).predict(image).instances
     assert split.max() == 2 and split[32, 26] != split[32, 64]
     with pytest.raises(ValueError, match="neck_depth"):
         PredictConfig(neck_depth=-1)

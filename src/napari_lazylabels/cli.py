@@ -144,7 +144,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     pcfg = PredictConfig(
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
         save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,
-        neck_depth=getattr(a, "split_necks", 0.0) or 0.0, min_object_size=getattr(a, "min_size", None),
+        neck_depth=a.split_necks, min_object_size=a.min_size,
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
@@ -266,7 +266,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         model=str(out / "model"), images=[str(paths["test_images"])], out=str(out / "predictions"),
         tile=256, overlap=0.25, batch_size=4, device="auto", no_probabilities=True,
-        split_uncertain=None, split_necks=0.0,
+        split_uncertain=None, split_necks=0.0, min_size=None,
     )
     cmd_predict(ns)
     res = evaluate_folder(out / "predictions", paths["test_masks"])

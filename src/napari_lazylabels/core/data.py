@@ -146,12 +146,15 @@ def object_size(samples) -> float | None:
     return float(np.median(d)) if d else None
 
 
-def auto_scale(samples, patch_size: int, scales=(1.0, 0.5, 0.25), diameter: float | None = None) -> float:
+def auto_scale(samples, patch_size: int, scales=(1.0, 0.5, 0.25)) -> float:
     """The working scale for a dataset: the largest of ``scales`` at which a typical object
     (:func:`object_size`) spans at most half the training patch, so the network sees each
-    object whole with context around it. Objects that already fit give 1 (no resizing).
-    ``diameter``: the objects' size if already measured (else :func:`object_size`)."""
-    d = diameter if diameter is not None else object_size(samples)
+    object whole with context around it. Objects that already fit give 1 (no resizing)."""
+    return scale_for_diameter(object_size(samples), patch_size, scales)
+
+
+def scale_for_diameter(d: float | None, patch_size: int, scales=(1.0, 0.5, 0.25)) -> float:
+    """:func:`auto_scale` for an object diameter ``d`` already measured (``None``: 1)."""
     if d is None:
         return 1.0
     for s in scales:

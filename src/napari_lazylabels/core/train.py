@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_mod
-from .data import AugmentConfig, PatchSampler, PreparedSample, auto_scale, object_size
+from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
 from .labels import DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
 from .losses import multitask_loss
@@ -207,7 +207,7 @@ def infer_model_config(
     if kwargs.get("object_diameter") is None and diameter is not None:
         kwargs["object_diameter"] = round(diameter, 2)
     if kwargs.get("scale") is None:
-        kwargs["scale"] = auto_scale(list(dataset), patch_size or device_defaults(device)["patch_size"], diameter=diameter)
+        kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"])
         if kwargs["scale"] != 1:
             log.info("Objects are large (median %.0f px): working at scale %g.", diameter, kwargs["scale"])
     return ModelConfig.named(
