@@ -13,7 +13,8 @@ ground truth instead (no model): what a setting can do when the class map is rig
 
 Sizes are relative to the typical object (median diameter ``d`` of the run's lazy labels,
 :func:`napari_lazylabels.core.data.object_size`): ``min_area`` as a share of a disc of diameter
-``d``, ``neck`` (h of the h-maxima) as a share of its radius.
+``d``, ``seed_area`` (the smallest seed, ``min_seed_size``; default a quarter of the smallest
+object) likewise, ``neck`` (h of the h-maxima) as a share of its radius.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ SETTINGS = [
     {"interface_threshold": 0.5, "min_area": 0.2},
     {"interface_threshold": 0.3, "min_area": 0.1},
     {"interface_threshold": 0.2, "min_area": 0.1},
+    {"interface_threshold": 0.7, "min_area": 0.1},
+    {"interface_threshold": 0.85, "min_area": 0.1},
+    {"interface_threshold": 0.95, "min_area": 0.1},
+    {"interface_threshold": 0.5, "min_area": 0.1, "seed_area": 0.1},
+    {"interface_threshold": 0.5, "min_area": 0.1, "seed_area": 0.2},
+    {"interface_threshold": 0.7, "min_area": 0.1, "seed_area": 0.1},
     {"interface_threshold": 0.5, "min_area": 0.1, "seed_probability": 0.9},
     {"interface_threshold": 0.5, "min_area": 0.1, "neck": 0.05},
     {"interface_threshold": 0.5, "min_area": 0.1, "neck": 0.1},
@@ -90,6 +97,7 @@ def main(argv=None) -> int:
                 probabilities=probs if "seed_probability" in setting else None,
                 seed_probability=setting.get("seed_probability", 0.9),
                 neck_depth=setting.get("neck", 0.0) * d / 2,
+                min_seed_size=max(1, int(setting["seed_area"] * area)) if "seed_area" in setting else None,
             )
             itf = None if interfaces is None else separating_interfaces(interfaces, inst, t)
             results.append(metrics.evaluate_image(classes, inst, itf, gt))

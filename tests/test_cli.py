@@ -35,7 +35,7 @@ def test_every_verb_has_help_with_examples(verb, capsys):
     assert "example" in capsys.readouterr().out.lower()
 
 
-def test_simulate_train_predict_evaluate(tmp_path, capsys):
+def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     gt = _gt_folder(tmp_path / "gt")
     ds = tmp_path / "lazy"
     assert main(["simulate", str(gt), "--out", str(ds), "--strong-fraction", "0.34", "--seed", "1"]) == 0
@@ -58,6 +58,23 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys):
     assert classes.shape == (96, 112) and classes.dtype == np.uint8
     assert (pred / "stack_z001_classes.png").exists()
     assert tifffile.imread(pred / "im0_probabilities.tif").shape == (2, 96, 112)
+    # post-processing options reach the predictor; a threshold out of range is refused
+    from napari_lazylabels.core import predict as predict_mod
+
+    seen = []
+    init = predict_mod.Predictor.__init__
+
+    def spy(self, model, config, predict_config):
+        seen.append(predict_config)
+        init(self, model, config, predict_config)
+
+    monkeypatch.setattr(predict_mod.Predictor, "__init__", spy)
+    assert main(["predict", str(model), str(gt / "images" / "im0.png"), "--out", str(tmp_path / "p2"),
+                 "--device", "cpu", "--interface-threshold", "0.8", "--min-size", "5"]) == 0
+    assert seen[-1].interface_threshold == 0.8 and seen[-1].min_object_size == 5
+    assert main(["predict", str(model), str(gt / "images" / "im0.png"), "--out", str(tmp_path / "p3"),
+                 "--interface-threshold", "1.5"]) == 2
+    assert "interface_threshold is a probability" in caplog.text
     capsys.readouterr()
     assert main(["evaluate", str(pred), str(gt), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out

@@ -319,9 +319,9 @@ def test_instances_split_at_necks_when_asked():
 class Fixed(torch.nn.Module):
     """Stand-in network: the wrapped model's outputs, with the segmentation logits of class 1
     given by ``logit(x)`` (class 0 at 0, class 2 far below) and, with ``interfaces=False``,
-    no interface anywhere."""
+    no interface anywhere; ``interfaces`` may also be a function giving the interface logit."""
 
-    def __init__(self, inner, logit, interfaces: bool = True):
+    def __init__(self, inner, logit, interfaces=True):
         super().__init__()
         self.inner, self.logit, self.interfaces = inner, logit, interfaces
 
@@ -329,8 +329,10 @@ class Fixed(torch.nn.Module):
         out = self.inner(x)
         logit = self.logit(x[:, :1])
         out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
-        if not self.interfaces:
+        if self.interfaces is False:
             out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
+        elif callable(self.interfaces):
+            out["separation"] = torch.cat([torch.zeros_like(logit), self.interfaces(x[:, :1])], 1)
         return out
 
 
@@ -357,6 +359,30 @@ def test_predictor_splits_at_uncertain_class_probability_when_configured(multita
     split = Predictor(Fixed(model, confidence, interfaces=False), cfg, replace(FAST, seed_probability=0.9)).predict(image)
     assert split.instances.max() == 2 and split.instances[32, 30] != split.instances[32, 100]
     np.testing.assert_array_equal(split.classes, plain.classes)
+
+
+def test_predictor_splits_at_the_configured_interface_threshold(multitask):
+    """``PredictConfig.interface_threshold`` (the CLI's ``--interface-threshold``, the Predict
+    widget's field) decides which interfaces cut: a line of interface probability ~0.73
+    across one bright bar splits it at 0.5 and not at 0.9; out-of-range values are refused."""
+    from dataclasses import replace
+
+    model, cfg = multitask
+    image = np.zeros((64, 128), np.float32)
+    image[16:48, 16:112] = 1.0
+    image[16:48, 62:66] = 0.95  # the interface, still foreground
+
+    def interface(x):
+        return torch.where((x > 0.9) & (x < 0.99), 1.0, -8.0)
+
+    low = Predictor(Fixed(model, bright, interface), cfg, replace(FAST, interface_threshold=0.5)).predict(image)
+    assert low.instances.max() == 2 and low.instances[32, 30] != low.instances[32, 100]
+    assert 0.6 < low.interfaces[32, 64] < 0.8
+    high = Predictor(Fixed(model, bright, interface), cfg, replace(FAST, interface_threshold=0.9)).predict(image)
+    assert high.instances.max() == 1
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="interface_threshold is a probability"):
+            PredictConfig(interface_threshold=bad)
 
 
 def test_smallest_object_follows_the_models_object_size(multitask):

@@ -234,8 +234,11 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     pw = PredictWidget(viewer)
     assert pw.model_dir.text() == str(tmp_path / "model")
     pw.set_chosen(["images"])
+    pw.interface_threshold.setValue(0.7)
     pw.run()
     _wait_idle(qtbot, pw)
+    settings = viewer.layers["images instances"].metadata["lazylabels"]["settings"]
+    assert settings["interface_threshold"] == 0.7 and settings["min_object_size"] == settings["auto_min_object_size"] >= 16
     classes = viewer.layers["images classes"]
     assert classes.data.shape == (2, 96, 96) and classes.data.dtype == np.uint8
     assert viewer.layers["images instances"].data.dtype == np.int32
@@ -299,6 +302,51 @@ def test_one_click(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     runner = w.trainer._predictor_runner
     qtbot.waitUntil(lambda: runner.worker is None, timeout=30_000)
     assert viewer.layers["images classes"].data.shape == (2, 96, 96)
+
+
+@pytest.mark.gui
+def test_resplit_applies_instance_settings_without_the_network(make_napari_viewer, qtbot, monkeypatch):
+    """Re-split cuts the instances again from the classes and interfaces layers: a bar crossed
+    by a line of interface probability 0.7 is two objects at threshold 0.5 and one at 0.9;
+    "auto" smallest object is the model's size kept on the instances layer; a huge smallest
+    object drops them all; an image without a prediction gets a message."""
+    from napari_lazylabels._widgets import _common
+    from napari_lazylabels._widgets._layers import META, prediction_layer_data, upsert_layers
+    from napari_lazylabels._widgets.predict import PredictWidget
+    from napari_lazylabels.core.predict import Prediction
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((40, 100), np.float32), name="im")
+    classes = np.zeros((40, 100), np.uint8)
+    classes[10:30, 10:90] = 1
+    interfaces = np.zeros((40, 100), np.float32)
+    interfaces[10:30, 49:51] = 0.7
+    probs = np.stack([1.0 - classes, classes]).astype(np.float32)
+    pred = Prediction(probs, classes, interfaces, (classes > 0).astype(np.int32))
+    upsert_layers(viewer, prediction_layer_data("im", [pred], None, {"auto_min_object_size": 500}))
+    pw = PredictWidget(viewer)
+    pw.set_chosen(["im"])
+
+    def resplit(threshold, min_size=0):
+        pw.interface_threshold.setValue(threshold)
+        pw.min_size.setValue(min_size)
+        pw.resplit()
+        _wait_idle(qtbot, pw)
+        return viewer.layers["im instances"]
+
+    inst = resplit(0.5)
+    assert len(np.unique(inst.data[classes > 0])) == 2 and inst.data[20, 20] != inst.data[20, 80]
+    assert inst.metadata[META]["settings"]["min_object_size"] == 500  # auto: the model's
+    assert resplit(0.9).data.max() == 1
+    assert resplit(0.9, min_size=5000).data.max() == 0  # 1600 px bar: a speck now
+    assert inst.metadata[META]["settings"] == {"interface_threshold": 0.9, "neck_depth": 0.0, "min_object_size": 5000}
+
+    shown = []
+    monkeypatch.setattr(_common, "show_error", lambda e: shown.append(str(e)))
+    viewer.add_image(np.zeros((8, 8), np.float32), name="fresh")
+    pw.set_chosen(["fresh"])
+    pw.resplit()
+    assert shown and "press Predict first" in shown[-1]
 
 
 @pytest.mark.gui

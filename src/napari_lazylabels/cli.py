@@ -145,6 +145,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
         save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,
         neck_depth=a.split_necks, min_object_size=a.min_size,
+        interface_threshold=a.interface_threshold,
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
+    pr.add_argument("--interface-threshold", type=float, metavar="T", default=0.5,
+                    help="interface probability that splits objects (default 0.5): raise it when "
+                    "single objects come out cut in pieces, lower it when touching ones stay merged")
     pr.add_argument("--split-uncertain", type=float, metavar="P",
                     help="also split instances where the class probability is below P (e.g. 0.9), "
                     "for objects the class map merges across thin boundaries")

@@ -421,13 +421,32 @@ def layer_data_to_dataset(layer_data: Sequence[tuple], classes: ClassSpec | None
 
 
 # --------------------------------------------------------------------------- predictions
-def prediction_layer_data(image_name: str, predictions: Sequence, classes: ClassSpec | None = None) -> list[tuple]:
+def instances_layer_data(image_name: str, instances: np.ndarray, settings: dict | None = None) -> tuple:
+    """The ``"<image> instances"`` Labels layer data tuple.
+
+    Args:
+        image_name: the image layer's name.
+        instances: ``(H, W)`` or ``(N, H, W)`` int32 object ids, 0 = none.
+        settings: how they were cut (interface threshold, smallest object, ...), kept in the
+            layer's metadata so that a re-split knows the model's automatic smallest object.
+    """
+    meta = {"prediction": "instances", "image": image_name}
+    if settings is not None:
+        meta["settings"] = dict(settings)
+    return (np.asarray(instances, dtype=np.int32),
+            {"name": f"{image_name} instances", "opacity": 0.5, "visible": True, "metadata": {META: meta}}, "labels")
+
+
+def prediction_layer_data(
+    image_name: str, predictions: Sequence, classes: ClassSpec | None = None, settings: dict | None = None
+) -> list[tuple]:
     """Layer data tuples for the predictions of the planes of one image layer.
 
     Args:
         image_name: the image layer's name; layers are called ``"<image> classes"`` etc.
         predictions: one core :class:`Prediction` per plane (one for a 2D image).
         classes: the model's classes (for colours and names).
+        settings: the instance settings used (see :func:`instances_layer_data`).
 
     Returns:
         ``"<image> classes"`` (Labels, uint8 class index, 0 = background),
@@ -447,9 +466,7 @@ def prediction_layer_data(image_name: str, predictions: Sequence, classes: Class
     out.append((cls, {"name": f"{image_name} classes", "colormap": prediction_colormap(classes), "opacity": 0.5,
                       "metadata": {META: {"prediction": "classes", "image": image_name, "classes": classes.to_dict()}}}, "labels"))
     if all(p.instances is not None for p in predictions):
-        inst = join([np.asarray(p.instances, dtype=np.int32) for p in predictions])
-        out.append((inst, {"name": f"{image_name} instances", "opacity": 0.5, "visible": True,
-                           "metadata": {META: {"prediction": "instances", "image": image_name}}}, "labels"))
+        out.append(instances_layer_data(image_name, join([np.asarray(p.instances, dtype=np.int32) for p in predictions]), settings))
     if all(p.interfaces is not None for p in predictions):
         itf = join([np.asarray(p.interfaces, dtype=np.float32) for p in predictions])
         out.append((itf, {"name": f"{image_name} interfaces", "colormap": "magma", "contrast_limits": (0.0, 1.0),

@@ -2,7 +2,9 @@
 
 Results are pushed as ``"<image> classes"`` (Labels), ``"<image> instances"`` (Labels),
 ``"<image> interfaces"`` and ``"<image> probabilities"`` (Image); running again updates
-those layers in place.
+those layers in place. How instances are cut (interface threshold, smallest object, necks) is
+set in the widget; **Re-split** applies new settings to the classes and interfaces layers
+already there, without running the network again.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -37,14 +42,23 @@ from ._common import (
 log = logging.getLogger(__name__)
 
 
-def _predict_worker_fn(model_path, device, tile, jobs):
+def _predict_worker_fn(model_path, device, tile, jobs, post=None):
     """Worker generator: yields ``("progress", name, done, total)`` and
-    ``("result", name, [Prediction], ClassSpec)``."""
+    ``("result", name, [Prediction], ClassSpec, settings)``.
+
+    ``post``: :class:`PredictConfig` fields of the instance step (``interface_threshold``,
+    ``min_object_size`` (``None`` = the model's automatic size), ``neck_depth``); ``settings``
+    are those used, with ``auto_min_object_size`` (the model's) for a later re-split."""
     from ..core.checkpoint import load_model
-    from ..core.predict import PredictConfig, Prediction, Predictor
+    from ..core.predict import PredictConfig, Prediction, Predictor, auto_min_object_size
 
     model, ck = load_model(model_path, "cpu")
-    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile))
+    post = dict(post or {})
+    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **post))
+    pc = predictor.predict_config
+    settings = {"interface_threshold": pc.interface_threshold, "neck_depth": pc.neck_depth,
+                "min_object_size": predictor.min_object_size,
+                "auto_min_object_size": auto_min_object_size(ck.model_config)}
     for name, planes in jobs:
         preds = []
         for i, plane in enumerate(planes):
@@ -54,7 +68,28 @@ def _predict_worker_fn(model_path, device, tile, jobs):
                 else:
                     done, total = item
                     yield ("progress", name, i * total + done, len(planes) * total)
-        yield ("result", name, preds, ck.classes)
+        yield ("result", name, preds, ck.classes, settings)
+
+
+def _resplit_worker_fn(jobs, settings):
+    """Worker generator: instances again from kept class and interface maps (no network).
+
+    ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, min_object_size)]``;
+    ``settings``: ``interface_threshold`` and ``neck_depth``. Yields ``("progress", name, done,
+    total)`` per plane and ``("instances", name, (N, H, W) int32, settings used)``."""
+    import numpy as np
+
+    from ..core.predict import instances_from_prediction
+
+    for name, classes, interfaces, min_size in jobs:
+        out = np.zeros(classes.shape, np.int32)
+        for i in range(classes.shape[0]):
+            out[i] = instances_from_prediction(
+                np.asarray(classes[i]), None if interfaces is None else np.asarray(interfaces[i], np.float32),
+                settings["interface_threshold"], min_size, neck_depth=settings["neck_depth"],
+            )
+            yield ("progress", name, i + 1, classes.shape[0])
+        yield ("instances", name, out, {**settings, "min_object_size": min_size})
 
 
 class PredictionRunner:
@@ -67,12 +102,16 @@ class PredictionRunner:
         on_finished: called (no arguments) when the worker ends.
         on_progress: called with ``(image name, done, total)``.
         on_result: called with the list of layers pushed for one image.
+        post: instance settings (:class:`PredictConfig` fields ``interface_threshold``,
+            ``min_object_size``, ``neck_depth``); default: the model's defaults.
     """
 
-    def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None, on_result=None) -> None:
+    def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None,
+                 on_result=None, post: dict | None = None) -> None:
         self.viewer = viewer
         self.device = device
         self.tile = tile
+        self.post = dict(post or {})
         self.on_finished = on_finished
         self.on_progress = on_progress
         self.on_result = on_result
@@ -95,9 +134,48 @@ class PredictionRunner:
             raise ValueError("Choose at least one image layer to predict.")
         limit_torch_threads()
         self._pbar = progress(total=0, desc="Predicting")
-        worker = thread_worker(_predict_worker_fn, start_thread=False)(str(model_path), self.device, self.tile, jobs)
+        worker = thread_worker(_predict_worker_fn, start_thread=False)(
+            str(model_path), self.device, self.tile, jobs, self.post
+        )
+        self._start(worker, "Prediction")
+
+    def resplit(self, image_names, settings: dict) -> None:
+        """Instances again for ``image_names`` from their ``"<image> classes"`` and
+        ``"<image> interfaces"`` layers, with ``settings`` (``interface_threshold``,
+        ``min_object_size`` (``None``: the one the model chose when it predicted) and
+        ``neck_depth``); the ``"<image> instances"`` layers are updated in place."""
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        jobs = []
+        for name in image_names:
+            cls_name, inst_name, itf_name = (f"{name} {k}" for k in ("classes", "instances", "interfaces"))
+            if cls_name not in self.viewer.layers:
+                raise ValueError(f"No prediction of '{name}' yet: press Predict first, then Re-split.")
+            classes = np.asarray(self.viewer.layers[cls_name].data)
+            interfaces = np.asarray(self.viewer.layers[itf_name].data) if itf_name in self.viewer.layers else None
+            if classes.ndim == 2:
+                classes = classes[None]
+                interfaces = None if interfaces is None else interfaces[None]
+            min_size = settings.get("min_object_size")
+            if min_size is None:
+                old = {}
+                if inst_name in self.viewer.layers:
+                    old = self.viewer.layers[inst_name].metadata.get(_layers.META, {}).get("settings", {})
+                min_size = int(old.get("auto_min_object_size", 16))
+            jobs.append((name, classes, interfaces, min_size))
+        if not jobs:
+            raise ValueError("Choose at least one predicted image to re-split.")
+        self._pbar = progress(total=0, desc="Splitting instances")
+        worker = thread_worker(_resplit_worker_fn, start_thread=False)(
+            jobs, {"interface_threshold": settings.get("interface_threshold", 0.5),
+                   "neck_depth": settings.get("neck_depth", 0.0)}
+        )
+        self._start(worker, "Re-splitting instances")
+
+    def _start(self, worker, what: str) -> None:
         worker.yielded.connect(self._on_yield)
-        worker.errored.connect(lambda e: show_error(f"Prediction failed: {e}"))
+        worker.errored.connect(lambda e: show_error(f"{what} failed: {e}"))
         worker.finished.connect(self._finished)
         self.worker = worker
         worker.start()
@@ -118,8 +196,13 @@ class PredictionRunner:
             if self.on_progress is not None:
                 self.on_progress(name, done, total)
             return
-        _, name, preds, classes = item
-        layers = _layers.upsert_layers(self.viewer, _layers.prediction_layer_data(name, preds, classes))
+        if item[0] == "instances":
+            _, name, inst, settings = item
+            layer_data = [_layers.instances_layer_data(name, inst if inst.shape[0] > 1 else inst[0], settings)]
+        else:
+            _, name, preds, classes, settings = item
+            layer_data = _layers.prediction_layer_data(name, preds, classes, settings)
+        layers = _layers.upsert_layers(self.viewer, layer_data)
         self.pushed += [ly.name for ly in layers]
         if self.on_result is not None:
             self.on_result(layers)
@@ -149,6 +232,36 @@ class PredictWidget(QWidget):
         self.tile.setRange(32, 2048)
         self.tile.setSingleStep(32)
         self.tile.setValue(256)
+        # How instances are cut; Re-split applies changes without predicting again.
+        self.interface_threshold = QDoubleSpinBox()
+        self.interface_threshold.setRange(0.05, 1.0)
+        self.interface_threshold.setSingleStep(0.05)
+        self.interface_threshold.setValue(0.5)
+        self.interface_threshold.setToolTip(
+            "Interface probability that cuts objects apart. Raise it when single objects come out "
+            "cut in pieces; lower it when touching objects stay merged. Then press Re-split."
+        )
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 100_000_000)
+        self.min_size.setSpecialValueText("auto")
+        self.min_size.setSuffix(" px")
+        self.min_size.setToolTip(
+            "Objects smaller than this are dropped as specks. auto: a tenth of the area of a "
+            "typical object of the model's training labels (at least 16 px)."
+        )
+        self.necks = QDoubleSpinBox()
+        self.necks.setRange(0.0, 100.0)
+        self.necks.setSingleStep(0.5)
+        self.necks.setSpecialValueText("off")
+        self.necks.setSuffix(" px")
+        self.necks.setToolTip(
+            "Also cut objects at necks this many pixels shallower than their centres: for round "
+            "touching objects such as nuclei (about a tenth of their radius); cuts irregular "
+            "objects apart, so off by default."
+        )
+        self.resplit_btn = QPushButton("Re-split")
+        self.resplit_btn.setToolTip("Cut the instances of the ticked images again with these settings (no network).")
+        self.resplit_btn.clicked.connect(self.resplit)
         self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Predict", self.run, self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -156,6 +269,10 @@ class PredictWidget(QWidget):
         form.addRow("model", mrow)
         form.addRow("device", self.device)
         form.addRow("tile", self.tile)
+        form.addRow("interface threshold", self.interface_threshold)
+        form.addRow("smallest object", self.min_size)
+        form.addRow("split necks", self.necks)
+        form.addRow("", self.resplit_btn)
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("images to predict"))
         lay.addWidget(self.images)
@@ -214,15 +331,43 @@ class PredictWidget(QWidget):
         if not Path(path).exists():
             raise ValueError(f"No model folder at {path}: pick one written by the Train widget.")
         layers = self.chosen_layers()
-        self.runner = PredictionRunner(
-            self.viewer, self.device.currentText(), self.tile.value(), on_finished=self._finished,
-            on_progress=lambda n, d, t: self.status.setText(f"Predicting {n}: {d}/{t}"),
-            on_result=lambda layers: self.status.setText("Updated: " + ", ".join(ly.name for ly in layers)),
-        )
+        self.runner = self._runner()
         self.runner.run(layers, path)
-        self.run_btn.setEnabled(False)
-        self.stop_btn.setEnabled(True)
+        self._busy(True)
         self.status.setText(f"Predicting {len(layers)} image layer(s)…")
+
+    def instance_settings(self) -> dict:
+        """The instance settings of the form (``min_object_size`` ``None`` for auto)."""
+        return {
+            "interface_threshold": float(self.interface_threshold.value()),
+            "min_object_size": self.min_size.value() or None,
+            "neck_depth": float(self.necks.value()),
+        }
+
+    @notify_errors
+    def resplit(self, *_) -> None:
+        """Cut the instances of the ticked, already predicted images again (no network)."""
+        if self.is_running():
+            show_info("Wait for the running prediction to finish, or press Stop.")
+            return
+        names = [ly.name for ly in self.chosen_layers()]
+        self.runner = self._runner()
+        self.runner.resplit(names, self.instance_settings())
+        self._busy(True)
+        self.status.setText(f"Re-splitting {len(names)} image layer(s)…")
+
+    def _runner(self) -> PredictionRunner:
+        return PredictionRunner(
+            self.viewer, self.device.currentText(), self.tile.value(), on_finished=self._finished,
+            on_progress=lambda n, d, t: self.status.setText(f"{n}: {d}/{t}"),
+            on_result=lambda layers: self.status.setText("Updated: " + ", ".join(ly.name for ly in layers)),
+            post=self.instance_settings(),
+        )
+
+    def _busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.resplit_btn.setEnabled(not busy)
+        self.stop_btn.setEnabled(busy)
 
     def stop(self, *_) -> None:
         if self.runner is not None:
@@ -232,8 +377,7 @@ class PredictWidget(QWidget):
         return self.runner is not None and self.runner.worker is not None
 
     def _finished(self) -> None:
-        self.run_btn.setEnabled(True)
-        self.stop_btn.setEnabled(False)
+        self._busy(False)
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder")
