@@ -27,7 +27,7 @@ def _gt_folder(root, n=3, size=(96, 112)):
     return root
 
 
-@pytest.mark.parametrize("verb", ["simulate", "train", "predict", "evaluate", "grabcut", "demo"])
+@pytest.mark.parametrize("verb", ["simulate", "train", "predict", "instances", "evaluate", "grabcut", "demo"])
 def test_every_verb_has_help_with_examples(verb, capsys):
     with pytest.raises(SystemExit) as e:
         main([verb, "--help"])
@@ -58,6 +58,16 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     assert classes.shape == (96, 112) and classes.dtype == np.uint8
     assert (pred / "stack_z001_classes.png").exists()
     assert tifffile.imread(pred / "im0_probabilities.tif").shape == (2, 96, 112)
+    settings = json.loads((pred / "lazylabels-predict.json").read_text())
+    assert settings["interface_threshold"] == 0.5 and settings["auto_min_object_size"] >= 16
+    # cut again without the network: every instance file rewritten, the settings recorded
+    before = {p.name: p.stat().st_mtime_ns for p in pred.glob("*_instances.*")}
+    assert main(["instances", str(pred), "--interface-threshold", "0.9", "--min-size", "100000"]) == 0
+    assert {p.name for p in pred.glob("*_instances.*")} == set(before)
+    assert all(read_label(pred / n).max() == 0 for n in before)  # 96x112 images: all specks
+    assert json.loads((pred / "lazylabels-predict.json").read_text())["interface_threshold"] == 0.9
+    assert main(["instances", str(tmp_path / "nowhere")]) == 2
+    assert "give the --out folder of lazylabels predict" in caplog.text
     # post-processing options reach the predictor; a threshold out of range is refused
     from napari_lazylabels.core import predict as predict_mod
 

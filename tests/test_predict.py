@@ -484,3 +484,35 @@ def test_separating_interfaces_keep_only_pixels_between_objects():
     assert not sep[:, :20].any() and not sep[26:].any()
     with pytest.raises(ValueError, match="shape"):
         separating_interfaces(prob, inst[:10])
+
+
+def test_resplit_folder_cuts_written_predictions_again(tmp_path):
+    """``resplit_folder`` (``lazylabels instances``) rewrites ``<stem>_instances`` from the
+    class map and interface map on disk: a bar crossed by an interface of probability 0.7
+    is two objects at threshold 0.5, one at 0.9; the model's automatic smallest object comes
+    from ``lazylabels-predict.json``; a stale ``.tif`` of an earlier run goes."""
+    import json
+
+    from napari_lazylabels.core.io import read_label, write_image, write_label
+    from napari_lazylabels.core.predict import PREDICTION_SETTINGS, resplit_folder
+
+    classes = np.zeros((40, 100), np.uint8)
+    classes[10:30, 10:90] = 1
+    interfaces = np.zeros((40, 100), np.float32)
+    interfaces[10:30, 49:51] = 0.7
+    write_label(tmp_path / "a_classes.png", classes)
+    write_image(tmp_path / "a_interfaces.tif", interfaces)
+    write_image(tmp_path / "a_instances.tif", np.ones((40, 100), np.int32))  # stale
+    (tmp_path / PREDICTION_SETTINGS).write_text(json.dumps({"auto_min_object_size": 700}))
+
+    (path,) = resplit_folder(tmp_path, 0.5)
+    inst = read_label(path)
+    assert path.name == "a_instances.png" and not (tmp_path / "a_instances.tif").exists()
+    assert inst.max() == 2 and inst[20, 20] != inst[20, 80] and inst[20, 20] > 0
+    assert json.loads((tmp_path / PREDICTION_SETTINGS).read_text())["min_object_size"] == 700
+    assert read_label(resplit_folder(tmp_path, 0.9)[0]).max() == 1
+    assert read_label(resplit_folder(tmp_path, 0.5, min_object_size=900)[0]).max() == 0  # 780 px halves
+    with pytest.raises(FileNotFoundError, match="run lazylabels predict first"):
+        resplit_folder(tmp_path, stems=["b"])
+    with pytest.raises(ValueError, match="interface_threshold"):
+        resplit_folder(tmp_path, 0.0)

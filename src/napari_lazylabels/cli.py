@@ -26,7 +26,14 @@ EPILOG_PREDICT = """examples:
   lazylabels predict runs/isbi-model image1.png image2.tif --out runs/pred
   lazylabels predict runs/isbi-model/best.pt my_images/ --out runs/pred --no-probabilities
 writes per image: STEM_classes.png (0 = background, c = class c), STEM_instances.png/.tif,
-STEM_interfaces.tif (interface probability) and STEM_probabilities.tif (per class).
+STEM_interfaces.tif (interface probability) and STEM_probabilities.tif (per class), and
+lazylabels-predict.json (the model and how instances were cut).
+"""
+EPILOG_INSTANCES = """Cuts the objects of a lazylabels predict --out folder again from its STEM_classes.png
+and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. examples:
+  lazylabels instances runs/pred --interface-threshold 0.8     # single objects were cut in pieces
+  lazylabels instances runs/pred --interface-threshold 0.3     # touching objects stayed merged
+  lazylabels instances runs/pred --split-necks 1.5 --images im0 im1
 """
 EPILOG_EVALUATE = """examples:
   lazylabels evaluate runs/pred ../shared/data/isbi2012-dev/masks
@@ -137,7 +144,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .core.checkpoint import load_model
     from .core.io import list_images, read_images
     from .core.model import resolve_device
-    from .core.predict import PredictConfig, Predictor, predict_file
+    from .core.predict import PredictConfig, Predictor, predict_file, save_prediction_settings
 
     device = resolve_device(a.device)
     model, ck = load_model(a.model, device)
@@ -155,7 +162,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
         for name, image in read_images(f):  # a stack TIFF gives one image per slice
             predict_file(predictor, f, out, image=image, stem=name)
             n += 1
+    if n:
+        save_prediction_settings(out, predictor, a.model)
     _out(f"predicted {n} images from {len(files)} files into {out}")
+    return 0
+
+
+def cmd_instances(a: argparse.Namespace) -> int:
+    from .core.predict import resplit_folder
+
+    written = resplit_folder(a.predictions, a.interface_threshold, a.min_size, a.split_necks, a.images)
+    _out(f"cut the instances of {len(written)} images again in {a.predictions}")
     return 0
 
 
@@ -353,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "their radius); off by default, as it cuts irregular objects apart")
     pr.set_defaults(func=cmd_predict)
 
+    ins = sub.add_parser("instances", help="cut predicted objects again with other settings (no network)",
+                         epilog=EPILOG_INSTANCES, formatter_class=fmt)
+    ins.add_argument("predictions", help="the --out folder of lazylabels predict")
+    ins.add_argument("--images", nargs="+", metavar="STEM", help="only these images (default: all)")
+    ins.add_argument("--interface-threshold", type=float, metavar="T", default=0.5,
+                     help="interface probability that splits objects (default 0.5)")
+    ins.add_argument("--min-size", type=int, metavar="PIXELS",
+                     help="drop instances smaller than this (default: the model's automatic size "
+                     "recorded by lazylabels predict)")
+    ins.add_argument("--split-necks", type=float, metavar="H", default=0.0,
+                     help="also split instances at necks at least H pixels shallower than the centres")
+    ins.set_defaults(func=cmd_instances)
     e = sub.add_parser("evaluate", help="dice, object F1 and interface scores against masks",
                        epilog=EPILOG_EVALUATE, formatter_class=fmt)
     e.add_argument("pred_dir")

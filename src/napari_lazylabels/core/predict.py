@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -948,6 +948,107 @@ def _atomic_tiff(path: Path, arr: np.ndarray, rows: int = 256) -> Path:
     return path
 
 
+def write_instances(out_dir: str | os.PathLike, stem: str, instances: np.ndarray) -> Path:
+    """Write ``<stem>_instances.png`` (16-bit, under 65536 objects) or ``<stem>_instances.tif``
+    (int32) atomically, removing the other one if an earlier run left it.
+
+    Returns:
+        the path written.
+    """
+    out_dir = Path(out_dir)
+    png, tif = out_dir / f"{stem}_instances.png", out_dir / f"{stem}_instances.tif"
+    if int(instances.max(initial=0)) < 65536:
+        path, stale = write_image(png, instances.astype(np.uint16)), tif
+    else:
+        path, stale = write_image(tif, np.asarray(instances, np.int32)), png
+    stale.unlink(missing_ok=True)
+    return path
+
+
+PREDICTION_SETTINGS = "lazylabels-predict.json"
+
+
+def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, model: str | None = None) -> Path:
+    """Write ``out_dir/lazylabels-predict.json``: the model and how instances were cut
+    (``interface_threshold``, ``min_object_size`` used, the model's ``auto_min_object_size``,
+    ``neck_depth``, ``seed_probability``), so :func:`resplit_folder` can start from them."""
+    from .io import atomic_write_json
+
+    pc = predictor.predict_config
+    return atomic_write_json(Path(out_dir) / PREDICTION_SETTINGS, {
+        "model": None if model is None else str(model),
+        "interface_threshold": pc.interface_threshold,
+        "min_object_size": predictor.min_object_size,
+        "auto_min_object_size": auto_min_object_size(predictor.config),
+        "neck_depth": pc.neck_depth,
+        "seed_probability": pc.seed_probability,
+    })
+
+
+def resplit_folder(
+    pred_dir: str | os.PathLike,
+    interface_threshold: float = 0.5,
+    min_object_size: int | None = None,
+    neck_depth: float = 0.0,
+    stems: Iterable[str] | None = None,
+) -> list[Path]:
+    """Cut the instances of predictions already written by :func:`predict_file` again.
+
+    For every ``<stem>_classes.png`` in ``pred_dir`` (or those of ``stems``), the instances
+    are computed from it and ``<stem>_interfaces.tif`` (when there) with
+    :func:`instances_from_prediction`, and ``<stem>_instances.*`` is rewritten atomically. No
+    network runs: changing how objects are cut takes seconds instead of a new prediction.
+
+    Args:
+        pred_dir: a folder written by ``lazylabels predict`` / :func:`predict_file`.
+        interface_threshold, neck_depth: see :class:`PredictConfig`.
+        min_object_size: smallest object in pixels; ``None``: the model's automatic size,
+            read from ``lazylabels-predict.json`` (16 px without that file).
+        stems: only these images (default: all).
+
+    Returns:
+        the instance files written.
+
+    Raises:
+        FileNotFoundError: no ``*_classes.png`` (or a requested stem's) in ``pred_dir``.
+    """
+    import json
+
+    from .io import atomic_write_json, read_label
+
+    # the same checks and messages as a prediction's settings
+    PredictConfig(interface_threshold=interface_threshold, min_object_size=min_object_size, neck_depth=neck_depth)
+    pred_dir = Path(pred_dir)
+    settings_path = pred_dir / PREDICTION_SETTINGS
+    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    if min_object_size is None:
+        min_object_size = int(settings.get("auto_min_object_size", 16))
+    found = {p.name[: -len("_classes.png")]: p for p in sorted(pred_dir.glob("*_classes.png"))}
+    if stems is not None:
+        missing = [s for s in stems if s not in found]
+        if missing:
+            raise FileNotFoundError(f"No predictions of {missing} in {pred_dir}: run lazylabels predict first.")
+        found = {s: found[s] for s in stems}
+    if not found:
+        raise FileNotFoundError(
+            f"No *_classes.png in {pred_dir}: give the --out folder of lazylabels predict."
+        )
+    written = []
+    for stem, cls_path in found.items():
+        classes = read_label(cls_path)
+        itf_path = pred_dir / f"{stem}_interfaces.tif"
+        interfaces = read_image(itf_path) if itf_path.exists() else None
+        inst = instances_from_prediction(
+            classes, interfaces, interface_threshold, min_object_size, neck_depth=neck_depth
+        )
+        written.append(write_instances(pred_dir, stem, inst))
+        log.info("%s: %d instances", stem, int(inst.max(initial=0)))
+    settings.update(interface_threshold=interface_threshold, min_object_size=min_object_size,
+                    neck_depth=neck_depth, seed_probability=None)
+    atomic_write_json(settings_path, settings)
+    return written
+
+
 def predict_file(
     predictor: Predictor,
     image_path: str | os.PathLike,
@@ -1021,14 +1122,7 @@ def predict_file(
         )
         written["classes"] = write_label(out_dir / f"{stem}_classes.png", pred.classes)
         if pred.instances is not None:
-            if int(pred.instances.max(initial=0)) < 65536:
-                written["instances"] = write_image(
-                    out_dir / f"{stem}_instances.png", pred.instances.astype(np.uint16)
-                )
-            else:
-                written["instances"] = write_image(
-                    out_dir / f"{stem}_instances.tif", pred.instances
-                )
+            written["instances"] = write_instances(out_dir, stem, pred.instances)
         large = bool(outputs)  # float maps are memmaps: stream them
         if pred.interfaces is not None:
             target = out_dir / f"{stem}_interfaces.tif"
