@@ -72,7 +72,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_checkpoint, versions  # noqa: E402
+from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config, versions  # noqa: E402
 from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
 from napari_lazylabels.core.model import CPU_DEFAULT_SIZE, ModelConfig, resolve_device  # noqa: E402
@@ -83,7 +83,13 @@ from napari_lazylabels.core.predict import (  # noqa: E402
     instances_from_prediction,
     separating_interfaces,
 )
-from napari_lazylabels.core.train import TrainConfig, device_defaults, fit, infer_model_config  # noqa: E402
+from napari_lazylabels.core.train import (  # noqa: E402
+    TrainConfig,
+    device_defaults,
+    fit,
+    infer_model_config,
+    tune_instances,
+)
 
 log = logging.getLogger("accuracy")
 
@@ -378,7 +384,7 @@ def network_predictor(ck, device, min_size: int):
     for a trained network checkpoint, as :func:`score` wants it."""
     predictor = Predictor(ck.build(device), ck.model_config,
                           PredictConfig(device=str(device), batch_size=8, min_object_size=min_size))
-    threshold = predictor.predict_config.interface_threshold
+    threshold = predictor.interface_threshold
 
     def predict_one(image):
         p = predictor.predict(image, instances=True)
@@ -465,6 +471,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         result = fit(train_ds, model_dir, model_config, cfg, validation=[], on_event=on_event)
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
+        record["config"]["interface_threshold"] = ck.model_config.interface_threshold
         predict_one = network_predictor(ck, device, min_size)
 
         t0 = time.perf_counter()
@@ -503,13 +510,22 @@ def rescore(path: Path, root: Path) -> dict | None:
         return None
     lazy, _ = lazy_dataset(c["dataset"], root, c["strong_fraction"], record["seed"])
     min_size = speck_filter(lazy)
-    predict_one = network_predictor(load_checkpoint(model_dir / "latest.pt"), resolve_device("cpu"), min_size)
+    ck = load_checkpoint(model_dir / "latest.pt")
+    device = resolve_device("cpu")
+    if ck.model_config.interface_threshold is None and "separation" in ck.model_config.tasks:
+        # trained before training tuned it: tune as training now does when it ends
+        train_ds = lazy if c["method"].startswith("multitask") else None
+        if train_ds is not None:
+            ck.model_config = tune_instances(ck.build(device), ck.model_config, train_ds, device)
+            update_model_config(model_dir / "latest.pt", ck.model_config)
+    predict_one = network_predictor(ck, device, min_size)
     summary, per_image = score(validation_set(c["dataset"], root), predict_one)
     record.setdefault("rescored", []).append({
         "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": all_versions().get("git_commit"), "previous_metrics": record["metrics"],
     })
     record["config"]["min_object_size"] = min_size
+    record["config"]["interface_threshold"] = ck.model_config.interface_threshold
     record["metrics"], record["per_image"] = summary, per_image
     io.atomic_write_json(path, record)
     return record
@@ -546,6 +562,8 @@ def variant(record: dict) -> str:
     the product defaults."""
     c = record["config"]
     old = [] if "min_object_size" in c else ["specks ≥ 16 px kept"]  # scored before 2026-12-02
+    if c["method"].startswith("multitask") and "interface_threshold" not in c:
+        old.append("interface threshold 0.5, not tuned")  # trained before 2026-12-02 afternoon
     if c["method"] == "random-forest":
         return ", ".join(old)
     head = f"_p{c['patch_size']}"

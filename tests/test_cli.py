@@ -59,7 +59,8 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     assert (pred / "stack_z001_classes.png").exists()
     assert tifffile.imread(pred / "im0_probabilities.tif").shape == (2, 96, 112)
     settings = json.loads((pred / "lazylabels-predict.json").read_text())
-    assert settings["interface_threshold"] == 0.5 and settings["auto_min_object_size"] >= 16
+    assert settings["interface_threshold"] == settings["auto_interface_threshold"]  # the model's own
+    assert settings["auto_min_object_size"] >= 16
     # cut again without the network: every instance file rewritten, the settings recorded
     before = {p.name: p.stat().st_mtime_ns for p in pred.glob("*_instances.*")}
     assert main(["instances", str(pred), "--interface-threshold", "0.9", "--min-size", "100000"]) == 0

@@ -516,3 +516,49 @@ def test_resplit_folder_cuts_written_predictions_again(tmp_path):
         resplit_folder(tmp_path, stems=["b"])
     with pytest.raises(ValueError, match="interface_threshold"):
         resplit_folder(tmp_path, 0.0)
+
+
+def test_exact_instances_cut_class_masks_at_interface_scribbles():
+    from napari_lazylabels.core.io import Sample
+    from napari_lazylabels.core.predict import exact_instances
+
+    seg = np.ones((20, 40), np.uint8)
+    seg[5:15, 5:35] = 2
+    sep = np.zeros((20, 40), np.uint8)
+    sep[5:15, 20] = 2
+    img = np.zeros((20, 40), np.uint8)
+    assert exact_instances(Sample("a", img, segmentation=seg)).max() == 1
+    two = exact_instances(Sample("a", img, segmentation=seg, separation=sep))
+    assert two.max() == 2 and two[10, 10] != two[10, 30] and two[10, 20] == 0
+    partial = seg.copy()
+    partial[0, 0] = 0
+    assert exact_instances(Sample("a", img, segmentation=partial)) is None
+    assert exact_instances(Sample("a", img, detection=seg)) is None
+
+
+def test_tune_interface_threshold_picks_the_cut_that_matches_the_masks(multitask):
+    """Bars crossed by a line of interface probability ~0.73: when the exact masks say each
+    bar is one object, thresholds that cut (0.3-0.7) score lower and 0.85 is chosen (the
+    candidate nearest 0.5 among the best); when an interface scribble says two, 0.5 stays."""
+    from napari_lazylabels.core.io import Sample
+    from napari_lazylabels.core.predict import tune_interface_threshold
+
+    model, cfg = multitask
+    image = np.zeros((64, 128), np.float32)
+    seg = np.ones((64, 128), np.uint8)
+    sep = np.zeros((64, 128), np.uint8)
+    for y in (4, 24, 44):
+        image[y : y + 16, 16:112] = 1.0
+        image[y : y + 16, 62:66] = 0.95
+        seg[y : y + 16, 16:112] = 2
+        sep[y : y + 16, 63:65] = 2
+
+    def interface(x):
+        return torch.where((x > 0.9) & (x < 0.99), 1.0, -8.0)
+
+    predictor = Predictor(Fixed(model, bright, interface), cfg, FAST)
+    t, scores = tune_interface_threshold(predictor, [Sample("one", image, segmentation=seg)] * 2)
+    assert t == 0.85 and scores[0.3] == scores[0.5] == scores[0.7] < scores[0.85] == scores[0.95] == 1.0
+    t, scores = tune_interface_threshold(predictor, [Sample("two", image, segmentation=seg, separation=sep)])
+    assert t == 0.5 and scores[0.5] == 1.0
+    assert tune_interface_threshold(predictor, [Sample("none", image, detection=seg)]) == (None, {})

@@ -193,3 +193,37 @@ def test_real_crop_beats_chance(tmp_path, shared_data):
     dice = 2 * (gt & fg).sum() / (gt.sum() + fg.sum())
     chance = 2 * gt.sum() / (gt.sum() + gt.size)
     assert dice > chance + 0.2, (dice, chance)
+
+
+def test_interface_threshold_is_tuned_on_exact_masks_when_training_ends(tmp_path):
+    """A model with a separation head gets an interface threshold chosen on the images with
+    complete exact masks, in latest.pt and best.pt, and predictors use it; too few objects, or
+    ``tune_instances=False``, leave it unset (0.5)."""
+    from dataclasses import replace
+
+    from napari_lazylabels.core.predict import TUNE_THRESHOLDS
+
+    ds = blobs()
+    for s in ds.samples[1:]:
+        s.segmentation = None
+    first = ds.samples[0]
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8))
+    assert len(np.unique(first.segmentation)) == 2  # 4 discs, under 5 objects: not tuned
+    fit(ds, tmp_path / "few", cfg, TrainConfig(iterations=2, **FAST))
+    assert ck.load_checkpoint(tmp_path / "few" / "latest.pt").model_config.interface_threshold is None
+
+    extra = blobs(n=2, seed=5)
+    for i, s in enumerate(extra.samples):
+        s.name = f"x{i}"
+        s.segmentation = np.where(s.image > 60, 2, 1).astype(np.uint8)
+    ds = LazyDataset(ds.classes, ds.samples + extra.samples)
+    fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=3, **{**FAST, "val_every": 2}))
+    latest = ck.load_checkpoint(tmp_path / "m" / "latest.pt").model_config
+    best = ck.load_checkpoint(tmp_path / "m" / "best.pt").model_config
+    assert latest.interface_threshold in TUNE_THRESHOLDS and best.interface_threshold in TUNE_THRESHOLDS
+    assert replace(latest, interface_threshold=None) == cfg
+    model, k = ck.load_model(tmp_path / "m" / "latest.pt")
+    assert Predictor(model, k.model_config, PredictConfig(device="cpu")).interface_threshold == latest.interface_threshold
+    assert Predictor(model, k.model_config, PredictConfig(device="cpu", interface_threshold=0.4)).interface_threshold == 0.4
+    fit(ds, tmp_path / "off", cfg, TrainConfig(iterations=2, tune_instances=False, **FAST))
+    assert ck.load_checkpoint(tmp_path / "off" / "latest.pt").model_config.interface_threshold is None

@@ -239,6 +239,7 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     _wait_idle(qtbot, pw)
     settings = viewer.layers["images instances"].metadata["lazylabels"]["settings"]
     assert settings["interface_threshold"] == 0.7 and settings["min_object_size"] == settings["auto_min_object_size"] >= 16
+    assert settings["auto_interface_threshold"] in (0.3, 0.5, 0.7, 0.85, 0.95)
     classes = viewer.layers["images classes"]
     assert classes.data.shape == (2, 96, 96) and classes.data.dtype == np.uint8
     assert viewer.layers["images instances"].data.dtype == np.int32
@@ -323,7 +324,7 @@ def test_resplit_applies_instance_settings_without_the_network(make_napari_viewe
     interfaces[10:30, 49:51] = 0.7
     probs = np.stack([1.0 - classes, classes]).astype(np.float32)
     pred = Prediction(probs, classes, interfaces, (classes > 0).astype(np.int32))
-    upsert_layers(viewer, prediction_layer_data("im", [pred], None, {"auto_min_object_size": 500}))
+    upsert_layers(viewer, prediction_layer_data("im", [pred], None, {"auto_min_object_size": 500, "auto_interface_threshold": 0.9}))
     pw = PredictWidget(viewer)
     pw.set_chosen(["im"])
 
@@ -337,9 +338,12 @@ def test_resplit_applies_instance_settings_without_the_network(make_napari_viewe
     inst = resplit(0.5)
     assert len(np.unique(inst.data[classes > 0])) == 2 and inst.data[20, 20] != inst.data[20, 80]
     assert inst.metadata[META]["settings"]["min_object_size"] == 500  # auto: the model's
-    assert resplit(0.9).data.max() == 1
+    assert resplit(0.0).data.max() == 1  # auto: the model's 0.9
+    assert inst.metadata[META]["settings"]["interface_threshold"] == 0.9
+    assert resplit(0.5).data.max() == 2
     assert resplit(0.9, min_size=5000).data.max() == 0  # 1600 px bar: a speck now
-    assert inst.metadata[META]["settings"] == {"interface_threshold": 0.9, "neck_depth": 0.0, "min_object_size": 5000}
+    assert inst.metadata[META]["settings"] == {"interface_threshold": 0.9, "neck_depth": 0.0, "min_object_size": 5000,
+                                               "auto_min_object_size": 500, "auto_interface_threshold": 0.9}
 
     shown = []
     monkeypatch.setattr(_common, "show_error", lambda e: shown.append(str(e)))

@@ -355,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
-    pr.add_argument("--interface-threshold", type=float, metavar="T", default=0.5,
-                    help="interface probability that splits objects (default 0.5): raise it when "
+    pr.add_argument("--interface-threshold", type=float, metavar="T",
+                    help="interface probability that splits objects (default: the model's own, "
+                    "tuned on its exact masks when training ended, else 0.5): raise it when "
                     "single objects come out cut in pieces, lower it when touching ones stay merged")
     pr.add_argument("--split-uncertain", type=float, metavar="P",
                     help="also split instances where the class probability is below P (e.g. 0.9), "
@@ -374,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG_INSTANCES, formatter_class=fmt)
     ins.add_argument("predictions", help="the --out folder of lazylabels predict")
     ins.add_argument("--images", nargs="+", metavar="STEM", help="only these images (default: all)")
-    ins.add_argument("--interface-threshold", type=float, metavar="T", default=0.5,
-                     help="interface probability that splits objects (default 0.5)")
+    ins.add_argument("--interface-threshold", type=float, metavar="T",
+                     help="interface probability that splits objects (default: the model's own, "
+                     "recorded by lazylabels predict)")
     ins.add_argument("--min-size", type=int, metavar="PIXELS",
                      help="drop instances smaller than this (default: the model's automatic size "
                      "recorded by lazylabels predict)")

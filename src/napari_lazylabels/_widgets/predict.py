@@ -50,14 +50,21 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None):
     ``min_object_size`` (``None`` = the model's automatic size), ``neck_depth``); ``settings``
     are those used, with ``auto_min_object_size`` (the model's) for a later re-split."""
     from ..core.checkpoint import load_model
-    from ..core.predict import PredictConfig, Prediction, Predictor, auto_min_object_size
+    from ..core.predict import (
+        PredictConfig,
+        Prediction,
+        Predictor,
+        auto_interface_threshold,
+        auto_min_object_size,
+    )
 
     model, ck = load_model(model_path, "cpu")
     post = dict(post or {})
     predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **post))
     pc = predictor.predict_config
-    settings = {"interface_threshold": pc.interface_threshold, "neck_depth": pc.neck_depth,
+    settings = {"interface_threshold": predictor.interface_threshold, "neck_depth": pc.neck_depth,
                 "min_object_size": predictor.min_object_size,
+                "auto_interface_threshold": auto_interface_threshold(ck.model_config),
                 "auto_min_object_size": auto_min_object_size(ck.model_config)}
     for name, planes in jobs:
         preds = []
@@ -71,25 +78,26 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None):
         yield ("result", name, preds, ck.classes, settings)
 
 
-def _resplit_worker_fn(jobs, settings):
+def _resplit_worker_fn(jobs, neck_depth: float = 0.0):
     """Worker generator: instances again from kept class and interface maps (no network).
 
-    ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, min_object_size)]``;
-    ``settings``: ``interface_threshold`` and ``neck_depth``. Yields ``("progress", name, done,
-    total)`` per plane and ``("instances", name, (N, H, W) int32, settings used)``."""
+    ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
+    min_object_size)]``. Yields ``("progress", name, done, total)`` per plane and
+    ``("instances", name, (N, H, W) int32, settings used)``."""
     import numpy as np
 
     from ..core.predict import instances_from_prediction
 
-    for name, classes, interfaces, min_size in jobs:
+    for name, classes, interfaces, threshold, min_size, auto in jobs:
         out = np.zeros(classes.shape, np.int32)
         for i in range(classes.shape[0]):
             out[i] = instances_from_prediction(
                 np.asarray(classes[i]), None if interfaces is None else np.asarray(interfaces[i], np.float32),
-                settings["interface_threshold"], min_size, neck_depth=settings["neck_depth"],
+                threshold, min_size, neck_depth=neck_depth,
             )
             yield ("progress", name, i + 1, classes.shape[0])
-        yield ("instances", name, out, {**settings, "min_object_size": min_size})
+        settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size, **auto}
+        yield ("instances", name, out, settings)
 
 
 class PredictionRunner:
@@ -141,11 +149,13 @@ class PredictionRunner:
 
     def resplit(self, image_names, settings: dict) -> None:
         """Instances again for ``image_names`` from their ``"<image> classes"`` and
-        ``"<image> interfaces"`` layers, with ``settings`` (``interface_threshold``,
-        ``min_object_size`` (``None``: the one the model chose when it predicted) and
+        ``"<image> interfaces"`` layers, with ``settings`` (``interface_threshold`` and
+        ``min_object_size``, ``None`` for the model's own, as recorded when it predicted, and
         ``neck_depth``); the ``"<image> instances"`` layers are updated in place."""
         from napari.qt.threading import thread_worker
         from napari.utils import progress
+
+        from ..core.predict import DEFAULT_INTERFACE_THRESHOLD
 
         jobs = []
         for name in image_names:
@@ -157,20 +167,21 @@ class PredictionRunner:
             if classes.ndim == 2:
                 classes = classes[None]
                 interfaces = None if interfaces is None else interfaces[None]
+            old = {}
+            if inst_name in self.viewer.layers:
+                old = self.viewer.layers[inst_name].metadata.get(_layers.META, {}).get("settings", {})
+            auto = {k: old[k] for k in ("auto_interface_threshold", "auto_min_object_size") if k in old}
+            threshold = settings.get("interface_threshold")
+            if threshold is None:
+                threshold = float(auto.get("auto_interface_threshold", DEFAULT_INTERFACE_THRESHOLD))
             min_size = settings.get("min_object_size")
             if min_size is None:
-                old = {}
-                if inst_name in self.viewer.layers:
-                    old = self.viewer.layers[inst_name].metadata.get(_layers.META, {}).get("settings", {})
-                min_size = int(old.get("auto_min_object_size", 16))
-            jobs.append((name, classes, interfaces, min_size))
+                min_size = int(auto.get("auto_min_object_size", 16))
+            jobs.append((name, classes, interfaces, threshold, min_size, auto))
         if not jobs:
             raise ValueError("Choose at least one predicted image to re-split.")
         self._pbar = progress(total=0, desc="Splitting instances")
-        worker = thread_worker(_resplit_worker_fn, start_thread=False)(
-            jobs, {"interface_threshold": settings.get("interface_threshold", 0.5),
-                   "neck_depth": settings.get("neck_depth", 0.0)}
-        )
+        worker = thread_worker(_resplit_worker_fn, start_thread=False)(jobs, settings.get("neck_depth", 0.0))
         self._start(worker, "Re-splitting instances")
 
     def _start(self, worker, what: str) -> None:
@@ -234,11 +245,13 @@ class PredictWidget(QWidget):
         self.tile.setValue(256)
         # How instances are cut; Re-split applies changes without predicting again.
         self.interface_threshold = QDoubleSpinBox()
-        self.interface_threshold.setRange(0.05, 1.0)
+        self.interface_threshold.setRange(0.0, 1.0)
         self.interface_threshold.setSingleStep(0.05)
-        self.interface_threshold.setValue(0.5)
+        self.interface_threshold.setSpecialValueText("auto")
+        self.interface_threshold.setValue(0.0)
         self.interface_threshold.setToolTip(
-            "Interface probability that cuts objects apart. Raise it when single objects come out "
+            "Interface probability that cuts objects apart. auto: the model's own, chosen on your "
+            "exact masks when training ended (else 0.5). Raise it when single objects come out "
             "cut in pieces; lower it when touching objects stay merged. Then press Re-split."
         )
         self.min_size = QSpinBox()
@@ -337,9 +350,9 @@ class PredictWidget(QWidget):
         self.status.setText(f"Predicting {len(layers)} image layer(s)…")
 
     def instance_settings(self) -> dict:
-        """The instance settings of the form (``min_object_size`` ``None`` for auto)."""
+        """The instance settings of the form (``None`` for auto)."""
         return {
-            "interface_threshold": float(self.interface_threshold.value()),
+            "interface_threshold": float(self.interface_threshold.value()) or None,
             "min_object_size": self.min_size.value() or None,
             "neck_depth": float(self.necks.value()),
         }

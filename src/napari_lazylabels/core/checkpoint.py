@@ -111,6 +111,17 @@ def save_checkpoint(
     return path
 
 
+def update_model_config(path: str | os.PathLike, model_config: ModelConfig) -> Path:
+    """Rewrite a checkpoint file with another ``model_config`` (weights and the rest kept),
+    atomically. For settings chosen after the weights, such as the interface threshold."""
+    path = Path(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state["model_config"] = model_config.to_dict()
+    buf = _io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     """A model folder resolves to its ``best.pt`` (else ``latest.pt``); a file to itself."""
     p = Path(path)

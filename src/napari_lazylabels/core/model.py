@@ -67,6 +67,10 @@ class ModelConfig:
             over the exact masks' objects, else over the detection marks; see
             :func:`napari_lazylabels.core.data.object_size`), measured when training starts;
             prediction derives its instance post-processing from it. ``None``: unknown.
+        interface_threshold: the interface probability that best cut the objects of the
+            training images with exact masks, chosen when training ends
+            (:func:`napari_lazylabels.core.predict.tune_interface_threshold`); prediction uses
+            it unless told otherwise. ``None``: not tuned (0.5 is used).
     """
 
     in_channels: int = 1
@@ -79,6 +83,7 @@ class ModelConfig:
     negative_slope: float = 0.01
     scale: float = 1.0
     object_diameter: float | None = None
+    interface_threshold: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +108,10 @@ class ModelConfig:
             object.__setattr__(self, "object_diameter", float(self.object_diameter))
             if not self.object_diameter > 0:
                 raise ValueError(f"object_diameter must be > 0 pixels, got {self.object_diameter}.")
+        if self.interface_threshold is not None:
+            object.__setattr__(self, "interface_threshold", float(self.interface_threshold))
+            if not 0 < self.interface_threshold <= 1:
+                raise ValueError(f"interface_threshold is a probability in (0, 1], got {self.interface_threshold}.")
         if not 0.0625 <= self.scale <= 4:
             raise ValueError(f"scale (the working scale) must be in [1/16, 4], got {self.scale}.")
         lo, hi = self.norm_percentiles

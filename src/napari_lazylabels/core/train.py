@@ -65,6 +65,10 @@ class TrainConfig:
             off (``best.pt`` is then the last model).
         seed: seeds the sampler, the split and torch.
         num_threads: torch CPU threads (``None``: torch's default).
+        tune_instances: when training ends, choose the model's interface threshold on the
+            images with complete exact masks
+            (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
+            separation head) and save it with the model.
     """
 
     iterations: int | None = 1000
@@ -83,6 +87,7 @@ class TrainConfig:
     val_every: int = 200
     seed: int = 0
     num_threads: int | None = None
+    tune_instances: bool = True
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.time_budget is None:
@@ -269,6 +274,27 @@ def _validate(model, model_config, samples, device) -> dict:
     return {"dice": float(np.mean(valid)) if valid else float("nan"), "n": len(valid)}
 
 
+def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelConfig:
+    """``model_config`` with the interface threshold that cuts the objects of the samples'
+    complete exact masks best (:func:`napari_lazylabels.core.predict.tune_interface_threshold`);
+    unchanged when there are too few objects to tell or the model has no separation head.
+    Training does this when it ends (``TrainConfig.tune_instances``)."""
+    from .predict import PredictConfig, Predictor, tune_interface_threshold
+
+    predictor = Predictor(model, replace(model_config, interface_threshold=None), PredictConfig(device=str(device), batch_size=4))
+    t0 = time.perf_counter()
+    threshold, scores = tune_interface_threshold(predictor, samples)
+    model.train()
+    if threshold is None:
+        log.info("Interface threshold not tuned: fewer than 5 objects in complete exact masks.")
+        return model_config
+    log.info(
+        "Interface threshold %.2f (object F1 on the exact masks: %s; %.1f s)", threshold,
+        ", ".join(f"{t:g}: {f:.3f}" for t, f in scores.items()), time.perf_counter() - t0,
+    )
+    return replace(model_config, interface_threshold=threshold)
+
+
 def train_iter(
     dataset: LazyDataset,
     out_dir: str | Path,
@@ -451,10 +477,17 @@ def train_iter(
     if it > 0 and last_val_it != it and val_samples:
         yield from validate(start_iteration + it)
     final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
+    tune = cfg.tune_instances and it > 0 and SEPARATION in model_config.tasks
+    if tune:
+        model_config = tune_instances(model, model_config, dataset, device)
     latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
     best = out_dir / ckpt_mod.BEST
     if not best.exists():
         best = save(ckpt_mod.BEST, start_iteration + it, final_metrics)
+    elif tune:  # the best model of an earlier iteration gets its own threshold
+        ck = ckpt_mod.load_checkpoint(best)
+        tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, dataset, device)
+        ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=tuned.interface_threshold))
     result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped)
     yield TrainEvent(
         "done", start_iteration + it, total, time.perf_counter() - t0, path=best,
