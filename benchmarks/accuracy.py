@@ -692,7 +692,7 @@ def main(argv=None) -> int:
             r = json.loads(path.read_text())
             if (args.dataset and r["config"]["dataset"] not in args.dataset) or (
                 args.method and r["config"]["method"] not in args.method
-            ):
+            ) or (args.size and r["config"].get("size") != args.size):
                 continue
             new = rescore(path, root)
             if new is not None:
