@@ -217,10 +217,11 @@ def test_interface_threshold_is_tuned_on_exact_masks_when_training_ends(tmp_path
         s.name = f"x{i}"
         s.segmentation = np.where(s.image > 60, 2, 1).astype(np.uint8)
     ds = LazyDataset(ds.classes, ds.samples + extra.samples)
-    fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=3, **{**FAST, "val_every": 2}))
+    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=3, **{**FAST, "val_every": 2}))
     latest = ck.load_checkpoint(tmp_path / "m" / "latest.pt").model_config
     best = ck.load_checkpoint(tmp_path / "m" / "best.pt").model_config
     assert latest.interface_threshold in TUNE_THRESHOLDS and best.interface_threshold in TUNE_THRESHOLDS
+    assert res.interface_threshold == best.interface_threshold
     assert replace(latest, interface_threshold=None) == cfg
     model, k = ck.load_model(tmp_path / "m" / "latest.pt")
     assert Predictor(model, k.model_config, PredictConfig(device="cpu")).interface_threshold == latest.interface_threshold

@@ -135,7 +135,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     with _tqdm(total=total, desc="train", unit="it") as bar:
         res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar)
     best = "n/a" if res.best_metric is None else f"{res.best_metric:.4f}"
-    _out(f"trained {res.iteration} iterations; best validation dice {best}; model in {res.model_dir}")
+    cut = "" if res.interface_threshold is None else f"; objects cut at interface probability {res.interface_threshold:g} (tuned on the exact masks)"
+    _out(f"trained {res.iteration} iterations; best validation dice {best}{cut}; model in {res.model_dir}")
     return 0
 
 

@@ -367,7 +367,10 @@ class TrainWidget(QWidget):
         elif ev.kind == "done":
             best = ev.metrics.get("best_metric")
             score = f", best validation dice {best:.3f}" if isinstance(best, float) else ""
-            self.status.setText(f"Training {ev.message} at iteration {ev.iteration}{score}. Model: {Path(ev.path).parent}")
+            threshold = ev.metrics.get("interface_threshold")
+            cut = (f" Objects are cut at interface probability {threshold:g} (tuned on your exact masks)."
+                   if threshold is not None else "")
+            self.status.setText(f"Training {ev.message} at iteration {ev.iteration}{score}.{cut} Model: {Path(ev.path).parent}")
             session(self.viewer).set_model(Path(ev.path).parent)
             self._preview_best()
             self._maybe_predict()

@@ -153,6 +153,8 @@ class TrainResult:
     best_metric: float | None
     history: dict
     stopped: bool
+    interface_threshold: float | None = None
+    """The best model's interface threshold (tuned when training ended), ``None`` if not tuned."""
 
 
 DEVICE_DEFAULTS: dict[str, dict] = {
@@ -482,16 +484,19 @@ def train_iter(
         model_config = tune_instances(model, model_config, dataset, device)
     latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
     best = out_dir / ckpt_mod.BEST
+    threshold = model_config.interface_threshold
     if not best.exists():
         best = save(ckpt_mod.BEST, start_iteration + it, final_metrics)
     elif tune:  # the best model of an earlier iteration gets its own threshold
         ck = ckpt_mod.load_checkpoint(best)
         tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, dataset, device)
-        ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=tuned.interface_threshold))
-    result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped)
+        threshold = tuned.interface_threshold
+        ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=threshold))
+    result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold)
     yield TrainEvent(
         "done", start_iteration + it, total, time.perf_counter() - t0, path=best,
-        metrics={"best_metric": best_metric, "stopped": stopped}, message="stopped" if stopped else "finished",
+        metrics={"best_metric": best_metric, "stopped": stopped, "interface_threshold": threshold},
+        message="stopped" if stopped else "finished",
     )
     return result
 
