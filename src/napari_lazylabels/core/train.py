@@ -66,7 +66,7 @@ class TrainConfig:
         seed: seeds the sampler, the split and torch.
         num_threads: torch CPU threads (``None``: torch's default).
         tune_instances: when training ends, choose the model's interface threshold on the
-            images with complete exact masks
+            images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
             separation head) and save it with the model.
     """
@@ -480,8 +480,11 @@ def train_iter(
         yield from validate(start_iteration + it)
     final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
     tune = cfg.tune_instances and it > 0 and SEPARATION in model_config.tasks
+    # Images held out from training (validation) first: their masks were not learned.
+    val_names = {v.name for v in val_samples}
+    tune_samples = list(val_samples) + [s for s in dataset if s.name not in val_names]
     if tune:
-        model_config = tune_instances(model, model_config, dataset, device)
+        model_config = tune_instances(model, model_config, tune_samples, device)
     latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
     best = out_dir / ckpt_mod.BEST
     threshold = model_config.interface_threshold
@@ -489,7 +492,7 @@ def train_iter(
         best = save(ckpt_mod.BEST, start_iteration + it, final_metrics)
     elif tune:  # the best model of an earlier iteration gets its own threshold
         ck = ckpt_mod.load_checkpoint(best)
-        tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, dataset, device)
+        tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, tune_samples, device)
         threshold = tuned.interface_threshold
         ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=threshold))
     result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold)
