@@ -295,6 +295,20 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _instance_options(parser: argparse.ArgumentParser, threshold_default: str, size_default: str) -> None:
+    """How instances are cut: the options ``predict`` and ``instances`` share."""
+    parser.add_argument("--interface-threshold", type=float, metavar="T",
+                        help=f"interface probability that splits objects (default: {threshold_default}): "
+                        "raise it when single objects come out cut in pieces, lower it when touching "
+                        "ones stay merged")
+    parser.add_argument("--min-size", type=int, metavar="PIXELS",
+                        help=f"drop instances smaller than this (default: {size_default})")
+    parser.add_argument("--split-necks", type=float, metavar="H", default=0.0,
+                        help="also split instances at necks at least H pixels shallower than the "
+                        "objects' centres (round touching objects such as nuclei: about a tenth of "
+                        "their radius); off by default, as it cuts irregular objects apart")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lazylabels",
@@ -356,34 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
-    pr.add_argument("--interface-threshold", type=float, metavar="T",
-                    help="interface probability that splits objects (default: the model's own, "
-                    "tuned on its exact masks when training ended, else 0.5): raise it when "
-                    "single objects come out cut in pieces, lower it when touching ones stay merged")
+    _instance_options(pr, "the model's own, tuned on its exact masks when training ended, else 0.5",
+                      "a tenth of the area of the typical object the model was trained on, at least 16")
     pr.add_argument("--split-uncertain", type=float, metavar="P",
                     help="also split instances where the class probability is below P (e.g. 0.9), "
                     "for objects the class map merges across thin boundaries")
-    pr.add_argument("--min-size", type=int, metavar="PIXELS",
-                    help="drop instances smaller than this (default: a tenth of the area of the "
-                    "typical object the model was trained on, at least 16)")
-    pr.add_argument("--split-necks", type=float, metavar="H", default=0.0,
-                    help="also split instances at necks at least H pixels shallower than the "
-                    "objects' centres (round touching objects such as nuclei: about a tenth of "
-                    "their radius); off by default, as it cuts irregular objects apart")
     pr.set_defaults(func=cmd_predict)
 
     ins = sub.add_parser("instances", help="cut predicted objects again with other settings (no network)",
                          epilog=EPILOG_INSTANCES, formatter_class=fmt)
     ins.add_argument("predictions", help="the --out folder of lazylabels predict")
     ins.add_argument("--images", nargs="+", metavar="STEM", help="only these images (default: all)")
-    ins.add_argument("--interface-threshold", type=float, metavar="T",
-                     help="interface probability that splits objects (default: the model's own, "
-                     "recorded by lazylabels predict)")
-    ins.add_argument("--min-size", type=int, metavar="PIXELS",
-                     help="drop instances smaller than this (default: the model's automatic size "
-                     "recorded by lazylabels predict)")
-    ins.add_argument("--split-necks", type=float, metavar="H", default=0.0,
-                     help="also split instances at necks at least H pixels shallower than the centres")
+    _instance_options(ins, "the model's own, recorded by lazylabels predict",
+                      "the model's automatic size, recorded by lazylabels predict")
     ins.set_defaults(func=cmd_instances)
     e = sub.add_parser("evaluate", help="dice, object F1 and interface scores against masks",
                        epilog=EPILOG_EVALUATE, formatter_class=fmt)
