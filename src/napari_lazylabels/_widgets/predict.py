@@ -48,24 +48,13 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None):
 
     ``post``: :class:`PredictConfig` fields of the instance step (``interface_threshold``,
     ``min_object_size`` (``None`` = the model's automatic size), ``neck_depth``); ``settings``
-    are those used, with ``auto_min_object_size`` (the model's) for a later re-split."""
+    are :meth:`Predictor.instance_settings`, kept for a later re-split."""
     from ..core.checkpoint import load_model
-    from ..core.predict import (
-        PredictConfig,
-        Prediction,
-        Predictor,
-        auto_interface_threshold,
-        auto_min_object_size,
-    )
+    from ..core.predict import PredictConfig, Prediction, Predictor
 
     model, ck = load_model(model_path, "cpu")
-    post = dict(post or {})
-    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **post))
-    pc = predictor.predict_config
-    settings = {"interface_threshold": predictor.interface_threshold, "neck_depth": pc.neck_depth,
-                "min_object_size": predictor.min_object_size,
-                "auto_interface_threshold": auto_interface_threshold(ck.model_config),
-                "auto_min_object_size": auto_min_object_size(ck.model_config)}
+    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **(post or {})))
+    settings = predictor.instance_settings()
     for name, planes in jobs:
         preds = []
         for i, plane in enumerate(planes):
@@ -82,10 +71,8 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0):
     """Worker generator: instances again from kept class and interface maps (no network).
 
     ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
-    min_object_size)]``. Yields ``("progress", name, done, total)`` per plane and
+    min_object_size, the model's recorded "auto" values)]``. Yields ``("progress", name, done, total)`` per plane and
     ``("instances", name, (N, H, W) int32, settings used)``."""
-    import numpy as np
-
     from ..core.predict import instances_from_prediction
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
@@ -155,7 +142,7 @@ class PredictionRunner:
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
-        from ..core.predict import DEFAULT_INTERFACE_THRESHOLD
+        from ..core.predict import recorded_instance_settings
 
         jobs = []
         for name in image_names:
@@ -171,12 +158,9 @@ class PredictionRunner:
             if inst_name in self.viewer.layers:
                 old = self.viewer.layers[inst_name].metadata.get(_layers.META, {}).get("settings", {})
             auto = {k: old[k] for k in ("auto_interface_threshold", "auto_min_object_size") if k in old}
-            threshold = settings.get("interface_threshold")
-            if threshold is None:
-                threshold = float(auto.get("auto_interface_threshold", DEFAULT_INTERFACE_THRESHOLD))
-            min_size = settings.get("min_object_size")
-            if min_size is None:
-                min_size = int(auto.get("auto_min_object_size", 16))
+            threshold, min_size = recorded_instance_settings(
+                auto, settings.get("interface_threshold"), settings.get("min_object_size")
+            )
             jobs.append((name, classes, interfaces, threshold, min_size, auto))
         if not jobs:
             raise ValueError("Choose at least one predicted image to re-split.")

@@ -96,9 +96,7 @@ def save_checkpoint(
         "seed": seed,
         "versions": versions(),
     }
-    buf = _io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    _write_state(path, state)
     atomic_write_json(
         path.parent / CONFIG,
         {
@@ -117,6 +115,11 @@ def update_model_config(path: str | os.PathLike, model_config: ModelConfig) -> P
     path = Path(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state["model_config"] = model_config.to_dict()
+    return _write_state(path, state)
+
+
+def _write_state(path: Path, state: dict) -> Path:
+    """``torch.save`` ``state`` to ``path`` atomically."""
     buf = _io.BytesIO()
     torch.save(state, buf)
     return atomic_write_bytes(path, buf.getvalue())

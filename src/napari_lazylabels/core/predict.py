@@ -574,6 +574,19 @@ def auto_interface_threshold(config: ModelConfig, interface_threshold: float | N
     return DEFAULT_INTERFACE_THRESHOLD
 
 
+def recorded_instance_settings(
+    recorded: dict, interface_threshold: float | None = None, min_object_size: int | None = None
+) -> tuple[float, int]:
+    """``(interface_threshold, min_object_size)`` for re-cutting recorded predictions: the
+    values given, else the model's own as recorded (:meth:`Predictor.instance_settings`), else
+    0.5 and 16 px."""
+    if interface_threshold is None:
+        interface_threshold = recorded.get("auto_interface_threshold", DEFAULT_INTERFACE_THRESHOLD)
+    if min_object_size is None:
+        min_object_size = recorded.get("auto_min_object_size", 16)
+    return float(interface_threshold), int(min_object_size)
+
+
 def exact_instances(sample) -> np.ndarray | None:
     """Instance ground truth from a sample's exact masks, or ``None``.
 
@@ -803,6 +816,21 @@ class Predictor:
     def interface_threshold(self) -> float:
         """Interface probability that cuts objects (see :attr:`PredictConfig.interface_threshold`)."""
         return auto_interface_threshold(self.config, self.predict_config.interface_threshold)
+
+    def instance_settings(self) -> dict:
+        """How this predictor cuts instances, and the model's own values for "auto":
+        ``interface_threshold``, ``auto_interface_threshold``, ``min_object_size``,
+        ``auto_min_object_size``, ``neck_depth``, ``seed_probability`` (recorded with
+        predictions so that :func:`recorded_instance_settings` can re-cut them later)."""
+        pc = self.predict_config
+        return {
+            "interface_threshold": self.interface_threshold,
+            "auto_interface_threshold": auto_interface_threshold(self.config),
+            "min_object_size": self.min_object_size,
+            "auto_min_object_size": auto_min_object_size(self.config),
+            "neck_depth": pc.neck_depth,
+            "seed_probability": pc.seed_probability,
+        }
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Probabilities for a batch of normalised tiles.
@@ -1081,16 +1109,10 @@ def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, m
     ``seed_probability``), so :func:`resplit_folder` can start from them."""
     from .io import atomic_write_json
 
-    pc = predictor.predict_config
-    return atomic_write_json(Path(out_dir) / PREDICTION_SETTINGS, {
-        "model": None if model is None else str(model),
-        "interface_threshold": predictor.interface_threshold,
-        "auto_interface_threshold": auto_interface_threshold(predictor.config),
-        "min_object_size": predictor.min_object_size,
-        "auto_min_object_size": auto_min_object_size(predictor.config),
-        "neck_depth": pc.neck_depth,
-        "seed_probability": pc.seed_probability,
-    })
+    return atomic_write_json(
+        Path(out_dir) / PREDICTION_SETTINGS,
+        {"model": None if model is None else str(model), **predictor.instance_settings()},
+    )
 
 
 def resplit_folder(
@@ -1131,10 +1153,7 @@ def resplit_folder(
     pred_dir = Path(pred_dir)
     settings_path = pred_dir / PREDICTION_SETTINGS
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
-    if min_object_size is None:
-        min_object_size = int(settings.get("auto_min_object_size", 16))
-    if interface_threshold is None:
-        interface_threshold = float(settings.get("auto_interface_threshold", DEFAULT_INTERFACE_THRESHOLD))
+    interface_threshold, min_object_size = recorded_instance_settings(settings, interface_threshold, min_object_size)
     found = {p.name[: -len("_classes.png")]: p for p in sorted(pred_dir.glob("*_classes.png"))}
     if stems is not None:
         missing = [s for s in stems if s not in found]

@@ -283,7 +283,7 @@ def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelCo
     Training does this when it ends (``TrainConfig.tune_instances``)."""
     from .predict import PredictConfig, Predictor, tune_interface_threshold
 
-    predictor = Predictor(model, replace(model_config, interface_threshold=None), PredictConfig(device=str(device), batch_size=4))
+    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4))
     t0 = time.perf_counter()
     threshold, scores = tune_interface_threshold(predictor, samples)
     model.train()
@@ -480,10 +480,10 @@ def train_iter(
         yield from validate(start_iteration + it)
     final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
     tune = cfg.tune_instances and it > 0 and SEPARATION in model_config.tasks
-    # Images held out from training (validation) first: their masks were not learned.
-    val_names = {v.name for v in val_samples}
-    tune_samples = list(val_samples) + [s for s in dataset if s.name not in val_names]
     if tune:
+        # Images held out from training (validation) first: their masks were not learned.
+        val_names = {v.name for v in val_samples}
+        tune_samples = list(val_samples) + [s for s in dataset if s.name not in val_names]
         model_config = tune_instances(model, model_config, tune_samples, device)
     latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
     best = out_dir / ckpt_mod.BEST
