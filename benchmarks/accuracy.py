@@ -30,7 +30,9 @@ Methods:
 
 * ``multitask-ignore``: the multi-task U-net, unannotated pixels ignored (the product default).
 * ``multitask-paper``: the multi-task U-net, unannotated pixels are background (Ke et al.).
-* ``unet-weak``: single-task U-net on the detection marks only (ignore mode).
+* ``unet-weak``: single-task U-net on the detection marks only (ignore mode). It never sees
+  the exact masks, and the marks do not depend on the strong fraction: its run at 9.4%
+  stands for every fraction.
 * ``unet-strong``: single-task U-net on the exact-mask images only.
 * ``pseudo-labels``: single-task U-net on GrabCut pseudo masks (exact masks where present).
 * ``random-forest``: scikit-image multi-scale features + scikit-learn random forest (100
@@ -102,6 +104,11 @@ RECORD_VERSION = 1
 METHODS = ("multitask-ignore", "multitask-paper", "unet-weak", "unet-strong", "pseudo-labels", "random-forest")
 NETWORK_METHODS = METHODS[:-1]
 FRACTIONS = (0.024, 0.047, 0.094, 1.0)
+# Methods that never see the exact masks: the simulated marks of an image depend only on the
+# seed and the image, not on which images got exact masks, so one run (at 9.4%) stands for
+# every strong fraction.
+FRACTION_FREE = ("unet-weak",)
+FRACTION_FREE_AT = 0.094
 DATASETS = ("glas", "isbi", "dsb")
 
 # Iterations (batches of 16 patches) per (architecture, size): sized so that one run, training
@@ -257,7 +264,10 @@ def runs_for(tier: str, args) -> list[Run]:
         for method in args.method or t["methods"]:
             if method not in t["methods"] and not args.method:
                 continue
-            for fraction in args.fraction or t["fractions"]:
+            fractions = args.fraction or t["fractions"]
+            if method in FRACTION_FREE:
+                fractions = (FRACTION_FREE_AT,)
+            for fraction in fractions:
                 for seed in args.seed if args.seed is not None else t["seeds"]:
                     if method == "random-forest":
                         out.append(Run(dataset, method, fraction, seed, "-", 0, "cpu"))
@@ -472,6 +482,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
         record["config"]["interface_threshold"] = ck.model_config.interface_threshold
+        record["config"]["tta"] = PredictConfig().tta
         predict_one = network_predictor(ck, device, min_size)
 
         t0 = time.perf_counter()
@@ -526,6 +537,7 @@ def rescore(path: Path, root: Path) -> dict | None:
     })
     record["config"]["min_object_size"] = min_size
     record["config"]["interface_threshold"] = ck.model_config.interface_threshold
+    record["config"]["tta"] = PredictConfig().tta
     record["metrics"], record["per_image"] = summary, per_image
     io.atomic_write_json(path, record)
     return record
@@ -564,6 +576,8 @@ def variant(record: dict) -> str:
     old = [] if "min_object_size" in c else ["specks ≥ 16 px kept"]  # scored before 2026-12-02
     if c["method"].startswith("multitask") and "interface_threshold" not in c:
         old.append("interface threshold 0.5, not tuned")  # trained before 2026-12-02 afternoon
+    if c["method"] != "random-forest" and "tta" not in c:
+        old.append("one orientation")  # scored before test-time augmentation (2026-12-02 evening)
     if c["method"] == "random-forest":
         return ", ".join(old)
     head = f"_p{c['patch_size']}"
@@ -622,10 +636,12 @@ def write_table(results: Path, path: Path) -> str:
                         cells = []
                         for f in fracs:
                             vals = [r["metrics"].get(key) for r in mrs
-                                    if r["config"]["strong_fraction"] == f and r["config"]["iterations"] == it
-                                    and variant(r) == var]
+                                    if (method in FRACTION_FREE or r["config"]["strong_fraction"] == f)
+                                    and r["config"]["iterations"] == it and variant(r) == var]
                             cells.append(_cell(vals) if vals else "")
                         name = method + (f" ({var})" if var else "")
+                        if method in FRACTION_FREE:
+                            name += " (no exact masks: one run serves every fraction)"
                         lines.append(f"| {name} | {it if it else '–'} | " + " | ".join(cells) + " |")
                 lines.append("")
             walls = [r["wall_time_s"] for r in rs]
@@ -661,6 +677,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--rescore", action="store_true",
                     help="score the kept models of the records again with the current post-processing (no training)")
+    ap.add_argument("--stale-only", action="store_true",
+                    help="with --rescore: only records scored with other prediction defaults (test-time augmentation)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -693,6 +711,8 @@ def main(argv=None) -> int:
             if (args.dataset and r["config"]["dataset"] not in args.dataset) or (
                 args.method and r["config"]["method"] not in args.method
             ) or (args.size and r["config"].get("size") != args.size):
+                continue
+            if args.stale_only and r["config"].get("tta") == PredictConfig().tta:
                 continue
             new = rescore(path, root)
             if new is not None:

@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--tta", type=int, default=1, help="orientations per tile (PredictConfig.tta; "
+                    "1 as in the recorded figures: more only multiply the time)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--scale", type=float, default=1.0, help="the model's working scale")
     ap.add_argument("--instances", action="store_true", help="also compute instances (not bounded)")
@@ -68,7 +70,7 @@ def main() -> None:
     predictor = Predictor(
         build_model(cfg),
         cfg,
-        PredictConfig(tile=args.tile, batch_size=args.batch_size, device=args.device),
+        PredictConfig(tile=args.tile, batch_size=args.batch_size, device=args.device, tta=args.tta),
     )
     # Synthetic image: smooth blobs plus noise, built row band by row band.
     image = np.empty((side, side), np.uint8)

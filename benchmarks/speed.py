@@ -343,7 +343,8 @@ def naive_blend(x: torch.Tensor, forward, tile: int, overlap: float, batch: int,
 def bench_prediction(size: str, side: int, reps: int, log) -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig.named(size, n_classes=N_CLASSES)
-    pc = PredictConfig(device="cpu", tile=PATCH, overlap=0.25, batch_size=8)
+    # one orientation: the same work as MONAI's sliding window (PredictConfig.tta multiplies it)
+    pc = PredictConfig(device="cpu", tile=PATCH, overlap=0.25, batch_size=8, tta=1)
     predictor = Predictor(build_model(cfg), cfg, pc)
     image = synthetic_sample(side).image
     normed = predictor.prepare(image)  # (C, H, W) float32, as our sliding window sees it

@@ -61,6 +61,7 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     settings = json.loads((pred / "lazylabels-predict.json").read_text())
     assert settings["interface_threshold"] == settings["auto_interface_threshold"]  # the model's own
     assert settings["auto_min_object_size"] >= 16
+    assert settings["tta"] == 4  # test-time augmentation is on by default
     # cut again without the network: every instance file rewritten, the settings recorded
     before = {p.name: p.stat().st_mtime_ns for p in pred.glob("*_instances.*")}
     assert main(["instances", str(pred), "--interface-threshold", "0.9", "--min-size", "100000"]) == 0
@@ -83,6 +84,10 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     assert main(["predict", str(model), str(gt / "images" / "im0.png"), "--out", str(tmp_path / "p2"),
                  "--device", "cpu", "--interface-threshold", "0.8", "--min-size", "5"]) == 0
     assert seen[-1].interface_threshold == 0.8 and seen[-1].min_object_size == 5
+    assert seen[-1].tta == 4
+    assert main(["predict", str(model), str(gt / "images" / "im0.png"), "--out", str(tmp_path / "p4"),
+                 "--device", "cpu", "--tta", "1"]) == 0
+    assert seen[-1].tta == 1 and json.loads((tmp_path / "p4" / "lazylabels-predict.json").read_text())["tta"] == 1
     assert main(["predict", str(model), str(gt / "images" / "im0.png"), "--out", str(tmp_path / "p3"),
                  "--interface-threshold", "1.5"]) == 2
     assert "interface_threshold is a probability" in caplog.text

@@ -13,6 +13,7 @@ from napari_lazylabels.core.predict import (
     Prediction,
     PredictionCancelled,
     Predictor,
+    dihedral,
     gaussian_importance_map,
     instances_from_prediction,
     predict_file,
@@ -22,7 +23,8 @@ from napari_lazylabels.core.predict import (
     tile_starts,
 )
 
-FAST = PredictConfig(tile=64, overlap=0.25, batch_size=4, device="cpu", min_object_size=4)
+# One orientation: most tests check tiling and post-processing (test-time augmentation has its own).
+FAST = PredictConfig(tile=64, overlap=0.25, batch_size=4, device="cpu", min_object_size=4, tta=1)
 
 
 def double(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -562,3 +564,71 @@ def test_tune_interface_threshold_picks_the_cut_that_matches_the_masks(multitask
     t, scores = tune_interface_threshold(predictor, [Sample("two", image, segmentation=seg, separation=sep)])
     assert t == 0.5 and scores[0.5] == 1.0
     assert tune_interface_threshold(predictor, [Sample("none", image, detection=seg)]) == (None, {})
+
+
+# --------------------------------------------------------------------------- test-time augmentation
+def test_dihedral_transforms_are_the_eight_symmetries_and_invert():
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5)
+    seen = set()
+    for k in range(8):
+        y = dihedral(x, k)
+        assert y.shape == ((1, 2, 3, 5) if k < 4 else (1, 2, 5, 3))
+        torch.testing.assert_close(dihedral(y, k, inverse=True), x, rtol=0, atol=0)
+        seen.add(tuple(y[0, 0].flatten().tolist()) + tuple(y.shape))
+    assert len(seen) == 8
+    torch.testing.assert_close(dihedral(x, 1), x.flip(-1), rtol=0, atol=0)
+    torch.testing.assert_close(dihedral(x, 4), x.transpose(-1, -2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="0..7"):
+        dihedral(x, 8)
+
+
+def test_tta_changes_nothing_for_a_model_that_ignores_orientation(multitask):
+    """A pointwise stand-in looks the same in every orientation: 8 orientations give the
+    one-orientation result exactly (to float rounding), on an image of several tiles."""
+    from dataclasses import replace
+
+    model, cfg = multitask
+    rng = np.random.default_rng(0)
+    image = rng.random((150, 97)).astype(np.float32)
+    one = Predictor(Fixed(model, lambda x: 6 * x - 3), cfg, FAST).predict(image)
+    eight = Predictor(Fixed(model, lambda x: 6 * x - 3), cfg, replace(FAST, tta=8)).predict(image)
+    np.testing.assert_allclose(eight.probabilities, one.probabilities, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(eight.classes, one.classes)
+
+
+def test_tta_averages_class_probabilities_over_orientations_but_not_interfaces(multitask):
+    """A stand-in that sees position (a left-to-right ramp) predicts differently when the
+    tile is mirrored: with 2 orientations the class probability of a single tile is the
+    mean of the map and its mirror image, exactly; with 4 also of the up-down mirrors. The
+    interface map stays the plain orientation's."""
+    from dataclasses import replace
+
+    model, cfg = multitask
+
+    def ramp(x):  # logit grows from left to right, plus a little of the image
+        w = x.shape[-1]
+        return torch.linspace(-4, 4, w).expand_as(x) + x
+
+    def iface(x):  # interface logit grows from top to bottom
+        h = x.shape[-2]
+        return torch.linspace(-4, 4, h)[:, None].expand_as(x).contiguous()
+
+    image = np.random.default_rng(1).random((64, 64)).astype(np.float32)  # exactly one tile
+    net = Fixed(model, ramp, interfaces=iface)
+    one = Predictor(net, cfg, FAST).predict(image, instances=False)
+    two = Predictor(net, cfg, replace(FAST, tta=2)).predict(image, instances=False)
+    four = Predictor(net, cfg, replace(FAST, tta=4)).predict(image, instances=False)
+    p = one.probabilities[1]
+    assert not np.allclose(p, p[:, ::-1], atol=0.1)  # the stand-in does depend on orientation
+    mirrored = Predictor(net, cfg, FAST).predict(np.ascontiguousarray(image[:, ::-1]), instances=False)
+    np.testing.assert_allclose(two.probabilities[1], (p + mirrored.probabilities[1][:, ::-1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(four.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(two.interfaces, one.interfaces, rtol=0, atol=0)
+    np.testing.assert_allclose(four.interfaces, one.interfaces, rtol=0, atol=0)
+    assert one.interfaces[-1].mean() > 0.9 and one.interfaces[0].mean() < 0.1
+
+
+def test_tta_must_be_a_number_of_orientations():
+    for bad in (0, 3, 16):
+        with pytest.raises(ValueError, match="orientations"):
+            PredictConfig(tta=bad)

@@ -233,6 +233,11 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     # Predict; layers appear; re-predict updates them in place.
     pw = PredictWidget(viewer)
     assert pw.model_dir.text() == str(tmp_path / "model")
+    from napari_lazylabels.core.predict import TTA_CHOICES, PredictConfig
+
+    # the orientations offered are PredictConfig's, its default preselected
+    assert [int(pw.tta.itemText(i).split()[0]) for i in range(pw.tta.count())] == list(TTA_CHOICES)
+    assert int(pw.tta.currentText().split()[0]) == PredictConfig().tta
     pw.set_chosen(["images"])
     pw.interface_threshold.setValue(0.7)
     pw.run()

@@ -41,19 +41,24 @@ from ._common import (
 
 log = logging.getLogger(__name__)
 
+# PredictConfig.tta choices (the default, 4, is preselected; kept equal by a test).
+TTA_ITEMS = ("1 (off)", "2", "4", "8")
 
-def _predict_worker_fn(model_path, device, tile, jobs, post=None):
+
+def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None):
     """Worker generator: yields ``("progress", name, done, total)`` and
     ``("result", name, [Prediction], ClassSpec, settings)``.
 
     ``post``: :class:`PredictConfig` fields of the instance step (``interface_threshold``,
     ``min_object_size`` (``None`` = the model's automatic size), ``neck_depth``); ``settings``
-    are :meth:`Predictor.instance_settings`, kept for a later re-split."""
+    are :meth:`Predictor.instance_settings`, kept for a later re-split. ``tta``: orientations
+    per tile (:attr:`PredictConfig.tta`; ``None`` = its default)."""
     from ..core.checkpoint import load_model
     from ..core.predict import PredictConfig, Prediction, Predictor
 
     model, ck = load_model(model_path, "cpu")
-    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **(post or {})))
+    extra = {} if tta is None else {"tta": int(tta)}
+    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
     settings = predictor.instance_settings()
     for name, planes in jobs:
         preds = []
@@ -94,6 +99,8 @@ class PredictionRunner:
         viewer: the napari viewer.
         device: ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
         tile: tile side of the sliding window.
+        tta: orientations each tile is predicted in (:attr:`PredictConfig.tta`; ``None`` =
+            its default).
         on_finished: called (no arguments) when the worker ends.
         on_progress: called with ``(image name, done, total)``.
         on_result: called with the list of layers pushed for one image.
@@ -102,10 +109,11 @@ class PredictionRunner:
     """
 
     def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None,
-                 on_result=None, post: dict | None = None) -> None:
+                 on_result=None, post: dict | None = None, tta: int | None = None) -> None:
         self.viewer = viewer
         self.device = device
         self.tile = tile
+        self.tta = tta
         self.post = dict(post or {})
         self.on_finished = on_finished
         self.on_progress = on_progress
@@ -130,7 +138,7 @@ class PredictionRunner:
         limit_torch_threads()
         self._pbar = progress(total=0, desc="Predicting")
         worker = thread_worker(_predict_worker_fn, start_thread=False)(
-            str(model_path), self.device, self.tile, jobs, self.post
+            str(model_path), self.device, self.tile, jobs, self.post, self.tta
         )
         self._start(worker, "Prediction")
 
@@ -227,6 +235,14 @@ class PredictWidget(QWidget):
         self.tile.setRange(32, 2048)
         self.tile.setSingleStep(32)
         self.tile.setValue(256)
+        self.tta = QComboBox()
+        self.tta.addItems(TTA_ITEMS)
+        self.tta.setCurrentIndex(TTA_ITEMS.index("4"))
+        self.tta.setToolTip(
+            "Test-time augmentation: every tile is predicted mirrored in this many ways and the "
+            "class probabilities are averaged. More orientations: somewhat more accurate, "
+            "proportionally slower (1 = off, fastest)."
+        )
         # How instances are cut; Re-split applies changes without predicting again.
         self.interface_threshold = QDoubleSpinBox()
         self.interface_threshold.setRange(0.0, 1.0)
@@ -266,6 +282,7 @@ class PredictWidget(QWidget):
         form.addRow("model", mrow)
         form.addRow("device", self.device)
         form.addRow("tile", self.tile)
+        form.addRow("orientations", self.tta)
         form.addRow("interface threshold", self.interface_threshold)
         form.addRow("smallest object", self.min_size)
         form.addRow("split necks", self.necks)
@@ -358,7 +375,7 @@ class PredictWidget(QWidget):
             self.viewer, self.device.currentText(), self.tile.value(), on_finished=self._finished,
             on_progress=lambda n, d, t: self.status.setText(f"{n}: {d}/{t}"),
             on_result=lambda layers: self.status.setText("Updated: " + ", ".join(ly.name for ly in layers)),
-            post=self.instance_settings(),
+            post=self.instance_settings(), tta=int(self.tta.currentText().split()[0]),
         )
 
     def _busy(self, busy: bool) -> None:

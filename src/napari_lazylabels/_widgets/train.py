@@ -69,7 +69,7 @@ def _preview_worker_fn(checkpoint, device, crop):
     from ..core.predict import PredictConfig, Predictor
 
     model, ck = load_model(checkpoint, "cpu")
-    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, batch_size=2))
+    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, batch_size=2, tta=1))
     return predictor.predict(crop, instances=False).classes
 
 

@@ -681,6 +681,26 @@ def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- predictor
+TTA_CHOICES = (1, 2, 4, 8)
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The ``k``-th of the 8 flips/transpositions of the last two axes (``k = 0`` identity;
+    1 mirror left-right, 2 up-down, 3 both, 4-7 the same after a transposition), or its
+    inverse. ``(..., H, W)`` -> ``(..., H, W)`` (``(..., W, H)`` for ``k >= 4``)."""
+    if not 0 <= k < 8:
+        raise ValueError(f"k must be in 0..7, got {k}.")
+    dims = [d for bit, d in ((1, -1), (2, -2)) if k & bit]
+    transpose = k >= 4
+    if inverse and transpose:
+        x = x.transpose(-1, -2)
+    if dims:
+        x = torch.flip(x, dims)
+    if not inverse and transpose:
+        x = x.transpose(-1, -2)
+    return x
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """How to predict.
@@ -714,6 +734,16 @@ class PredictConfig:
             resolution) shallower than the objects' centres (see
             :func:`instances_from_prediction`); 0 (default) turns it off. For round touching
             objects (nuclei) about a tenth of their radius.
+        tta: test-time augmentation: every tile is predicted in this many orientations
+            (1 = as is, 2 = + mirrored left-right, 4 (default) = + mirrored up-down and both,
+            8 = + the four transposed ones) and the class (and detection) probabilities,
+            mapped back, are averaged; prediction takes ``tta`` times as long. The network was
+            trained on flipped and rotated patches, so each orientation is an equally good
+            guess and their mean a better one. The interface map stays that of the image as
+            is: interfaces are lines a pixel or two wide that shift between orientations, so
+            their mean blurs them below the threshold tuned for the model. Measured on
+            held-out images (docs/benchmarks.md): 4 orientations raised foreground dice by
+            0.008-0.016 and object F1 by 0.015-0.07 on GlaS, ISBI and DSB.
     """
 
     tile: int = 256
@@ -729,8 +759,11 @@ class PredictConfig:
     sigma_scale: float = 0.125
     seed_probability: float | None = None
     neck_depth: float = 0.0
+    tta: int = 4
 
     def __post_init__(self) -> None:
+        if self.tta not in TTA_CHOICES:
+            raise ValueError(f"tta is a number of orientations, one of {TTA_CHOICES}; got {self.tta}.")
         if self.interface_threshold is not None and not 0 < self.interface_threshold <= 1:
             raise ValueError(
                 f"interface_threshold is a probability in (0, 1], got {self.interface_threshold}."
@@ -840,7 +873,9 @@ class Predictor:
 
         Returns:
             ``{"probabilities": (B, K, P, P), "interfaces": (B, 1, P, P) (with a separation
-            head), "detection": (B, K, P, P) (if kept)}`` float32 on the model's device.
+            head), "detection": (B, K, P, P) (if kept)}`` float32 on the model's device;
+            class and detection probabilities are the mean over
+            :attr:`PredictConfig.tta` orientations.
         """
         x = x.to(self.device, non_blocking=True)
         if self.predict_config.channels_last:
@@ -850,14 +885,29 @@ class Predictor:
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
+        n = self.predict_config.tta
+        out: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
-            with amp:
-                logits = self.model(x)
-            out = {PROBABILITIES: torch.softmax(logits[self.main_task].float(), 1)}
-            if self.has_interfaces:
-                out[INTERFACES] = torch.softmax(logits[SEPARATION].float(), 1)[:, 1:2]
-            if self.has_detection:
-                out[DETECTION_OUT] = torch.softmax(logits[DETECTION].float(), 1)
+            for k in range(n):
+                xk = x
+                if k:
+                    xk = dihedral(x, k)
+                    if self.predict_config.channels_last:
+                        xk = xk.contiguous(memory_format=torch.channels_last)
+                with amp:
+                    logits = self.model(xk)
+                probs = {PROBABILITIES: torch.softmax(logits[self.main_task].float(), 1)}
+                if self.has_interfaces and k == 0:
+                    probs[INTERFACES] = torch.softmax(logits[SEPARATION].float(), 1)[:, 1:2]
+                if self.has_detection:
+                    probs[DETECTION_OUT] = torch.softmax(logits[DETECTION].float(), 1)
+                for name, p in probs.items():
+                    p = dihedral(p, k, inverse=True) if k else p
+                    out[name] = p if name not in out else out[name].add_(p)
+            if n > 1:
+                for name, p in out.items():
+                    if name != INTERFACES:
+                        p.div_(n)
         return out
 
     # ------------------------------------------------------------------ input
@@ -1103,7 +1153,8 @@ PREDICTION_SETTINGS = "lazylabels-predict.json"
 
 
 def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, model: str | None = None) -> Path:
-    """Write ``out_dir/lazylabels-predict.json``: the model and how instances were cut
+    """Write ``out_dir/lazylabels-predict.json``: the model, its test-time orientations
+    (``tta``) and how instances were cut
     (``interface_threshold`` and ``min_object_size`` used, the model's own
     ``auto_interface_threshold`` and ``auto_min_object_size``, ``neck_depth``,
     ``seed_probability``), so :func:`resplit_folder` can start from them."""
@@ -1111,7 +1162,8 @@ def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, m
 
     return atomic_write_json(
         Path(out_dir) / PREDICTION_SETTINGS,
-        {"model": None if model is None else str(model), **predictor.instance_settings()},
+        {"model": None if model is None else str(model), "tta": predictor.predict_config.tta,
+         **predictor.instance_settings()},
     )
 
 

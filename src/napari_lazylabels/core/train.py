@@ -266,7 +266,8 @@ def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> flo
 def _validate(model, model_config, samples, device) -> dict:
     from .predict import PredictConfig, Predictor
 
-    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4))
+    # one orientation: validation picks the best model and should stay quick
+    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1))
     scores = []
     for s in samples:
         pred = predictor.predict(s.image, instances=False)
@@ -283,7 +284,8 @@ def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelCo
     Training does this when it ends (``TrainConfig.tune_instances``)."""
     from .predict import PredictConfig, Predictor, tune_interface_threshold
 
-    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4))
+    # Interfaces come from one orientation whatever PredictConfig.tta says: one is enough.
+    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1))
     t0 = time.perf_counter()
     threshold, scores = tune_interface_threshold(predictor, samples)
     model.train()
