@@ -25,6 +25,7 @@ EPILOG_TRAIN = """examples:
 EPILOG_PREDICT = """examples:
   lazylabels predict runs/isbi-model image1.png image2.tif --out runs/pred
   lazylabels predict runs/isbi-model/best.pt my_images/ --out runs/pred --no-probabilities
+  lazylabels predict runs/isbi-model huge_slide.tif --out runs/pred --tta 1   # 4x faster, a little less accurate
 writes per image: STEM_classes.png (0 = background, c = class c), STEM_instances.png/.tif,
 STEM_interfaces.tif (interface probability) and STEM_probabilities.tif (per class), and
 lazylabels-predict.json (the model and how instances were cut).

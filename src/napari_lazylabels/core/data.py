@@ -218,7 +218,8 @@ class PreparedSample:
     coordinates for patch sampling; all at the working ``scale`` (see :func:`resize_image`,
     :func:`resize_targets`)."""
 
-    def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks, scale: float = 1.0) -> None:
+    def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks, scale: float = 1.0,
+                 marks_to_segmentation: bool = False) -> None:
         self.name = sample.name
         img = normalize(sample.image, in_channels, norm_percentiles)
         img = np.moveaxis(img, 0, -1)  # (H, W, C) for cv2
@@ -226,7 +227,8 @@ class PreparedSample:
         if scale != 1:
             img = resize_image(img, scale)
         self.image = np.ascontiguousarray(img)
-        targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode)
+        targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode,
+                                   marks_to_segmentation=marks_to_segmentation)
         self.targets = {
             t: (None if (v is None or t not in tasks or not np.any(v >= 0)) else resize_targets(v.astype(np.int16), shape))
             for t, v in targets.items()
@@ -247,6 +249,9 @@ class PreparedSample:
         iy, ix = np.nonzero(sep == 1) if sep is not None else (np.zeros(0, int), np.zeros(0, int))
         step = max(1, iy.size // 50_000)
         self.interface_yx = np.stack([iy[::step], ix[::step]], 1).astype(np.int32)
+
+        #: has an exact mask (task 3) for the model: the patch sampler's "strong" images
+        self.exact = sample.segmentation is not None and SEGMENTATION in tasks
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -327,7 +332,7 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         areas = np.array([np.sqrt(s.shape[0] * s.shape[1]) for s in samples], float)
         self.weights = areas / areas.sum()
-        strong = np.array([s.targets.get(SEGMENTATION) is not None for s in samples])
+        strong = np.array([s.exact for s in samples])
         self.strong_weights = None
         if strong.any() and not strong.all() and cfg.mask_share > 0:
             w = np.where(strong, areas, 0.0)

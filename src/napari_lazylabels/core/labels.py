@@ -192,6 +192,7 @@ def training_targets(
     separation: np.ndarray | None,
     segmentation: np.ndarray | None,
     mode: str = "ignore",
+    marks_to_segmentation: bool = False,
 ) -> dict[str, np.ndarray | None]:
     """Turn stored label maps into per-task training targets.
 
@@ -206,14 +207,23 @@ def training_targets(
         separation: ``(H, W)`` task-2 map or ``None``.
         segmentation: ``(H, W)`` task-3 map or ``None``.
         mode: ``"ignore"`` or ``"paper"`` (see module docstring).
+        marks_to_segmentation: ignore mode only: an image without an exact mask gets its
+            detection marks (object marks and background strokes, unmarked pixels ignored)
+            as a partial segmentation target, so the segmentation head learns from every
+            image, not only from the few with exact masks.
 
     Returns:
         ``{task: (H, W) int64 array or None}``.
     """
+    if marks_to_segmentation and mode != "ignore":
+        raise ValueError("marks_to_segmentation needs label mode 'ignore'.")
     if mode not in LABEL_MODES:
         raise ValueError(f"Unknown label mode {mode!r}; use one of {LABEL_MODES}.")
     out: dict[str, np.ndarray | None] = {}
-    for task, lab in ((DETECTION, detection), (SEGMENTATION, segmentation)):
+    seg_source = segmentation
+    if marks_to_segmentation and segmentation is None and detection is not None:
+        seg_source = detection
+    for task, lab in ((DETECTION, detection), (SEGMENTATION, seg_source)):
         if lab is None:
             out[task] = None
             continue

@@ -69,6 +69,9 @@ class TrainConfig:
             images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
             separation head) and save it with the model.
+        marks_to_segmentation: ignore mode: images without exact masks teach the
+            segmentation head with their detection marks too (unmarked pixels ignored; see
+            :func:`napari_lazylabels.core.labels.training_targets`).
     """
 
     iterations: int | None = 1000
@@ -88,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     tune_instances: bool = True
+    marks_to_segmentation: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.time_budget is None:
@@ -100,6 +104,8 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1.")
         if self.label_mode not in LABEL_MODES:
             raise ValueError(f"label_mode must be one of {LABEL_MODES}.")
+        if self.marks_to_segmentation and self.label_mode != "ignore":
+            raise ValueError("marks_to_segmentation needs label_mode 'ignore' (paper mode calls unmarked pixels background).")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'.")
         if isinstance(self.augment, dict):
@@ -366,7 +372,7 @@ def train_iter(
     prepared = [
         PreparedSample(
             s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks,
-            model_config.scale,
+            model_config.scale, marks_to_segmentation=cfg.marks_to_segmentation,
         )
         for s in train_samples
     ]
