@@ -123,6 +123,12 @@ def test_exact_masks_get_their_share_of_every_batch():
     assert only.strong_weights is None and len(only.draw(5)) == 5
     with pytest.raises(ValueError, match="mask_share"):
         AugmentConfig(mask_share=1.5)
+    # marks that teach segmentation do not make an image one with an exact mask
+    marked = [PreparedSample(Sample(f"w{i}", s1.image, detection=s1.detection), 1, (1.0, 99.8), "ignore", tasks,
+                             marks_to_segmentation=True) for i in range(9)]
+    assert all("segmentation" in m.tasks and not m.exact for m in marked) and strong.exact
+    sampler = PatchSampler(marked + [strong], AugmentConfig(patch_size=32, mask_share=0.5), seed=0)
+    assert np.mean([int(np.sum(sampler.draw(16) == 9)) for _ in range(200)]) == pytest.approx(8 + 0.8, abs=0.35)
 
 
 def test_patches_find_the_few_interface_scribbles():

@@ -81,6 +81,22 @@ def test_training_targets_modes():
         training_targets(det, sep, seg, "lazy")
 
 
+def test_marks_can_teach_segmentation_where_no_exact_mask_is():
+    """With ``marks_to_segmentation`` an image without an exact mask gets its detection marks
+    as a partial segmentation target (unmarked pixels ignored); an exact mask wins where there
+    is one, and the separation negatives still come from the real maps only."""
+    det = np.array([[0, 1, 2, 3]])
+    t = training_targets(det, None, None, "ignore", marks_to_segmentation=True)
+    np.testing.assert_array_equal(t["segmentation"], [[-1, 0, 1, 2]])
+    np.testing.assert_array_equal(t["separation"], training_targets(det, None, None, "ignore")["separation"])
+    seg = np.array([[1, 1, 2, 2]])
+    with_mask = training_targets(det, None, seg, "ignore", marks_to_segmentation=True)
+    np.testing.assert_array_equal(with_mask["segmentation"], [[0, 0, 1, 1]])
+    assert training_targets(None, None, None, "ignore", marks_to_segmentation=True)["segmentation"] is None
+    with pytest.raises(ValueError, match="ignore"):
+        training_targets(det, None, None, "paper", marks_to_segmentation=True)
+
+
 @pytest.mark.parametrize(
     "label, match",
     [

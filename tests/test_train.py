@@ -147,6 +147,8 @@ def test_balanced_classes_config_is_checked_and_saved(tmp_path):
     res = fit(blobs(), tmp_path / "m", ModelConfig(in_channels=1, n_classes=2, **TINY), cfg)
     saved = ck.load_checkpoint(res.latest).train_config
     assert TrainConfig.from_dict(saved).balance_classes == ("segmentation",)
+    with pytest.raises(ValueError, match="marks_to_segmentation needs label_mode 'ignore'"):
+        TrainConfig(label_mode="paper", marks_to_segmentation=True)
 
 
 def test_training_learns_synthetic_blobs(tmp_path):
