@@ -235,6 +235,7 @@ class Run:
     augment: tuple[tuple[str, float], ...] = ()  # AugmentConfig overrides for experiments
     balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
     marks_seg: bool | None = None  # None: the product default (TrainConfig.marks_to_segmentation)
+    balance_power: float | None = None  # None: the product default (TrainConfig.balance_power)
 
     @property
     def architecture(self) -> str:
@@ -252,6 +253,8 @@ class Run:
             extra += "_bal" + ("-".join(t[:3] for t in self.balance) or "none")
         if self.marks_seg is not None:
             extra += f"_mseg{int(self.marks_seg)}"
+        if self.balance_power is not None:
+            extra += f"_bp{self.balance_power:g}"
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -280,7 +283,8 @@ def runs_for(tier: str, args) -> list[Run]:
                     out.append(Run(dataset, method, fraction, seed, size, iters, device, args.mask_share,
                                    args.scale, parse_augment(args.augment),
                                    None if args.balance is None else tuple(t for t in args.balance.split(",") if t),
-                                   None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg)))
+                                   None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg),
+                                   args.balance_power))
     return list(dict.fromkeys(out))
 
 
@@ -465,6 +469,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         balance = {} if run.balance is None else {"balance_classes": run.balance}
         if run.marks_seg is not None:
             balance["marks_to_segmentation"] = run.marks_seg
+        if run.balance_power is not None:
+            balance["balance_power"] = run.balance_power
         cfg = TrainConfig(
             **balance,
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
@@ -673,6 +679,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, help="override the working scale (in the run id)")
     ap.add_argument("--augment", action="append", metavar="KEY=VALUE",
                     help="override an AugmentConfig field for an experiment, e.g. color=0.1 (in the run id)")
+    ap.add_argument("--balance-power", type=float,
+                    help="override TrainConfig.balance_power (in the run id)")
     ap.add_argument("--marks-seg", type=int, choices=(0, 1),
                     help="override TrainConfig.marks_to_segmentation (multitask-ignore; in the run id)")
     ap.add_argument("--balance", metavar="TASKS",

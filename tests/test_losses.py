@@ -66,6 +66,11 @@ def test_balanced_cross_entropy_weighs_each_class_equally():
     assert n == 9 and abs(float(bal_ignored) - (ce0 + ce1) / 2) < 1e-6
     only0, _ = masked_cross_entropy(logits, torch.zeros(1, 1, 10, dtype=torch.long), balance=True)
     assert abs(float(only0) - ce0) < 1e-6  # absent classes do not count
+    # power 0.5: class c's pixels weigh n_c ** -0.5 -> (9 ce0 / 3 + ce1 / 1) / (9 / 3 + 1 / 1)
+    half, _ = masked_cross_entropy(logits, target, balance=True, power=0.5)
+    assert abs(float(half) - (3 * ce0 + ce1) / 4) < 1e-6
+    zero, _ = masked_cross_entropy(logits, target, balance=True, power=0.0)
+    assert abs(float(zero) - float(plain)) < 1e-6  # power 0 is the plain mean
     logits.requires_grad_(True)
     loss, _ = masked_cross_entropy(logits, target_ignored, balance=True)
     loss.backward()

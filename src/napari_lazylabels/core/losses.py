@@ -18,7 +18,7 @@ DEFAULT_TASK_WEIGHTS: dict[str, float] = {DETECTION: 1.0, SEPARATION: 1.0, SEGME
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, balance: bool = False
+    logits: torch.Tensor, target: torch.Tensor, balance: bool = False, power: float = 1.0
 ) -> tuple[torch.Tensor, int]:
     """Mean cross entropy over the pixels whose target is not ``-1``.
 
@@ -28,6 +28,9 @@ def masked_cross_entropy(
         balance: weigh every class present in the batch equally: the mean over those
             classes of each class's mean cross entropy (so thin interface scribbles weigh as
             much as the many "not an interface" pixels).
+        power: with ``balance``, each pixel of class c weighs ``n_c ** -power`` (``n_c`` its
+            pixels in the batch), normalised: 1 = every class equally (the default), 0.5
+            = halfway in log scale (inverse square root of the frequency), 0 = plain mean.
 
     Returns:
         ``(loss, n_pixels)``; the loss is ``0`` (with a gradient path) when no pixel counts.
@@ -45,7 +48,10 @@ def masked_cross_entropy(
     counts = torch.bincount(t, minlength=k)
     sums = torch.zeros(k, dtype=v.dtype, device=v.device).index_add_(0, t, v)
     present = counts > 0
-    return (sums[present] / counts[present]).mean(), n
+    if power == 1.0:
+        return (sums[present] / counts[present]).mean(), n
+    w = counts[present].to(v.dtype) ** -power
+    return (w * sums[present]).sum() / (w * counts[present]).sum(), n
 
 
 def multitask_loss(
@@ -53,6 +59,7 @@ def multitask_loss(
     targets: Mapping[str, torch.Tensor],
     weights: Mapping[str, float] | None = None,
     balance: tuple[str, ...] = (),
+    balance_power: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. (5): ``sum_k alpha_k * CE_k`` over the tasks that have outputs and targets.
 
@@ -65,6 +72,7 @@ def multitask_loss(
         targets: ``{task: (B, H, W)}`` int64, ``-1`` = ignore.
         weights: ``{task: alpha_k}``; missing tasks weigh 1.
         balance: tasks whose term weighs each class equally (see :func:`masked_cross_entropy`).
+        balance_power: how strongly (see ``power`` of :func:`masked_cross_entropy`).
 
     Returns:
         ``(total loss, {task: float loss})`` - tasks without annotated pixels are left out
@@ -77,7 +85,7 @@ def multitask_loss(
         target = targets.get(task)
         if target is None:
             continue
-        loss, n = masked_cross_entropy(logits, target, balance=task in balance)
+        loss, n = masked_cross_entropy(logits, target, balance=task in balance, power=balance_power)
         term = weights.get(task, 1.0) * loss
         total = term if total is None else total + term
         if n:
