@@ -86,6 +86,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.02)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--iterations", type=int, help="a budget in steps instead of --minutes (a busy machine "
+                    "then changes the time, not the model)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field for a comparison, e.g. marks_to_segmentation=false (JSON value)")
     ap.add_argument("--more-heldout", type=int, default=0, metavar="N",
                     help="also score N images of the shared DSB set (needs ../shared/data)")
     args = ap.parse_args(argv)
@@ -94,8 +98,9 @@ def main(argv=None) -> int:
     ds = io.load_dataset(sample_paths()["dataset"])
     val = held_out() + (more_heldout(args.more_heldout) if args.more_heldout else [])
     device = resolve_device(args.device)
-    cfg = TrainConfig(iterations=None, time_budget=args.minutes * 60, seed=0, val_every=args.every,
-                      device=args.device, num_threads=args.threads)
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    cfg = TrainConfig(iterations=args.iterations, time_budget=None if args.iterations else args.minutes * 60,
+                      seed=0, val_every=args.every, device=args.device, num_threads=args.threads, **overrides)
     curve: list[dict] = []
     state = {"last_step": 0.0, "val_time": 0.0}
 
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
         "iterations": res.iteration,
         "wall_s": round(wall, 1),
         "long_run_dice": round(final, 4),
+        "overrides": overrides,
         "tolerance": args.tolerance,
         "heldout_images": [s.name for s in val],
         "first_useful": first,
@@ -144,7 +150,8 @@ def main(argv=None) -> int:
         "curve": curve,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{device.type}-{record['date'][:10]}.json"
+    tag = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
+    path = RESULTS / f"{device.type}-{record['date'][:10]}{'_it' + str(args.iterations) if args.iterations else ''}{tag}.json"
     io.atomic_write_json(path, record)
     sys.stdout.write(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1) + "\n")
     sys.stdout.write(f"wrote {path}\n")
