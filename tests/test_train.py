@@ -230,3 +230,17 @@ def test_interface_threshold_is_tuned_on_exact_masks_when_training_ends(tmp_path
     assert Predictor(model, k.model_config, PredictConfig(device="cpu", interface_threshold=0.4)).interface_threshold == 0.4
     fit(ds, tmp_path / "off", cfg, TrainConfig(iterations=2, tune_instances=False, **FAST))
     assert ck.load_checkpoint(tmp_path / "off" / "latest.pt").model_config.interface_threshold is None
+
+
+def test_a_validation_set_of_its_own_leaves_every_labelled_image_for_training(tmp_path):
+    """With 6 labelled images the automatic split holds one out; given a validation set, all
+    6 train (the one held out was lost to training before)."""
+    ds = blobs(6)
+    cfg = TrainConfig(iterations=1, **{**FAST, "val_every": 1})
+    mc = ModelConfig(in_channels=1, n_classes=2, **TINY)
+    auto = fit(ds, tmp_path / "a", mc, cfg)
+    saved = ck.load_checkpoint(auto.latest).train_config
+    assert len(saved["train_images"]) == 5 and len(saved["val_images"]) == 1
+    own = fit(ds, tmp_path / "b", mc, cfg, validation=blobs(1, seed=3))
+    saved = ck.load_checkpoint(own.latest).train_config
+    assert len(saved["train_images"]) == 6 and len(saved["val_images"]) == 1

@@ -364,11 +364,11 @@ def train_iter(
     if model_config is None:
         model_config = infer_model_config(dataset, device, size, patch_size=cfg.augment.patch_size)
 
-    if cfg.val_every:
+    if cfg.val_every and validation is None:
         train_samples, val_samples = _split(dataset, cfg)
-    else:
+    else:  # a validation set of its own (an empty list turns validation off): train on all
         train_samples, val_samples = [s for s in dataset if s.tasks()], []
-    if validation is not None:  # an explicit empty list turns validation off
+    if validation is not None:
         val_samples = list(validation)
     elif not val_samples and cfg.val_every:
         val_samples = train_samples[:8]
