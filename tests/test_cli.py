@@ -132,3 +132,13 @@ def test_cli_runs_without_napari(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_train_options_reach_the_train_config():
+    import argparse
+
+    from napari_lazylabels.cli import _train_config, build_parser
+
+    a = build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--marks-teach-segmentation"])
+    assert isinstance(a, argparse.Namespace) and _train_config(a).marks_to_segmentation
+    assert not _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"])).marks_to_segmentation

@@ -91,7 +91,7 @@ def _train_config(a: argparse.Namespace):
         learning_rate=a.lr,
         lr_schedule=a.lr_schedule,
         task_weights={**base.task_weights, **weights},
-        label_mode=a.label_mode,
+        label_mode=a.label_mode, marks_to_segmentation=a.marks_teach_segmentation,
         device=a.device,
         amp=not a.no_amp,
         val_every=a.val_every,
@@ -343,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "half a training patch")
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
     t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
+    t.add_argument("--marks-teach-segmentation", action="store_true",
+                   help="ignore mode: the detection marks of images without exact masks also train the "
+                   "segmentation head; helps with exact masks on only one or two images, hurt with 4-6 "
+                   "(docs/benchmarks.md)")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
     t.add_argument("--batch-size", type=int, help="patches per step (default 16)")
     t.add_argument("--patch-size", type=int,
