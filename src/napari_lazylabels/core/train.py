@@ -76,8 +76,9 @@ class TrainConfig:
             segmentation head with their detection marks too (unmarked pixels ignored; see
             :func:`napari_lazylabels.core.labels.training_targets`). Off by default: with one
             exact mask among 5 images (the bundled sample) it kept the held-out dice at
-            0.70-0.72 where the default drifted to 0.48, but with 4-6 exact-mask images it
-            lowered the dice (DSB 0.913 -> 0.855, GlaS 0.771 -> 0.737; docs/benchmarks.md).
+            0.70-0.72 where the default drifted to 0.48; with 4-6 exact-mask images single
+            runs scored lower (DSB 0.855 vs 0.913; GlaS 0.737, the default's 3 seeds
+            0.736-0.795), not yet told apart from run-to-run noise (docs/benchmarks.md).
     """
 
     iterations: int | None = 1000
