@@ -142,3 +142,13 @@ def test_train_options_reach_the_train_config():
     a = build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--marks-teach-segmentation"])
     assert isinstance(a, argparse.Namespace) and _train_config(a).marks_to_segmentation
     assert not _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"])).marks_to_segmentation
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The README's main job, with a budget of a few seconds: trains on the bundled sample,
+    predicts its held-out images with every predict default, and scores them."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out sample images: dice" in out
+    assert json.loads((tmp_path / "demo" / "predictions" / "lazylabels-predict.json").read_text())["tta"] == 4
+    assert len(list((tmp_path / "demo" / "predictions").glob("*_classes.png"))) == 2

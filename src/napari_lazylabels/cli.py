@@ -283,11 +283,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     with _tqdm(desc="train", unit="it") as bar:
         res = fit(ds, out / "model", train_config=cfg, progress=bar)
     _out(f"trained {res.iteration} iterations in {a.minutes} min budget")
-    ns = argparse.Namespace(
-        model=str(out / "model"), images=[str(paths["test_images"])], out=str(out / "predictions"),
-        tile=256, overlap=0.25, batch_size=4, device="auto", no_probabilities=True,
-        split_uncertain=None, split_necks=0.0, min_size=None,
-    )
+    # through the parser, so that every predict option has its default
+    ns = build_parser().parse_args([
+        "predict", str(out / "model"), str(paths["test_images"]), "--out", str(out / "predictions"),
+        "--batch-size", "4", "--no-probabilities",
+    ])
     cmd_predict(ns)
     res = evaluate_folder(out / "predictions", paths["test_masks"])
     s = res["summary"]
