@@ -58,11 +58,10 @@ def held_out() -> list[Sample]:
 
 def more_heldout(n: int) -> list[Sample]:
     """``n`` DSB images with exact masks from the shared data, none of the bundled sample's."""
-    import os
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from accuracy import FOLDERS, shared_data  # exits with a message where the data is absent
 
-    root = Path(os.environ.get("LAZYLABELS_SHARED_DATA", REPO.parent / "shared" / "data")) / "dsb2018-touching-dev"
-    if not (root / "images").is_dir():
-        raise SystemExit(f"--more-heldout needs the shared data ({root} not found; set LAZYLABELS_SHARED_DATA).")
+    root = shared_data() / FOLDERS["dsb"]
     used = {p.stem.removeprefix("dsb_") for d in ("dataset", "test_images") for p in
             (Path(sample_paths()[d]) / ("images" if d == "dataset" else "")).iterdir()}
     files = [f for f in sorted((root / "images").iterdir()) if not any(f.stem.startswith(u) for u in used)]

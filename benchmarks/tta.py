@@ -29,12 +29,11 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from accuracy import DATASETS, RESULTS, all_versions, machine, score, shared_data, validation_set  # noqa: E402
-from napari_lazylabels.core import predict as predict_mod  # noqa: E402
 from napari_lazylabels.core.checkpoint import load_checkpoint  # noqa: E402
 from napari_lazylabels.core.predict import (  # noqa: E402
-    INTERFACES,
     PredictConfig,
     Predictor,
+    dihedral,
     separating_interfaces,
 )
 
@@ -42,25 +41,18 @@ OUT = RESULTS.parent / "tta"
 
 
 class AveragingAllPredictor(Predictor):
-    """The rejected variant: the interface map is averaged over the orientations too."""
+    """The rejected variant: every output, the interface map too, is averaged over the
+    orientations (each orientation predicted once, by a one-orientation predictor)."""
+
+    def __init__(self, model, config, predict_config: PredictConfig) -> None:
+        super().__init__(model, config, predict_config)
+        self.one = Predictor(model, config, replace(predict_config, tta=1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().forward(x)
-        if not self.has_interfaces or self.predict_config.tta == 1:
-            return out
         n = self.predict_config.tta
-        acc = None
-        for k in range(n):
-            single = replace(self.predict_config, tta=1)
-            self.predict_config, saved = single, self.predict_config
-            try:
-                p = Predictor.forward(self, predict_mod.dihedral(x, k) if k else x)[INTERFACES]
-            finally:
-                self.predict_config = saved
-            p = predict_mod.dihedral(p, k, inverse=True) if k else p
-            acc = p if acc is None else acc + p
-        out[INTERFACES] = acc / n
-        return out
+        outs = [{name: dihedral(p, k, inverse=True) for name, p in self.one.forward(dihedral(x, k)).items()}
+                for k in range(n)]
+        return {name: sum(o[name] for o in outs) / n for name in outs[0]}
 
 
 def evaluate(model_dir: Path, dataset: str, ttas: list[int], average_interfaces: bool) -> list[dict]:

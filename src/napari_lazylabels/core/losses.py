@@ -48,9 +48,7 @@ def masked_cross_entropy(
     counts = torch.bincount(t, minlength=k)
     sums = torch.zeros(k, dtype=v.dtype, device=v.device).index_add_(0, t, v)
     present = counts > 0
-    if power == 1.0:
-        return (sums[present] / counts[present]).mean(), n
-    w = counts[present].to(v.dtype) ** -power
+    w = counts[present].to(v.dtype) ** -power  # power 1: every class's mean weighs the same
     return (w * sums[present]).sum() / (w * counts[present]).sum(), n
 
 

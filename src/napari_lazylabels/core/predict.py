@@ -890,11 +890,9 @@ class Predictor:
         out: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
             for k in range(n):
-                xk = x
-                if k:
-                    xk = dihedral(x, k)
-                    if self.predict_config.channels_last:
-                        xk = xk.contiguous(memory_format=torch.channels_last)
+                xk = dihedral(x, k)
+                if k and self.predict_config.channels_last:
+                    xk = xk.contiguous(memory_format=torch.channels_last)
                 with amp:
                     logits = self.model(xk)
                 probs = {PROBABILITIES: torch.softmax(logits[self.main_task].float(), 1)}
@@ -903,7 +901,7 @@ class Predictor:
                 if self.has_detection:
                     probs[DETECTION_OUT] = torch.softmax(logits[DETECTION].float(), 1)
                 for name, p in probs.items():
-                    p = dihedral(p, k, inverse=True) if k else p
+                    p = dihedral(p, k, inverse=True)
                     out[name] = p if name not in out else out[name].add_(p)
             if n > 1:
                 for name, p in out.items():
