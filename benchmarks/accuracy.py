@@ -77,7 +77,13 @@ from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E40
 from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config, versions  # noqa: E402
 from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
-from napari_lazylabels.core.model import CPU_DEFAULT_SIZE, ModelConfig, resolve_device  # noqa: E402
+from napari_lazylabels.core.model import (  # noqa: E402
+    CPU_DEFAULT_SIZE,
+    ModelConfig,
+    autocast_dtype,
+    cpu_bf16_supported,
+    resolve_device,
+)
 from napari_lazylabels.core.predict import (  # noqa: E402
     PredictConfig,
     Predictor,
@@ -352,6 +358,9 @@ def machine() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    # bf16 autocast only where the CPU has it natively (model.autocast_dtype); records made on
+    # the AMX Xeon of 2026-12-01/02 trained in bf16, those on AVX2-only CPUs in float32.
+    info["cpu_native_bf16"] = cpu_bf16_supported()
     return info
 
 
@@ -495,6 +504,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         ck = load_checkpoint(result.latest)
         record["config"]["interface_threshold"] = ck.model_config.interface_threshold
         record["config"]["tta"] = PredictConfig().tta
+        amp_dtype = autocast_dtype(device) if cfg.amp else None
+        record["config"]["precision"] = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
         predict_one = network_predictor(ck, device, min_size)
 
         t0 = time.perf_counter()

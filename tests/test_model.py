@@ -4,8 +4,10 @@ import torch
 from napari_lazylabels.core.model import (
     MODEL_SIZES,
     ModelConfig,
+    autocast_dtype,
     build_model,
     count_parameters,
+    cpu_bf16_supported,
     default_size,
 )
 
@@ -81,3 +83,25 @@ def test_config_round_trip():
     assert ModelConfig.from_dict(old).scale == 1.0
     with pytest.raises(ValueError, match="working scale"):
         ModelConfig(scale=0)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)],
+)
+def test_cpu_autocasts_to_bf16_only_where_the_cpu_has_it(monkeypatch, amx, avx512_bf16, expected):
+    """Emulated bf16 on an AVX2-only CPU trained 8x slower than float32: such CPUs stay float32."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert cpu_bf16_supported() is (expected is not None)
+    assert autocast_dtype(torch.device("cpu")) is expected
+
+
+def test_cpu_precision_probe_that_fails_means_float32(monkeypatch):
+    def broken():
+        raise RuntimeError("probe changed")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert not cpu_bf16_supported()
+    assert autocast_dtype(torch.device("cpu")) is None

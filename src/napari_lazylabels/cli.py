@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    t.add_argument("--no-amp", action="store_true", help="train in float32 (no bf16 autocast)")
+    t.add_argument("--no-amp", action="store_true",
+                   help="train in float32 (no bf16 autocast; autocast is used on CUDA and on CPUs with native bf16)")
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--validation", help="a dataset folder with exact masks to choose the best model")
     t.add_argument("--resume", help="checkpoint or model folder to continue from")

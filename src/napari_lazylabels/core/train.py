@@ -58,7 +58,8 @@ class TrainConfig:
             root of their frequency; see :func:`napari_lazylabels.core.losses.masked_cross_entropy`).
         label_mode: ``"ignore"`` (unannotated pixels are ignored) or ``"paper"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
-        amp: bf16 autocast where it helps (CUDA, CPU).
+        amp: bf16 autocast where it helps: CUDA, and CPUs with native bf16 (AMX or
+            AVX512-BF16); other CPUs train in float32 (:func:`model.autocast_dtype`).
         channels_last: channels-last memory format (faster with bf16 on CPU and GPU).
         augment: patch sampling and augmentation.
         val_fraction: share of images held out for validation when no validation set is given
@@ -407,6 +408,7 @@ def train_iter(
         for g in optimizer.param_groups:
             g["lr"] = cfg.learning_rate
     amp_dtype = autocast_dtype(device) if cfg.amp else None
+    precision = "float32" if amp_dtype is None else f"{str(amp_dtype).removeprefix('torch.')} autocast"
 
     def autocast():
         if amp_dtype is None:
@@ -414,8 +416,8 @@ def train_iter(
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
     log.info(
-        "Training %s (%s, %d parameters) on %s: %d train / %d validation images, tasks %s",
-        model_config.architecture, model_config.size, count_parameters(model), device,
+        "Training %s (%s, %d parameters) on %s in %s: %d train / %d validation images, tasks %s",
+        model_config.architecture, model_config.size, count_parameters(model), device, precision,
         len(prepared), len(val_samples), model_config.tasks,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -444,7 +446,7 @@ def train_iter(
 
     yield TrainEvent(
         "start", start_iteration, total, 0.0,
-        message=f"{device}, {model_config.size} model ({count_parameters(model):,} parameters), "
+        message=f"{device} ({precision}), {model_config.size} model ({count_parameters(model):,} parameters), "
         f"working scale {model_config.scale:g}",
     )
     it = 0
