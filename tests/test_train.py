@@ -244,3 +244,43 @@ def test_a_validation_set_of_its_own_leaves_every_labelled_image_for_training(tm
     own = fit(ds, tmp_path / "b", mc, cfg, validation=blobs(1, seed=3))
     saved = ck.load_checkpoint(own.latest).train_config
     assert len(saved["train_images"]) == 6 and len(saved["val_images"]) == 1
+
+
+def test_routed_forward_gives_the_full_forwards_loss():
+    """route_tasks drops only rows with no segmentation or separation label: same loss."""
+    from napari_lazylabels.core.losses import multitask_loss
+    from napari_lazylabels.core.model import build_model
+    from napari_lazylabels.core.train import _routed_forward
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), architecture="multitask")
+    model = build_model(cfg).eval()
+    x = torch.randn(4, 1, 32, 32)
+    targets = {t: torch.full((4, 32, 32), -1, dtype=torch.long) for t in cfg.tasks}
+    targets["detection"][:, :4] = 1
+    targets["segmentation"][0] = torch.randint(0, 2, (32, 32))
+    targets["separation"][2, 10:12] = 1
+    targets["separation"][2, 20:25] = 0
+    with torch.no_grad():
+        full_loss, full_parts = multitask_loss(model(x), targets, balance=("separation",))
+        outputs, cut = _routed_forward(model, x, targets)
+        loss, parts = multitask_loss(outputs, cut, balance=("separation",))
+    assert outputs["segmentation"].shape[0] == 2 and cut["separation"].shape[0] == 2
+    assert outputs["detection"].shape[0] == 4
+    torch.testing.assert_close(loss, full_loss)
+    assert parts == pytest.approx(full_parts)
+
+
+def test_routed_training_learns_synthetic_blobs(tmp_path):
+    torch.manual_seed(0)
+    ds = blobs(3)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(8, 16, 32), tasks=("detection", "segmentation"))
+    train = TrainConfig(iterations=120, route_tasks=True, **{**FAST, "batch_size": 8, "augment": {"patch_size": 48}})
+    fit(ds, tmp_path / "m", cfg, train)
+    test = blobs(1, seed=7)[0]
+    model, ckpt = ck.load_model(tmp_path / "m" / "latest.pt")
+    assert ckpt.train_config["route_tasks"] is True
+    pred = Predictor(model, ckpt.model_config, PredictConfig(device="cpu")).predict(test.image)
+    truth = test.image > 60
+    dice = 2 * (truth & (pred.classes > 0)).sum() / (truth.sum() + (pred.classes > 0).sum())
+    assert dice > 0.8, dice
