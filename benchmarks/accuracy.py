@@ -242,7 +242,6 @@ class Run:
     balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
     marks_seg: bool | None = None  # None: the product default (TrainConfig.marks_to_segmentation)
     balance_power: float | None = None  # None: the product default (TrainConfig.balance_power)
-    route: bool | None = None  # None: the product default (TrainConfig.route_tasks)
 
     @property
     def architecture(self) -> str:
@@ -262,8 +261,6 @@ class Run:
             extra += f"_mseg{int(self.marks_seg)}"
         if self.balance_power is not None:
             extra += f"_bp{self.balance_power:g}"
-        if self.route is not None:
-            extra += f"_route{int(self.route)}"
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -293,8 +290,7 @@ def runs_for(tier: str, args) -> list[Run]:
                                    args.scale, parse_augment(args.augment),
                                    None if args.balance is None else tuple(t for t in args.balance.split(",") if t),
                                    None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg),
-                                   args.balance_power,
-                                   None if args.route is None or arch != "multitask" else bool(args.route)))
+                                   args.balance_power))
     return list(dict.fromkeys(out))
 
 
@@ -484,8 +480,6 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             balance["marks_to_segmentation"] = run.marks_seg
         if run.balance_power is not None:
             balance["balance_power"] = run.balance_power
-        if run.route is not None:
-            balance["route_tasks"] = run.route
         cfg = TrainConfig(
             **balance,
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
@@ -702,8 +696,6 @@ def main(argv=None) -> int:
                     help="override TrainConfig.marks_to_segmentation (multitask-ignore; in the run id)")
     ap.add_argument("--balance", metavar="TASKS",
                     help="override TrainConfig.balance_classes: comma list of tasks, '' for none (in the run id)")
-    ap.add_argument("--route", type=int, choices=(0, 1),
-                    help="override TrainConfig.route_tasks (multi-task methods; in the run id)")
     ap.add_argument("--max-runs", type=int)
     ap.add_argument("--list", action="store_true", help="list the runs of the tier that have no record yet")
     ap.add_argument("--table", action="store_true", help=f"write {TABLE.relative_to(REPO)} from the records")

@@ -141,9 +141,7 @@ def test_train_options_reach_the_train_config():
 
     a = build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--marks-teach-segmentation"])
     assert isinstance(a, argparse.Namespace) and _train_config(a).marks_to_segmentation
-    default = _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"]))
-    assert not default.marks_to_segmentation and not default.route_tasks
-    assert _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--minutes", "1", "--route-tasks"])).route_tasks
+    assert not _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"])).marks_to_segmentation
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

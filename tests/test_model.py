@@ -105,23 +105,3 @@ def test_cpu_precision_probe_that_fails_means_float32(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert not cpu_bf16_supported()
     assert autocast_dtype(torch.device("cpu")) is None
-
-
-@pytest.mark.parametrize("subset", [[0, 2], [1], []])
-def test_multitask_subset_runs_segmentation_and_separation_on_those_rows_only(subset):
-    """Eval mode (BatchNorm fixed): the routed rows equal the full forward's rows exactly."""
-    cfg = ModelConfig(in_channels=1, n_classes=3, widths=(4, 8, 16), architecture="multitask")
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    x = torch.randn(3, 1, 40, 36)
-    with torch.no_grad():
-        full = model(x)
-        routed = model(x, subset=torch.tensor(subset, dtype=torch.long))
-    torch.testing.assert_close(routed["detection"], full["detection"])
-    if subset:
-        assert set(routed) == set(full)
-        for task in ("segmentation", "separation"):
-            assert routed[task].shape[0] == len(subset)
-            torch.testing.assert_close(routed[task], full[task][subset])
-    else:
-        assert set(routed) == {"detection"}

@@ -92,7 +92,6 @@ def _train_config(a: argparse.Namespace):
         lr_schedule=a.lr_schedule,
         task_weights={**base.task_weights, **weights},
         label_mode=a.label_mode, marks_to_segmentation=a.marks_teach_segmentation,
-        route_tasks=a.route_tasks,
         device=a.device,
         amp=not a.no_amp,
         val_every=a.val_every,
@@ -348,9 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore mode: the detection marks of images without exact masks also train the "
                    "segmentation head; helped with an exact mask on one image of five, unproven with "
                    "4-6 (docs/benchmarks.md)")
-    t.add_argument("--route-tasks", action="store_true",
-                   help="multi-task net: run the segmentation and separation paths only on the samples "
-                   "of a batch labelled for them (faster steps; accuracy not yet measured)")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
     t.add_argument("--batch-size", type=int, help="patches per step (default 16)")
     t.add_argument("--patch-size", type=int,

@@ -252,19 +252,12 @@ class MultiTaskBlock(nn.Module):
         self.residual = DoubleConv(cout, cout, slope)
         self.separation = DoubleConv(cin + cout, cout, slope) if separation else None
 
-    def forward(self, x, z, y, skip, same_xz: bool, subset: torch.Tensor | None = None):
-        """One level up. ``x`` (B, ...) detection path; ``z``, ``y`` the segmentation and
-        separation paths, of B rows, or of ``len(subset)`` rows when ``subset`` (indices into
-        the batch) restricts them to some samples (the first block takes them from ``x``)."""
+    def forward(self, x, z, y, skip, same_xz: bool):
         if same_xz:  # first block: x_0 == z_0 (both are the bottleneck), compute F once
-            x = self.shared(torch.cat([_up(x), skip], 1))
-            z = x if subset is None else x[subset]
-            if subset is not None:
-                y = y[subset]
+            x = z = self.shared(torch.cat([_up(x), skip], 1))
         else:  # run the shared weights on detection and segmentation as one batch
             b = x.shape[0]
-            skip_z = skip if subset is None else skip[subset]
-            xz = self.shared(torch.cat([_up(torch.cat([x, z], 0)), torch.cat([skip, skip_z], 0)], 1))
+            xz = self.shared(torch.cat([_up(torch.cat([x, z], 0)), torch.cat([skip, skip], 0)], 1))
             x, z = xz[:b], xz[b:]
         z = z + self.residual(z)
         if self.separation is not None:
@@ -306,33 +299,14 @@ class MultiTaskUNet(nn.Module):
             {t: nn.Conv2d(w[0], n_task_classes(t, config.n_classes), 1) for t in config.tasks}
         )
 
-    def forward(self, image: torch.Tensor, subset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Logits per task.
-
-        Args:
-            image: ``(B, in_channels, H, W)``.
-            subset: optional ``(K,)`` int64 indices of the samples whose segmentation and
-                separation outputs are wanted (training: those labelled for them). The
-                detection path runs on all B samples, the segmentation and separation paths on
-                these K only, and their outputs have K rows (none when K is 0). In eval mode
-                the K rows equal the full forward's rows; in training BatchNorm sees K samples
-                in those paths.
-        """
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x, (h, w) = _pad_to(image, self.config.divisor)
         feats = self.encoder(x)
-        if subset is not None and len(subset) == image.shape[0]:
-            subset = None
         det = seg = sep = feats[-1]
-        if subset is not None and len(subset) == 0:
-            for block, skip in zip(self.blocks, reversed(feats[:-1]), strict=True):
-                det = block.shared(torch.cat([_up(det), skip], 1))
-            tasks = [t for t in self.heads if t == DETECTION]
-        else:
-            for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]), strict=True)):
-                det, seg, sep = block(det, seg, sep, skip, same_xz=i == 0, subset=subset)
-            tasks = list(self.heads)
+        for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]), strict=True)):
+            det, seg, sep = block(det, seg, sep, skip, same_xz=i == 0)
         paths = {DETECTION: det, SEGMENTATION: seg, SEPARATION: sep}
-        return {t: self.heads[t](paths[t])[..., :h, :w] for t in tasks}
+        return {t: head(paths[t])[..., :h, :w] for t, head in self.heads.items()}
 
 
 class UNet(nn.Module):

@@ -80,12 +80,6 @@ class TrainConfig:
             0.70-0.72 where the default drifted to 0.48; with 4-6 exact-mask images single
             runs scored lower (DSB 0.855 vs 0.913; GlaS 0.737, the default's 3 seeds
             0.736-0.795), not yet told apart from run-to-run noise (docs/benchmarks.md).
-        route_tasks: multi-task net: run the segmentation and separation paths of a batch only
-            on the samples labelled for either (``MultiTaskUNet.forward(subset=)``); the loss
-            is the same sum over the same labelled pixels, only BatchNorm sees fewer samples in
-            those paths. With half of each batch from exact-mask images and few weak images
-            carrying interface scribbles (GlaS) a step costs about half to two thirds; off by
-            default until its accuracy is measured (benchmarks/accuracy.py ``--route 1``).
     """
 
     iterations: int | None = 1000
@@ -107,7 +101,6 @@ class TrainConfig:
     num_threads: int | None = None
     tune_instances: bool = True
     marks_to_segmentation: bool = False
-    route_tasks: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.time_budget is None:
@@ -323,22 +316,6 @@ def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelCo
     return replace(model_config, interface_threshold=threshold)
 
 
-def _routed_forward(model, image: torch.Tensor, targets: dict[str, torch.Tensor]):
-    """Forward pass with the segmentation and separation paths restricted to the samples
-    labelled for either; returns ``(outputs, targets)`` with those tasks' targets cut to the
-    same rows (see ``TrainConfig.route_tasks``)."""
-    routed = [t for t in (SEGMENTATION, SEPARATION) if t in targets]
-    if not routed:
-        return model(image), targets
-    labelled = torch.stack([(targets[t] >= 0).flatten(1).any(1) for t in routed]).any(0)
-    subset = labelled.nonzero().squeeze(1)
-    if len(subset) == image.shape[0]:
-        return model(image), targets
-    subset = subset.to(image.device)
-    cut = {t: (v[subset] if t in routed else v) for t, v in targets.items()}
-    return model(image, subset=subset), cut
-
-
 def train_iter(
     dataset: LazyDataset,
     out_dir: str | Path,
@@ -431,7 +408,6 @@ def train_iter(
         for g in optimizer.param_groups:
             g["lr"] = cfg.learning_rate
     amp_dtype = autocast_dtype(device) if cfg.amp else None
-    route = cfg.route_tasks and model_config.architecture == "multitask"
     precision = "float32" if amp_dtype is None else f"{str(amp_dtype).removeprefix('torch.')} autocast"
 
     def autocast():
@@ -499,10 +475,7 @@ def train_iter(
         image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
         with autocast():
-            if route:
-                outputs, targets = _routed_forward(model, image, targets)
-            else:
-                outputs = model(image)
+            outputs = model(image)
         loss, parts = multitask_loss(outputs, targets, cfg.task_weights, cfg.balance_classes, cfg.balance_power)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
