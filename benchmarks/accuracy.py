@@ -610,6 +610,20 @@ def variant(record: dict) -> str:
     return ", ".join([x for x in rest.split("_") if x] + old)
 
 
+def _trained_on(records: list[dict]) -> dict[tuple[str, str], int]:
+    """Network runs per (CPU or GPU, training precision). Records from before the precision
+    was recorded (2026-12-02 noon) trained under bf16 autocast, the default then everywhere."""
+    out: dict[tuple[str, str], int] = {}
+    for r in records:
+        if r["config"]["method"] == "random-forest":
+            continue
+        m = r.get("machine", {})
+        where = m.get("gpu") or m.get("cpu") or "unknown machine"
+        key = (where, r["config"].get("precision", "bfloat16"))
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 def write_table(results: Path, path: Path) -> str:
     records = load_records(results)
     lines = [
@@ -620,8 +634,8 @@ def write_table(results: Path, path: Path) -> str:
         "simulated lazy labels, methods, budgets) is described in `benchmarks/accuracy.py`.",
         "Cells: mean ± sample sd over seeds, and n = number of seeds (runs). Scores are on the "
         "held-out validation images against exact ground truth; the last iteration's model is "
-        "scored. Budgets are small (CPU: ~10 min per run), so the figures compare methods under "
-        "equal, short training, not converged accuracy.",
+        "scored. Budgets are short, fixed iteration counts (a run takes 20-60 min on 2 shared CPU "
+        "cores), so the figures compare methods under equal, short training, not converged accuracy.",
         "",
     ]
     if not records:
@@ -668,7 +682,8 @@ def write_table(results: Path, path: Path) -> str:
                         lines.append(f"| {name} | {it if it else '–'} | " + " | ".join(cells) + " |")
                 lines.append("")
             walls = [r["wall_time_s"] for r in rs]
-            lines.append(f"Wall time per run: {min(walls):.0f}-{max(walls):.0f} s.")
+            lines.append(f"Wall time per run: {min(walls):.0f}-{max(walls):.0f} s. Networks trained on: "
+                         + "; ".join(f"{m} ({p}): {n}" for (m, p), n in sorted(_trained_on(rs).items())) + ".")
             lines.append("")
     text = "\n".join(lines).rstrip() + "\n"
     io.atomic_write_bytes(path, text.encode())
