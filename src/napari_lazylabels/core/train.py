@@ -397,7 +397,7 @@ def train_iter(
     if cfg.marks_to_segmentation is None:
         cfg = replace(cfg, marks_to_segmentation=resolve_marks_to_segmentation(cfg, train_samples, model_config.tasks))
         if cfg.marks_to_segmentation:
-            log.info("Only one training image has an exact mask: detection marks also teach the "
+            log.info("At most one training image has an exact mask: detection marks also teach the "
                      "segmentation head (marks_to_segmentation auto).")
     prepared = [
         PreparedSample(
