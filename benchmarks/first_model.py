@@ -130,13 +130,16 @@ def main(argv=None) -> int:
 
     final = float(np.mean([c["dice"] for c in curve[-3:]]))
     first = next((c for c in curve if c["dice"] >= final - args.tolerance), None)
+    from accuracy import machine
+
     record = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "start": state.get("start"),
         "model_config": ck.model_config.to_dict(),
-        "train_config": cfg.to_dict(),
+        "train_config": ck.train_config,  # as resolved by training (auto settings filled in)
         "versions": versions(),
+        "machine": machine(),
         "iterations": res.iteration,
         "wall_s": round(wall, 1),
         "long_run_dice": round(final, 4),
