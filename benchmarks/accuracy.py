@@ -504,8 +504,6 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         ck = load_checkpoint(result.latest)
         record["config"]["interface_threshold"] = ck.model_config.interface_threshold
         record["config"]["tta"] = PredictConfig().tta
-        if arch == "multitask":  # resolved (auto: on with at most one exact-mask image)
-            record["config"]["marks_to_segmentation"] = bool(ck.train_config.get("marks_to_segmentation"))
         amp_dtype = autocast_dtype(device) if cfg.amp else None
         record["config"]["precision"] = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
         predict_one = network_predictor(ck, device, min_size)
@@ -603,11 +601,6 @@ def variant(record: dict) -> str:
         old.append("interface threshold 0.5, not tuned")  # trained before 2026-12-02 afternoon
     if c["method"] != "random-forest" and "tta" not in c:
         old.append("one orientation")  # scored before test-time augmentation (2026-12-02 evening)
-    if (c["method"] == "multitask-ignore" and "_mseg" not in record["run_id"]
-            and record["data"]["simulation"].get("n_strong", 2) <= 1):
-        # one exact-mask image: marks teach segmentation by default since 2026-12-02 noon
-        old.append("marks teach segmentation (auto)" if c.get("marks_to_segmentation")
-                   else "marks off: before the auto default")
     if c["method"] == "random-forest":
         return ", ".join(old)
     head = f"_p{c['patch_size']}"

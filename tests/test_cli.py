@@ -141,9 +141,7 @@ def test_train_options_reach_the_train_config():
 
     a = build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--marks-teach-segmentation"])
     assert isinstance(a, argparse.Namespace) and _train_config(a).marks_to_segmentation
-    assert _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"])).marks_to_segmentation is None
-    off = build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--no-marks-teach-segmentation"])
-    assert _train_config(off).marks_to_segmentation is False
+    assert not _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"])).marks_to_segmentation
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

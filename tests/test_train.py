@@ -244,23 +244,3 @@ def test_a_validation_set_of_its_own_leaves_every_labelled_image_for_training(tm
     own = fit(ds, tmp_path / "b", mc, cfg, validation=blobs(1, seed=3))
     saved = ck.load_checkpoint(own.latest).train_config
     assert len(saved["train_images"]) == 6 and len(saved["val_images"]) == 1
-
-
-def test_marks_teach_segmentation_by_default_only_with_a_single_exact_mask(tmp_path):
-    from dataclasses import replace
-
-    from napari_lazylabels.core.train import resolve_marks_to_segmentation
-
-    ds = blobs(3)  # one image with an exact mask
-    tasks = ("detection", "segmentation")
-    auto = TrainConfig(iterations=2, **FAST)
-    assert auto.marks_to_segmentation is None
-    assert resolve_marks_to_segmentation(auto, list(ds), tasks) is True
-    two = [ds[0], replace(ds[1], segmentation=ds[0].segmentation), ds[2]]
-    assert resolve_marks_to_segmentation(auto, two, tasks) is False
-    assert resolve_marks_to_segmentation(auto, list(ds), ("detection",)) is False
-    assert resolve_marks_to_segmentation(TrainConfig(iterations=2, label_mode="paper"), list(ds), tasks) is False
-    assert resolve_marks_to_segmentation(replace(auto, marks_to_segmentation=False), list(ds), tasks) is False
-    # the resolved choice is what training used and what the model remembers
-    fit(ds, tmp_path / "m", ModelConfig(in_channels=1, n_classes=2, **TINY), auto)
-    assert ck.load_checkpoint(tmp_path / "m" / "latest.pt").train_config["marks_to_segmentation"] is True

@@ -343,10 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "half a training patch")
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
     t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
-    t.add_argument("--marks-teach-segmentation", action=argparse.BooleanOptionalAction, default=None,
+    t.add_argument("--marks-teach-segmentation", action="store_true",
                    help="ignore mode: the detection marks of images without exact masks also train the "
-                   "segmentation head (default: on when at most one training image has exact masks; "
-                   "it kept a one-mask model from over-fitting, unproven with 4-6 masks: docs/benchmarks.md)")
+                   "segmentation head; helped with an exact mask on one image of five, unproven with "
+                   "4-6 (docs/benchmarks.md)")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
     t.add_argument("--batch-size", type=int, help="patches per step (default 16)")
     t.add_argument("--patch-size", type=int,

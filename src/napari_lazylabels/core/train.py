@@ -75,14 +75,11 @@ class TrainConfig:
             separation head) and save it with the model.
         marks_to_segmentation: ignore mode: images without exact masks teach the
             segmentation head with their detection marks too (unmarked pixels ignored; see
-            :func:`napari_lazylabels.core.labels.training_targets`). ``None`` (default) =
-            auto: on when at most one training image has exact masks, off otherwise
-            (:func:`resolve_marks_to_segmentation`; the resolved value is saved with the
-            model). Measured: with one exact mask among 5 images (the bundled sample) it kept
-            the held-out dice at 0.70-0.72 where training without it drifted to 0.48; with
-            4-6 exact-mask images single runs scored lower with it (DSB 0.855 vs 0.913; GlaS
-            0.737, the default's 3 seeds 0.736-0.795), not yet told apart from run-to-run
-            noise (docs/benchmarks.md).
+            :func:`napari_lazylabels.core.labels.training_targets`). Off by default: with one
+            exact mask among 5 images (the bundled sample) it kept the held-out dice at
+            0.70-0.72 where the default drifted to 0.48; with 4-6 exact-mask images single
+            runs scored lower (DSB 0.855 vs 0.913; GlaS 0.737, the default's 3 seeds
+            0.736-0.795), not yet told apart from run-to-run noise (docs/benchmarks.md).
     """
 
     iterations: int | None = 1000
@@ -103,7 +100,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     tune_instances: bool = True
-    marks_to_segmentation: bool | None = None
+    marks_to_segmentation: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.time_budget is None:
@@ -246,17 +243,6 @@ def infer_model_config(
     )
 
 
-def resolve_marks_to_segmentation(cfg: TrainConfig, train_samples, tasks) -> bool:
-    """``cfg.marks_to_segmentation``, with ``None`` (auto) resolved for the training images:
-    on in ignore mode when the model has a segmentation head and at most one training image
-    has an exact mask, so a single mask cannot be learned by heart."""
-    if cfg.marks_to_segmentation is not None:
-        return cfg.marks_to_segmentation
-    if cfg.label_mode != "ignore" or SEGMENTATION not in tasks:
-        return False
-    return sum(s.segmentation is not None for s in train_samples) <= 1
-
-
 def _split(dataset: LazyDataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     labelled = [s for s in dataset if s.tasks()]
     if len(labelled) < 5 or cfg.val_fraction <= 0:
@@ -394,11 +380,6 @@ def train_iter(
         log.info("No held-out images: validation scores the training images' own labels.")
     if not cfg.val_every:
         val_samples = []
-    if cfg.marks_to_segmentation is None:
-        cfg = replace(cfg, marks_to_segmentation=resolve_marks_to_segmentation(cfg, train_samples, model_config.tasks))
-        if cfg.marks_to_segmentation:
-            log.info("At most one training image has an exact mask: detection marks also teach the "
-                     "segmentation head (marks_to_segmentation auto).")
     prepared = [
         PreparedSample(
             s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks,
