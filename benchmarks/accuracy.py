@@ -82,6 +82,7 @@ from napari_lazylabels.core.model import (  # noqa: E402
     ModelConfig,
     autocast_dtype,
     cpu_bf16_supported,
+    precision_name,
     resolve_device,
 )
 from napari_lazylabels.core.predict import (  # noqa: E402
@@ -358,8 +359,8 @@ def machine() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    # bf16 autocast only where the CPU has it natively (model.autocast_dtype); records made on
-    # the AMX Xeon of 2026-12-01/02 trained in bf16, those on AVX2-only CPUs in float32.
+    # bf16 autocast only where the CPU has it natively (model.autocast_dtype) since 2026-12-02
+    # noon; records made before then trained in bf16 on every CPU (emulated where this is False).
     info["cpu_native_bf16"] = cpu_bf16_supported()
     return info
 
@@ -504,8 +505,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         ck = load_checkpoint(result.latest)
         record["config"]["interface_threshold"] = ck.model_config.interface_threshold
         record["config"]["tta"] = PredictConfig().tta
-        amp_dtype = autocast_dtype(device) if cfg.amp else None
-        record["config"]["precision"] = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+        record["config"]["precision"] = precision_name(autocast_dtype(device) if cfg.amp else None)
         predict_one = network_predictor(ck, device, min_size)
 
         t0 = time.perf_counter()

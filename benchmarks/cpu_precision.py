@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,12 +26,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from accuracy import machine  # noqa: E402
 from napari_lazylabels.core.model import (  # noqa: E402
     ModelConfig,
     autocast_dtype,
     build_model,
-    cpu_bf16_supported,
+    precision_name,
 )
 
 log = logging.getLogger("cpu_precision")
@@ -84,25 +85,19 @@ def main() -> int:
                 rows.append({"arch": arch, "bf16": bf16, "channels_last": cl, "step_s": round(s, 4)})
                 log.info("%-9s %-7s %-14s %.3f s/step", arch, "bf16" if bf16 else "float32",
                          "channels_last" if cl else "NCHW", s)
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    choice = precision_name(autocast_dtype(torch.device("cpu")))
     record = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
-        "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_bf16_supported(),
-        "library_choice": str(autocast_dtype(torch.device("cpu"))),  # "None": float32
-        "torch": torch.__version__, "threads": args.threads,
-        "load_average": list(os.getloadavg()), "size": args.size, "batch": args.batch, "patch": args.patch,
-        "rows": rows,
+        "machine": machine(),  # CPU name, cpu_native_bf16, threads, load average
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "library_choice": choice, "torch": torch.__version__, "threads": args.threads,
+        "size": args.size, "batch": args.batch, "patch": args.patch, "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:
         f.write(json.dumps(record) + "\n")
-    choice = autocast_dtype(torch.device("cpu"))
-    log.info("library choice on this CPU: %s; appended to %s",
-             "float32" if choice is None else f"{choice} autocast", args.out)
+    log.info("library choice on this CPU: %s; appended to %s", choice, args.out)
     return 0
 
 

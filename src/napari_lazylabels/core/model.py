@@ -203,6 +203,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"float32"`` for no autocast (:func:`autocast_dtype` gave ``None``), else the autocast
+    dtype's name, e.g. ``"bfloat16"``: for logs and records."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 # --------------------------------------------------------------------------- building blocks
 class ConvBlock(nn.Sequential):
     """3x3 convolution + BatchNorm + LeakyReLU: one grey block of the paper's Fig. 2."""

@@ -31,6 +31,7 @@ from .model import (
     build_model,
     count_parameters,
     default_size,
+    precision_name,
     resolve_device,
 )
 
@@ -408,7 +409,7 @@ def train_iter(
         for g in optimizer.param_groups:
             g["lr"] = cfg.learning_rate
     amp_dtype = autocast_dtype(device) if cfg.amp else None
-    precision = "float32" if amp_dtype is None else f"{str(amp_dtype).removeprefix('torch.')} autocast"
+    precision = precision_name(amp_dtype) + ("" if amp_dtype is None else " autocast")
 
     def autocast():
         if amp_dtype is None:
