@@ -77,6 +77,7 @@ from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E40
 from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config, versions  # noqa: E402
 from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
+from napari_lazylabels.core.labels import TASKS  # noqa: E402
 from napari_lazylabels.core.model import (  # noqa: E402
     CPU_DEFAULT_SIZE,
     ModelConfig,
@@ -243,6 +244,7 @@ class Run:
     balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
     marks_seg: bool | None = None  # None: the product default (TrainConfig.marks_to_segmentation)
     balance_power: float | None = None  # None: the product default (TrainConfig.balance_power)
+    task_weights: tuple[tuple[str, float], ...] = ()  # TrainConfig.task_weights overrides (multi-task)
 
     @property
     def architecture(self) -> str:
@@ -262,6 +264,7 @@ class Run:
             extra += f"_mseg{int(self.marks_seg)}"
         if self.balance_power is not None:
             extra += f"_bp{self.balance_power:g}"
+        extra += "".join(f"_w{k[:3]}{v:g}" for k, v in self.task_weights)
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -291,8 +294,20 @@ def runs_for(tier: str, args) -> list[Run]:
                                    args.scale, parse_augment(args.augment),
                                    None if args.balance is None else tuple(t for t in args.balance.split(",") if t),
                                    None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg),
-                                   args.balance_power))
+                                   args.balance_power,
+                                   parse_task_weights(args.task_weight) if arch == "multitask" else ()))
     return list(dict.fromkeys(out))
+
+
+def parse_task_weights(items: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """``["separation=0.1", ...]`` -> sorted ``(("separation", 0.1), ...)``, tasks checked."""
+    out = {}
+    for item in items or []:
+        task, _, value = item.partition("=")
+        if task not in TASKS or not value:
+            raise SystemExit(f"--task-weight takes TASK=W with TASK one of {TASKS}, got {item!r}")
+        out[task] = float(value)
+    return tuple(sorted(out.items()))
 
 
 def parse_augment(items: list[str] | None) -> tuple[tuple[str, float], ...]:
@@ -481,6 +496,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             balance["marks_to_segmentation"] = run.marks_seg
         if run.balance_power is not None:
             balance["balance_power"] = run.balance_power
+        if run.task_weights:
+            balance["task_weights"] = {**TrainConfig().task_weights, **dict(run.task_weights)}
         cfg = TrainConfig(
             **balance,
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
@@ -707,6 +724,8 @@ def main(argv=None) -> int:
                     help="override an AugmentConfig field for an experiment, e.g. color=0.1 (in the run id)")
     ap.add_argument("--balance-power", type=float,
                     help="override TrainConfig.balance_power (in the run id)")
+    ap.add_argument("--task-weight", action="append", metavar="TASK=W",
+                    help="override alpha_k of one task of the multi-task loss, e.g. separation=0.1 (in the run id)")
     ap.add_argument("--marks-seg", type=int, choices=(0, 1),
                     help="override TrainConfig.marks_to_segmentation (multitask-ignore; in the run id)")
     ap.add_argument("--balance", metavar="TASKS",
