@@ -117,6 +117,10 @@ FRACTIONS = (0.024, 0.047, 0.094, 1.0)
 # every strong fraction.
 FRACTION_FREE = ("unet-weak",)
 FRACTION_FREE_AT = 0.094
+# With exact masks on every image (100%) the pseudo-label set *is* the exact-mask set (GrabCut
+# runs only where an image has no mask; baselines.pseudo_label_dataset), so pseudo-labels would
+# repeat unet-strong's run step for step: its records serve that column.
+SAME_AS_AT_FULL = {"pseudo-labels": "unet-strong"}
 DATASETS = ("glas", "isbi", "dsb")
 
 # Iterations (batches of 16 patches) per (architecture, size): sized so that one run, training
@@ -284,6 +288,8 @@ def runs_for(tier: str, args) -> list[Run]:
             if method in FRACTION_FREE:
                 fractions = (FRACTION_FREE_AT,)
             for fraction in fractions:
+                if fraction == 1.0 and method in SAME_AS_AT_FULL:
+                    continue  # the run of SAME_AS_AT_FULL[method] stands for it
                 for seed in args.seed if args.seed is not None else t["seeds"]:
                     if method == "random-forest":
                         out.append(Run(dataset, method, fraction, seed, "-", 0, "cpu"))
@@ -686,16 +692,20 @@ def write_table(results: Path, path: Path) -> str:
                 lines.append("|---|---|" + "---|" * len(fracs))
                 for method in METHODS:
                     mrs = [r for r in rs if r["config"]["method"] == method]
+                    alias = [r for r in rs if r["config"]["method"] == SAME_AS_AT_FULL.get(method)
+                             and r["config"]["strong_fraction"] == 1.0]
                     for var, it in sorted({(variant(r), r["config"]["iterations"]) for r in mrs}):
                         cells = []
                         for f in fracs:
-                            vals = [r["metrics"].get(key) for r in mrs
+                            vals = [r["metrics"].get(key) for r in (alias if f == 1.0 and alias else mrs)
                                     if (method in FRACTION_FREE or r["config"]["strong_fraction"] == f)
                                     and r["config"]["iterations"] == it and variant(r) == var]
                             cells.append(_cell(vals) if vals else "")
                         name = method + (f" ({var})" if var else "")
                         if method in FRACTION_FREE:
                             name += " (no exact masks: one run serves every fraction)"
+                        if method in SAME_AS_AT_FULL and any(cells[i] for i, f in enumerate(fracs) if f == 1.0):
+                            name += f" (100%: {SAME_AS_AT_FULL[method]}'s run, the same training set)"
                         lines.append(f"| {name} | {it if it else '–'} | " + " | ".join(cells) + " |")
                 lines.append("")
             walls = [r["wall_time_s"] for r in rs]

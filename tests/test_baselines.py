@@ -25,6 +25,19 @@ def test_pseudo_labels_keep_exact_masks_and_grabcut_the_rest():
     assert 2 * (fg & truth).sum() / (fg.sum() + truth.sum()) > 0.8
 
 
+def test_pseudo_labels_with_every_mask_exact_are_the_strong_only_set(monkeypatch):
+    # The accuracy benchmark lets unet-strong's 100% run stand for pseudo-labels at 100%.
+    ds = blobs(3)
+    for s in ds:
+        s.segmentation = np.where(s.image > 60, 2, 1).astype(np.uint8)
+    monkeypatch.setattr(baselines, "refine", lambda *a, **k: pytest.fail("GrabCut ran on an exact-mask image"))
+    pl, strong = baselines.pseudo_label_dataset(ds), baselines.strong_only(ds)
+    assert [s.name for s in pl] == [s.name for s in strong] == ["b0", "b1", "b2"]
+    for a, b in zip(pl, strong, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.segmentation, b.segmentation)
+        assert a.detection is b.detection is None and a.separation is b.separation is None
+
+
 def test_random_forest_learns_scribbles():
     pytest.importorskip("sklearn")
     ds = blobs(2)
