@@ -144,6 +144,18 @@ def test_train_options_reach_the_train_config():
     assert not _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5"])).marks_to_segmentation
 
 
+def test_train_task_weights_are_checked(caplog):
+    from napari_lazylabels.cli import _train_config, build_parser
+
+    a = build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--task-weights", "separation=0.5"])
+    assert _train_config(a).task_weights["separation"] == 0.5
+    for bad, says in (("sep=0.5", "unknown tasks"), ("separation=half", "TASK=W pairs"), ("separation", "TASK=W pairs")):
+        with pytest.raises(ValueError, match=says):
+            _train_config(build_parser().parse_args(["train", "ds", "--out", "m", "--iterations", "5", "--task-weights", bad]))
+    assert main(["train", "ds", "--out", "m", "--iterations", "5", "--task-weights", "sep=0.5"]) == 2
+    assert "unknown tasks ['sep']" in caplog.text
+
+
 def test_demo_runs_end_to_end(tmp_path, capsys):
     """The README's main job, with a budget of a few seconds: trains on the bundled sample,
     predicts its held-out images with every predict default, and scores them."""

@@ -149,6 +149,12 @@ def test_balanced_classes_config_is_checked_and_saved(tmp_path):
     assert TrainConfig.from_dict(saved).balance_classes == ("segmentation",)
     with pytest.raises(ValueError, match="marks_to_segmentation needs label_mode 'ignore'"):
         TrainConfig(label_mode="paper", marks_to_segmentation=True)
+    with pytest.raises(ValueError, match=r"unknown tasks \['sep'\]"):
+        TrainConfig(task_weights={"sep": 0.5})
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        TrainConfig(task_weights={"separation": -1.0})
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        TrainConfig(task_weights={"separation": float("nan")})
 
 
 def test_training_learns_synthetic_blobs(tmp_path):

@@ -82,7 +82,13 @@ def _train_config(a: argparse.Namespace):
     weights = {}
     for item in a.task_weights or []:
         k, _, v = item.partition("=")
-        weights[k] = float(v)
+        try:
+            weights[k] = float(v)
+        except ValueError:
+            raise ValueError(
+                f"--task-weights takes TASK=W pairs such as separation=0.5 (tasks: detection, "
+                f"separation, segmentation), got {item!r}."
+            ) from None
     base = TrainConfig()
     return TrainConfig(
         iterations=a.iterations,

@@ -30,7 +30,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.labels import DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
+from ..core.labels import (
+    DEFAULT_TASK_WEIGHTS,
+    DETECTION,
+    LABEL_MODES,
+    SEGMENTATION,
+    SEPARATION,
+    TASKS,
+)
 from . import _layers
 from ._common import (
     LayerCombo,
@@ -179,8 +186,8 @@ class TrainWidget(QWidget):
             sp = QDoubleSpinBox()
             sp.setRange(0.0, 100.0)
             sp.setSingleStep(0.1)
-            sp.setValue(1.0)
-            sp.setToolTip(f"Weight of the {task} task in the loss")
+            sp.setValue(DEFAULT_TASK_WEIGHTS[task])
+            sp.setToolTip(f"Weight of the {task} task in the loss (alpha_k)")
             self.weights[task] = sp
             wrow.addWidget(QLabel(label))
             wrow.addWidget(sp)

@@ -39,6 +39,9 @@ DETECTION = "detection"
 SEPARATION = "separation"
 SEGMENTATION = "segmentation"
 TASKS: tuple[str, str, str] = (DETECTION, SEPARATION, SEGMENTATION)
+
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0}
+"""The product's alpha_k of eq. (5) (``TrainConfig.task_weights``, the Train widget's fields)."""
 """The three tasks, in the paper's order (task 1, 2, 3)."""
 
 UNLABELLED = 0

@@ -12,10 +12,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .labels import DETECTION, SEGMENTATION, SEPARATION
-
-DEFAULT_TASK_WEIGHTS: dict[str, float] = {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0}
-
 
 def masked_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, balance: bool = False, power: float = 1.0
@@ -76,7 +72,7 @@ def multitask_loss(
         ``(total loss, {task: float loss})`` - tasks without annotated pixels are left out
         of the dict.
     """
-    weights = {**DEFAULT_TASK_WEIGHTS, **(weights or {})}
+    weights = weights or {}
     total = None
     parts: dict[str, float] = {}
     for task, logits in outputs.items():

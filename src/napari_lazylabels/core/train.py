@@ -23,7 +23,7 @@ import torch
 from . import checkpoint as ckpt_mod
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
-from .labels import DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
+from .labels import DEFAULT_TASK_WEIGHTS, DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
 from .losses import multitask_loss
 from .model import (
     ModelConfig,
@@ -88,7 +88,7 @@ class TrainConfig:
     batch_size: int | None = None
     learning_rate: float = 2e-4
     lr_schedule: str = "constant"
-    task_weights: dict = field(default_factory=lambda: {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0})
+    task_weights: dict = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     balance_classes: tuple[str, ...] = (SEPARATION,)
     balance_power: float = 1.0
     label_mode: str = "ignore"
@@ -120,6 +120,12 @@ class TrainConfig:
             raise ValueError("lr_schedule must be 'constant' or 'cosine'.")
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        unknown = set(self.task_weights) - set(TASKS)
+        if unknown:
+            raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}; use some of {TASKS}.")
+        for task, w in self.task_weights.items():
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(f"The weight of task {task!r} must be a number >= 0, got {w!r}.")
         object.__setattr__(self, "balance_classes", tuple(self.balance_classes))
         unknown = set(self.balance_classes) - set(TASKS)
         if unknown:
