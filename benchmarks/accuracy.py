@@ -77,7 +77,7 @@ from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E40
 from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config, versions  # noqa: E402
 from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402
-from napari_lazylabels.core.labels import TASKS  # noqa: E402
+from napari_lazylabels.core.labels import DEFAULT_TASK_WEIGHTS, TASKS  # noqa: E402
 from napari_lazylabels.core.model import (  # noqa: E402
     CPU_DEFAULT_SIZE,
     ModelConfig,
@@ -248,7 +248,9 @@ class Run:
     balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
     marks_seg: bool | None = None  # None: the product default (TrainConfig.marks_to_segmentation)
     balance_power: float | None = None  # None: the product default (TrainConfig.balance_power)
-    task_weights: tuple[tuple[str, float], ...] = ()  # TrainConfig.task_weights overrides (multi-task)
+    # Multi-task alpha_k that differ from 1 (eq. 5 with every alpha = 1, the defaults until
+    # 2026-12-04): the product default's, then --task-weight overrides.
+    task_weights: tuple[tuple[str, float], ...] = ()
 
     @property
     def architecture(self) -> str:
@@ -301,19 +303,20 @@ def runs_for(tier: str, args) -> list[Run]:
                                    None if args.balance is None else tuple(t for t in args.balance.split(",") if t),
                                    None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg),
                                    args.balance_power,
-                                   parse_task_weights(args.task_weight) if arch == "multitask" else ()))
+                                   run_task_weights(args.task_weight) if arch == "multitask" else ()))
     return list(dict.fromkeys(out))
 
 
-def parse_task_weights(items: list[str] | None) -> tuple[tuple[str, float], ...]:
-    """``["separation=0.1", ...]`` -> sorted ``(("separation", 0.1), ...)``, tasks checked."""
-    out = {}
+def run_task_weights(items: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """The product's task weights with ``["separation=0.1", ...]`` overrides, as sorted
+    ``(("separation", 0.1), ...)`` pairs of the weights that are not 1 (tasks checked)."""
+    out = dict(DEFAULT_TASK_WEIGHTS)
     for item in items or []:
         task, _, value = item.partition("=")
         if task not in TASKS or not value:
             raise SystemExit(f"--task-weight takes TASK=W with TASK one of {TASKS}, got {item!r}")
         out[task] = float(value)
-    return tuple(sorted(out.items()))
+    return tuple(sorted((k, v) for k, v in out.items() if v != 1.0))
 
 
 def parse_augment(items: list[str] | None) -> tuple[tuple[str, float], ...]:
@@ -502,8 +505,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             balance["marks_to_segmentation"] = run.marks_seg
         if run.balance_power is not None:
             balance["balance_power"] = run.balance_power
-        if run.task_weights:
-            balance["task_weights"] = {**TrainConfig().task_weights, **dict(run.task_weights)}
+        if run.architecture == "multitask":
+            balance["task_weights"] = {**dict.fromkeys(TASKS, 1.0), **dict(run.task_weights)}
         cfg = TrainConfig(
             **balance,
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
@@ -630,7 +633,14 @@ def variant(record: dict) -> str:
     rid = record["run_id"]
     rest = rid[rid.index(head) + len(head):] if head in rid else ""
     rest = rest[: -len(f"_{c['device']}")] if rest.endswith(f"_{c['device']}") else rest
-    return ", ".join([x for x in rest.split("_") if x] + old)
+    tokens = [x for x in rest.split("_") if x]
+    if c["method"].startswith("multitask"):
+        # Weights are in the run id relative to 1; the table names them relative to the
+        # product default, so the default's rows stay unlabelled.
+        used = record.get("train", {}).get("train_config", {}).get("task_weights") or dict.fromkeys(TASKS, 1.0)
+        tokens = [x for x in tokens if not (x.startswith("w") and x[1:4] in {t[:3] for t in TASKS})]
+        tokens += [f"w{t[:3]}{used.get(t, 1.0):g}" for t in TASKS if used.get(t, 1.0) != DEFAULT_TASK_WEIGHTS[t]]
+    return ", ".join(tokens + old)
 
 
 def _trained_on(records: list[dict]) -> dict[tuple[str, str], int]:
