@@ -669,6 +669,10 @@ def write_table(results: Path, path: Path) -> str:
         "held-out validation images against exact ground truth; the last iteration's model is "
         "scored. Budgets are short, fixed iteration counts (a run takes 20-60 min on 2 shared CPU "
         "cores), so the figures compare methods under equal, short training, not converged accuracy.",
+        "Names in brackets are a run's departures from the product defaults, as in its run id: "
+        "`wsep0.1` = separation weight alpha_2 of 0.1 (`wdet`, `wseg` likewise), `balnone` = no "
+        "class-balanced loss, `mseg1` = marks teach segmentation, `colorX` / `msX` / `scX` / `bpX` = "
+        "colour jitter, exact-mask share of a batch, working scale, balance power.",
         "",
     ]
     if not records:
