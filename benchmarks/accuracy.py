@@ -248,8 +248,8 @@ class Run:
     balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
     marks_seg: bool | None = None  # None: the product default (TrainConfig.marks_to_segmentation)
     balance_power: float | None = None  # None: the product default (TrainConfig.balance_power)
-    # Multi-task alpha_k that differ from 1 (eq. 5 with every alpha = 1, the defaults until
-    # 2026-12-04): the product default's, then --task-weight overrides.
+    # Multi-task alpha_k that differ from 1 (eq. 5 with every alpha = 1 is the reference of
+    # the run ids): the product default's, then --task-weight overrides.
     task_weights: tuple[tuple[str, float], ...] = ()
 
     @property
