@@ -251,6 +251,7 @@ class Run:
     # Multi-task alpha_k that differ from 1 (eq. 5 with every alpha = 1 is the reference of
     # the run ids): the product default's, then --task-weight overrides.
     task_weights: tuple[tuple[str, float], ...] = ()
+    sep_feedback: float | None = None  # None: the product default (ModelConfig.separation_feedback)
 
     @property
     def architecture(self) -> str:
@@ -271,6 +272,8 @@ class Run:
         if self.balance_power is not None:
             extra += f"_bp{self.balance_power:g}"
         extra += "".join(f"_w{k[:3]}{v:g}" for k, v in self.task_weights)
+        if self.sep_feedback is not None:
+            extra += f"_sfb{self.sep_feedback:g}"
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -303,7 +306,8 @@ def runs_for(tier: str, args) -> list[Run]:
                                    None if args.balance is None else tuple(t for t in args.balance.split(",") if t),
                                    None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg),
                                    args.balance_power,
-                                   run_task_weights(args.task_weight) if arch == "multitask" else ()))
+                                   run_task_weights(args.task_weight) if arch == "multitask" else (),
+                                   args.sep_feedback if arch == "multitask" else None))
     return list(dict.fromkeys(out))
 
 
@@ -496,7 +500,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         train_ds, arch, mode = training_set(run, lazy, cache_key)
         timing["prepare_s"] = time.perf_counter() - t_start
         device = resolve_device(run.device)
-        model_config = infer_model_config(train_ds, device, run.size, architecture=arch, scale=run.scale)
+        more = {} if run.sep_feedback is None else {"separation_feedback": run.sep_feedback}
+        model_config = infer_model_config(train_ds, device, run.size, architecture=arch, scale=run.scale, **more)
         augment = dict(run.augment)
         if run.mask_share is not None:
             augment["mask_share"] = run.mask_share
@@ -671,7 +676,8 @@ def write_table(results: Path, path: Path) -> str:
         "cores), so the figures compare methods under equal, short training, not converged accuracy.",
         "Names in brackets are a run's departures from the product defaults, as in its run id: "
         "`wsep0.1` = separation weight alpha_2 of 0.1 (`wdet`, `wseg` likewise), `balnone` = no "
-        "class-balanced loss, `mseg1` = marks teach segmentation, `colorX` / `msX` / `scX` / `bpX` = "
+        "class-balanced loss, `mseg1` = marks teach segmentation, `sfbX` = share X of the separation "
+        "gradient that reaches the shared layers, `colorX` / `msX` / `scX` / `bpX` = "
         "colour jitter, exact-mask share of a batch, working scale, balance power.",
         "",
     ]
@@ -750,6 +756,8 @@ def main(argv=None) -> int:
                     help="override TrainConfig.balance_power (in the run id)")
     ap.add_argument("--task-weight", action="append", metavar="TASK=W",
                     help="override alpha_k of one task of the multi-task loss, e.g. separation=0.1 (in the run id)")
+    ap.add_argument("--sep-feedback", type=float,
+                    help="override ModelConfig.separation_feedback (multi-task; in the run id)")
     ap.add_argument("--marks-seg", type=int, choices=(0, 1),
                     help="override TrainConfig.marks_to_segmentation (multitask-ignore; in the run id)")
     ap.add_argument("--balance", metavar="TASKS",

@@ -85,6 +85,44 @@ def test_config_round_trip():
         ModelConfig(scale=0)
 
 
+def _grad_norms(model, loss):
+    model.zero_grad()
+    loss.backward()
+    def total(params):
+        return float(sum(p.grad.abs().sum() for p in params if p.grad is not None))
+    return (total(model.encoder.parameters()),
+            total(p for b in model.blocks for p in b.separation.parameters()))
+
+
+def test_separation_feedback_scales_only_the_gradient_into_the_shared_layers():
+    torch.manual_seed(0)
+    base = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8, 16))
+    image = torch.randn(2, 1, 32, 32)
+    nets = {}
+    for f in (1.0, 0.25, 0.0):
+        net = build_model(ModelConfig.from_dict({**base.to_dict(), "separation_feedback": f}))
+        if nets:
+            net.load_state_dict(nets[1.0].state_dict())
+        nets[f] = net.train()
+    outs = {f: net(image) for f, net in nets.items()}
+    for f in (0.25, 0.0):  # the forward pass, and so prediction, does not change
+        for task in outs[1.0]:
+            assert torch.equal(outs[f][task], outs[1.0][task])
+    grads = {f: _grad_norms(nets[f], outs[f]["separation"].square().mean()) for f in nets}
+    assert grads[1.0][0] > 0 and grads[0.0][0] == 0.0  # 0: no separation gradient in the encoder
+    assert grads[0.25][0] == pytest.approx(0.25 * grads[1.0][0], rel=1e-4)
+    for f in nets:  # the separation decoder itself learns at the full rate
+        assert grads[f][1] == pytest.approx(grads[1.0][1], rel=1e-5)
+    # detection/segmentation gradients are untouched
+    seg = {f: _grad_norms(nets[f], nets[f](image)["segmentation"].square().mean())[0] for f in nets}
+    assert seg[0.0] == pytest.approx(seg[1.0], rel=1e-5)
+    with pytest.raises(ValueError, match="separation_feedback"):
+        ModelConfig(separation_feedback=1.5)
+    # configs saved before the setting existed load as the paper's network
+    old = {k: v for k, v in base.to_dict().items() if k != "separation_feedback"}
+    assert ModelConfig.from_dict(old).separation_feedback == 1.0
+
+
 @pytest.mark.parametrize(
     ("amx", "avx512_bf16", "expected"),
     [(False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)],

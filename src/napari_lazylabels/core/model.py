@@ -71,6 +71,10 @@ class ModelConfig:
             training images with exact masks, chosen when training ends
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`); prediction uses
             it unless told otherwise. ``None``: not tuned (0.5 is used).
+        separation_feedback: how much of the separation loss's gradient reaches the
+            segmentation path and the bottleneck that feed the separation decoder (and
+            through them the shared layers): 1 is the paper's network, 0 trains the separation decoder on features it
+            cannot change. The forward pass, and so prediction, is the same for every value.
     """
 
     in_channels: int = 1
@@ -84,6 +88,7 @@ class ModelConfig:
     scale: float = 1.0
     object_diameter: float | None = None
     interface_threshold: float | None = None
+    separation_feedback: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,9 @@ class ModelConfig:
             object.__setattr__(self, "interface_threshold", float(self.interface_threshold))
             if not 0 < self.interface_threshold <= 1:
                 raise ValueError(f"interface_threshold is a probability in (0, 1], got {self.interface_threshold}.")
+        object.__setattr__(self, "separation_feedback", float(self.separation_feedback))
+        if not 0 <= self.separation_feedback <= 1:
+            raise ValueError(f"separation_feedback is a share of a gradient in [0, 1], got {self.separation_feedback}.")
         if not 0.0625 <= self.scale <= 4:
             raise ValueError(f"scale (the working scale) must be in [1/16, 4], got {self.scale}.")
         lo, hi = self.norm_percentiles
@@ -252,8 +260,10 @@ class Encoder(nn.Module):
 class MultiTaskBlock(nn.Module):
     """One multi-task block (eq. 6): shared ``F``, segmentation residual ``R``, separation ``G``."""
 
-    def __init__(self, cin: int, cskip: int, cout: int, slope: float, separation: bool) -> None:
+    def __init__(self, cin: int, cskip: int, cout: int, slope: float, separation: bool,
+                 separation_feedback: float = 1.0) -> None:
         super().__init__()
+        self.separation_feedback = separation_feedback
         self.shared = DoubleConv(cin + cskip, cout, slope)
         self.residual = DoubleConv(cout, cout, slope)
         self.separation = DoubleConv(cin + cout, cout, slope) if separation else None
@@ -267,8 +277,18 @@ class MultiTaskBlock(nn.Module):
             x, z = xz[:b], xz[b:]
         z = z + self.residual(z)
         if self.separation is not None:
-            y = self.separation(torch.cat([_up(y), z], 1))
+            y = self.separation(torch.cat([_up(y), scale_gradient(z, self.separation_feedback)], 1))
         return x, z, y
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged in the forward pass; its gradient multiplied by ``factor`` backwards."""
+    if factor == 1.0:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    d = x.detach()
+    return d + factor * (x - d)
 
 
 def _pad_to(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -299,7 +319,8 @@ class MultiTaskUNet(nn.Module):
         self.encoder = Encoder(config.in_channels, w, s)
         want_sep = SEPARATION in config.tasks
         self.blocks = nn.ModuleList(
-            MultiTaskBlock(w[i + 1], w[i], w[i], s, want_sep) for i in reversed(range(len(w) - 1))
+            MultiTaskBlock(w[i + 1], w[i], w[i], s, want_sep, config.separation_feedback)
+            for i in reversed(range(len(w) - 1))
         )
         self.heads = nn.ModuleDict(
             {t: nn.Conv2d(w[0], n_task_classes(t, config.n_classes), 1) for t in config.tasks}
@@ -308,7 +329,8 @@ class MultiTaskUNet(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x, (h, w) = _pad_to(image, self.config.divisor)
         feats = self.encoder(x)
-        det = seg = sep = feats[-1]
+        det = seg = feats[-1]
+        sep = scale_gradient(feats[-1], self.config.separation_feedback)  # G_0 also reads the bottleneck
         for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]), strict=True)):
             det, seg, sep = block(det, seg, sep, skip, same_xz=i == 0)
         paths = {DETECTION: det, SEGMENTATION: seg, SEPARATION: sep}
