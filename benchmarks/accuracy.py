@@ -252,6 +252,7 @@ class Run:
     # the run ids): the product default's, then --task-weight overrides.
     task_weights: tuple[tuple[str, float], ...] = ()
     sep_feedback: float | None = None  # None: the product default (ModelConfig.separation_feedback)
+    balance_smoothing: float | None = None  # None: the product default (TrainConfig.balance_smoothing)
 
     @property
     def architecture(self) -> str:
@@ -274,6 +275,8 @@ class Run:
         extra += "".join(f"_w{k[:3]}{v:g}" for k, v in self.task_weights)
         if self.sep_feedback is not None:
             extra += f"_sfb{self.sep_feedback:g}"
+        if self.balance_smoothing is not None:
+            extra += f"_bsm{self.balance_smoothing:g}"
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
     def path(self, results: Path) -> Path:
@@ -307,7 +310,8 @@ def runs_for(tier: str, args) -> list[Run]:
                                    None if args.marks_seg is None or method != "multitask-ignore" else bool(args.marks_seg),
                                    args.balance_power,
                                    run_task_weights(args.task_weight) if arch == "multitask" else (),
-                                   args.sep_feedback if arch == "multitask" else None))
+                                   args.sep_feedback if arch == "multitask" else None,
+                                   args.balance_smoothing))
     return list(dict.fromkeys(out))
 
 
@@ -510,6 +514,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             balance["marks_to_segmentation"] = run.marks_seg
         if run.balance_power is not None:
             balance["balance_power"] = run.balance_power
+        if run.balance_smoothing is not None:
+            balance["balance_smoothing"] = run.balance_smoothing
         if run.architecture == "multitask":
             balance["task_weights"] = {**dict.fromkeys(TASKS, 1.0), **dict(run.task_weights)}
         cfg = TrainConfig(
@@ -677,7 +683,8 @@ def write_table(results: Path, path: Path) -> str:
         "Names in brackets are a run's departures from the product defaults, as in its run id: "
         "`wsep0.1` = separation weight alpha_2 of 0.1 (`wdet`, `wseg` likewise), `balnone` = no "
         "class-balanced loss, `mseg1` = marks teach segmentation, `sfbX` = share X of the separation "
-        "gradient that reaches the shared layers, `colorX` / `msX` / `scX` / `bpX` = "
+        "gradient that reaches the shared layers, `bsmX` = balance smoothing X (a share of the "
+        "batch's labelled pixels added to each class's count), `colorX` / `msX` / `scX` / `bpX` = "
         "colour jitter, exact-mask share of a batch, working scale, balance power.",
         "",
     ]
@@ -754,6 +761,8 @@ def main(argv=None) -> int:
                     help="override an AugmentConfig field for an experiment, e.g. color=0.1 (in the run id)")
     ap.add_argument("--balance-power", type=float,
                     help="override TrainConfig.balance_power (in the run id)")
+    ap.add_argument("--balance-smoothing", type=float,
+                    help="override TrainConfig.balance_smoothing (in the run id)")
     ap.add_argument("--task-weight", action="append", metavar="TASK=W",
                     help="override alpha_k of one task of the multi-task loss, e.g. separation=0.1 (in the run id)")
     ap.add_argument("--sep-feedback", type=float,

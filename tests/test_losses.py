@@ -71,6 +71,10 @@ def test_balanced_cross_entropy_weighs_each_class_equally():
     assert abs(float(half) - (3 * ce0 + ce1) / 4) < 1e-6
     zero, _ = masked_cross_entropy(logits, target, balance=True, power=0.0)
     assert abs(float(zero) - float(plain)) < 1e-6  # power 0 is the plain mean
+    # smoothing 0.1 adds 0.1 * 10 = 1 pixel to each class's count: weights 1/10 and 1/2
+    smooth, _ = masked_cross_entropy(logits, target, balance=True, smoothing=0.1)
+    assert abs(float(smooth) - (9 * ce0 / 10 + ce1 / 2) / (9 / 10 + 1 / 2)) < 1e-6
+    assert abs(float(masked_cross_entropy(logits, target, balance=True, smoothing=0.0)[0]) - float(bal)) < 1e-7
     logits.requires_grad_(True)
     loss, _ = masked_cross_entropy(logits, target_ignored, balance=True)
     loss.backward()

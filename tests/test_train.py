@@ -147,6 +147,10 @@ def test_balanced_classes_config_is_checked_and_saved(tmp_path):
     res = fit(blobs(), tmp_path / "m", ModelConfig(in_channels=1, n_classes=2, **TINY), cfg)
     saved = ck.load_checkpoint(res.latest).train_config
     assert TrainConfig.from_dict(saved).balance_classes == ("segmentation",)
+    for bad in (-0.1, 1.0, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="balance_smoothing is a share"):
+            TrainConfig(balance_smoothing=bad)
+    assert TrainConfig.from_dict(TrainConfig(balance_smoothing=0.002).to_dict()).balance_smoothing == 0.002
     with pytest.raises(ValueError, match="marks_to_segmentation needs label_mode 'ignore'"):
         TrainConfig(label_mode="paper", marks_to_segmentation=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['sep'\]"):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, balance: bool = False, power: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, balance: bool = False, power: float = 1.0,
+    smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
     """Mean cross entropy over the pixels whose target is not ``-1``.
 
@@ -27,6 +28,12 @@ def masked_cross_entropy(
         power: with ``balance``, each pixel of class c weighs ``n_c ** -power`` (``n_c`` its
             pixels in the batch), normalised: 1 = every class equally (the default), 0.5
             = halfway in log scale (inverse square root of the frequency), 0 = plain mean.
+        smoothing: with ``balance``, ``smoothing * n`` pixels (``n`` the batch's labelled
+            pixels) are added to every present class's count before it is weighed: a class
+            with many more pixels than that still weighs as much as the others, one with a
+            handful of pixels weighs about as much as its pixels share of that count. Without
+            it, 7 interface pixels in a batch of 127,000 labelled ones (GlaS, where 80% of
+            the batches have none) carry half the term; 0 = no smoothing.
 
     Returns:
         ``(loss, n_pixels)``; the loss is ``0`` (with a gradient path) when no pixel counts.
@@ -44,7 +51,8 @@ def masked_cross_entropy(
     counts = torch.bincount(t, minlength=k)
     sums = torch.zeros(k, dtype=v.dtype, device=v.device).index_add_(0, t, v)
     present = counts > 0
-    w = counts[present].to(v.dtype) ** -power  # power 1: every class's mean weighs the same
+    # power 1 and no smoothing: every class's mean weighs the same
+    w = (counts[present].to(v.dtype) + smoothing * n) ** -power
     return (w * sums[present]).sum() / (w * counts[present]).sum(), n
 
 
@@ -54,6 +62,7 @@ def multitask_loss(
     weights: Mapping[str, float] | None = None,
     balance: tuple[str, ...] = (),
     balance_power: float = 1.0,
+    balance_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. (5): ``sum_k alpha_k * CE_k`` over the tasks that have outputs and targets.
 
@@ -67,6 +76,7 @@ def multitask_loss(
         weights: ``{task: alpha_k}``; missing tasks weigh 1.
         balance: tasks whose term weighs each class equally (see :func:`masked_cross_entropy`).
         balance_power: how strongly (see ``power`` of :func:`masked_cross_entropy`).
+        balance_smoothing: see ``smoothing`` of :func:`masked_cross_entropy`.
 
     Returns:
         ``(total loss, {task: float loss})`` - tasks without annotated pixels are left out
@@ -79,7 +89,8 @@ def multitask_loss(
         target = targets.get(task)
         if target is None:
             continue
-        loss, n = masked_cross_entropy(logits, target, balance=task in balance, power=balance_power)
+        loss, n = masked_cross_entropy(logits, target, balance=task in balance, power=balance_power,
+                                       smoothing=balance_smoothing)
         term = weights.get(task, 1.0) * loss
         total = term if total is None else total + term
         if n:

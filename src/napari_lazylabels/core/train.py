@@ -57,6 +57,10 @@ class TrainConfig:
         balance_power: how strongly balanced tasks are balanced: a pixel of class c weighs
             ``n_c ** -balance_power`` (1: classes weigh equally; 0.5: by the inverse square
             root of their frequency; see :func:`napari_lazylabels.core.losses.masked_cross_entropy`).
+        balance_smoothing: balanced tasks add this share of a batch's labelled pixels to
+            every class's count before weighing it, so a class with only a handful of pixels
+            in a batch does not carry half the term (see
+            :func:`napari_lazylabels.core.losses.masked_cross_entropy`); 0 = none.
         label_mode: ``"ignore"`` (unannotated pixels are ignored) or ``"paper"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         amp: bf16 autocast where it helps: CUDA, and CPUs with native bf16 (AMX or
@@ -91,6 +95,7 @@ class TrainConfig:
     task_weights: dict = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     balance_classes: tuple[str, ...] = (SEPARATION,)
     balance_power: float = 1.0
+    balance_smoothing: float = 0.0
     label_mode: str = "ignore"
     device: str = "auto"
     amp: bool = True
@@ -132,6 +137,10 @@ class TrainConfig:
             raise ValueError(f"balance_classes names unknown tasks {sorted(unknown)}; use some of {TASKS}.")
         if not 0 <= self.balance_power <= 1:
             raise ValueError(f"balance_power must lie in [0, 1] (1: classes weigh equally), got {self.balance_power}.")
+        if not (isinstance(self.balance_smoothing, (int, float)) and 0 <= self.balance_smoothing < 1):
+            raise ValueError(
+                f"balance_smoothing is a share of a batch's labelled pixels in [0, 1), got {self.balance_smoothing!r}."
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -483,7 +492,9 @@ def train_iter(
         targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
         with autocast():
             outputs = model(image)
-        loss, parts = multitask_loss(outputs, targets, cfg.task_weights, cfg.balance_classes, cfg.balance_power)
+        loss, parts = multitask_loss(
+            outputs, targets, cfg.task_weights, cfg.balance_classes, cfg.balance_power, cfg.balance_smoothing
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
