@@ -143,3 +143,53 @@ def test_cpu_precision_probe_that_fails_means_float32(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert not cpu_bf16_supported()
     assert autocast_dtype(torch.device("cpu")) is None
+
+
+def _count_convs(model, x, tasks=None):
+    """Output and the feature maps that 3x3 convolutions computed (batch rows, summed)."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(o.shape[0])) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    try:
+        with torch.no_grad():
+            out = model(x) if tasks is None else model(x, tasks)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, sum(calls)
+
+
+def test_forward_computes_only_the_heads_asked_for():
+    """In eval mode a subset of heads gives the same logits as the full pass, and skips the
+    paths the others need: without detection the shared decoder runs on one path, without
+    separation its decoder does not run."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=3, widths=(4, 8, 16))
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode is not identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 1, 40, 56)
+    full, n_full = _count_convs(model, x)
+    for tasks in [("segmentation",), ("segmentation", "separation"), ("detection",), ("separation",),
+                  ("detection", "segmentation")]:
+        out, n = _count_convs(model, x, tasks)
+        assert set(out) == set(tasks)
+        for t in tasks:
+            torch.testing.assert_close(out[t], full[t], rtol=1e-5, atol=1e-5)
+        assert n < n_full or set(tasks) == set(cfg.tasks)
+    # batch of 3: encoder 3 levels x 2 convs; decoder levels of F (2 convs, on both paths
+    # but in the first block), R (2) and G (2)
+    assert n_full == 3 * (6 + (2 + 2 + 2) + (4 + 2 + 2))
+    assert _count_convs(model, x, ("segmentation", "separation"))[1] == 3 * (6 + 6 + 6)
+    assert _count_convs(model, x, ("segmentation",))[1] == 3 * (6 + 4 + 4)
+    assert _count_convs(model, x, ("detection",))[1] == 3 * (6 + 2 + 2)
+    with pytest.raises(ValueError, match="asked for"):
+        model(x, ("interfaces",))
+    unet = build_model(ModelConfig(in_channels=1, n_classes=3, widths=(4, 8), architecture="unet",
+                                   tasks=("segmentation",))).eval()
+    assert set(unet(x, ("segmentation",))) == {"segmentation"}
+    with pytest.raises(ValueError, match="asked for"):
+        unet(x, ("separation",))

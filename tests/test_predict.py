@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -632,3 +635,36 @@ def test_tta_must_be_a_number_of_orientations():
     for bad in (0, 3, 16):
         with pytest.raises(ValueError, match="orientations"):
             PredictConfig(tta=bad)
+
+
+def test_predictor_runs_the_separation_path_once_per_tile_batch(multitask):
+    """With 4 orientations the class map is averaged over all four, the interface map comes
+    from the first: the separation decoder runs once per batch of tiles, not four times, and
+    the maps equal those of a predictor that runs the whole network every time."""
+    model, cfg = multitask
+    runs = []
+    hooks = [b.separation.register_forward_hook(lambda *a: runs.append(1)) for b in model.blocks]
+
+    class Whole(torch.nn.Module):  # no `tasks` argument: the predictor calls it plainly
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    image = np.random.default_rng(0).random((100, 90)).astype(np.float32)
+    pc = replace(FAST, tta=4)
+    try:
+        pred = Predictor(model, cfg, pc).predict(image)
+        n_fast = len(runs)
+        runs.clear()
+        whole = Predictor(Whole(model), cfg, pc).predict(image)
+        n_whole = len(runs)
+    finally:
+        for h in hooks:
+            h.remove()
+    n_batches = math.ceil(len(tile_starts(100, 64, 0.25)) * len(tile_starts(90, 64, 0.25)) / pc.batch_size)
+    assert n_fast == n_batches * len(model.blocks) and n_whole == 4 * n_fast
+    np.testing.assert_allclose(pred.probabilities, whole.probabilities, atol=1e-5)
+    np.testing.assert_allclose(pred.interfaces, whole.interfaces, atol=1e-5)

@@ -18,6 +18,7 @@ softmax is applied by the loss and by prediction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -268,15 +269,27 @@ class MultiTaskBlock(nn.Module):
         self.residual = DoubleConv(cout, cout, slope)
         self.separation = DoubleConv(cin + cout, cout, slope) if separation else None
 
-    def forward(self, x, z, y, skip, same_xz: bool):
-        if same_xz:  # first block: x_0 == z_0 (both are the bottleneck), compute F once
-            x = z = self.shared(torch.cat([_up(x), skip], 1))
-        else:  # run the shared weights on detection and segmentation as one batch
+    def forward(self, x, z, y, skip, first: bool):
+        """One block on the paths that are not ``None`` (``y`` needs ``z``).
+
+        In the ``first`` block ``x`` and ``z`` are the same bottleneck (``x_0 = z_0``), so
+        ``F`` runs once for both; later ``F`` runs on ``x`` and ``z`` as one batch.
+        """
+        if first:
+            xz = self.shared(torch.cat([_up(x if x is not None else z), skip], 1))
+            x = xz if x is not None else None
+            z = xz if z is not None else None
+        elif x is not None and z is not None:
             b = x.shape[0]
             xz = self.shared(torch.cat([_up(torch.cat([x, z], 0)), torch.cat([skip, skip], 0)], 1))
             x, z = xz[:b], xz[b:]
-        z = z + self.residual(z)
-        if self.separation is not None:
+        elif x is not None:
+            x = self.shared(torch.cat([_up(x), skip], 1))
+        else:
+            z = self.shared(torch.cat([_up(z), skip], 1))
+        if z is not None:
+            z = z + self.residual(z)
+        if y is not None:
             y = self.separation(torch.cat([_up(y), scale_gradient(z, self.separation_feedback)], 1))
         return x, z, y
 
@@ -326,15 +339,32 @@ class MultiTaskUNet(nn.Module):
             {t: nn.Conv2d(w[0], n_task_classes(t, config.n_classes), 1) for t in config.tasks}
         )
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, tasks: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """Logits of every task, or of ``tasks`` only.
+
+        Only the paths those heads need are computed: without detection the shared decoder
+        runs on the segmentation path alone, without separation its decoder is skipped
+        (segmentation runs whenever separation is asked for, which it feeds). In eval mode the
+        outputs asked for equal those of the full forward pass; in training mode BatchNorm's
+        batch statistics of the shared decoder then come from fewer paths.
+        """
+        want = self.config.tasks if tasks is None else tuple(tasks)
+        unknown = set(want) - set(self.heads)
+        if unknown or not want:
+            raise ValueError(f"This model predicts {list(self.heads)}; asked for {sorted(set(want))}.")
         x, (h, w) = _pad_to(image, self.config.divisor)
         feats = self.encoder(x)
-        det = seg = feats[-1]
-        sep = scale_gradient(feats[-1], self.config.separation_feedback)  # G_0 also reads the bottleneck
+        bottleneck = feats[-1]
+        det = bottleneck if DETECTION in want else None
+        seg = bottleneck if SEGMENTATION in want or SEPARATION in want else None
+        sep = (
+            scale_gradient(bottleneck, self.config.separation_feedback)  # G_0 also reads the bottleneck
+            if SEPARATION in want else None
+        )
         for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]), strict=True)):
-            det, seg, sep = block(det, seg, sep, skip, same_xz=i == 0)
+            det, seg, sep = block(det, seg, sep, skip, first=i == 0)
         paths = {DETECTION: det, SEGMENTATION: seg, SEPARATION: sep}
-        return {t: head(paths[t])[..., :h, :w] for t, head in self.heads.items()}
+        return {t: self.heads[t](paths[t])[..., :h, :w] for t in self.heads if t in want}
 
 
 class UNet(nn.Module):
@@ -356,7 +386,10 @@ class UNet(nn.Module):
         self.task = task
         self.head = nn.Conv2d(w[0], n_task_classes(task, config.n_classes), 1)
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, tasks: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """Logits of the model's one task (``tasks``, if given, must name it)."""
+        if tasks is not None and set(tasks) != {self.task}:
+            raise ValueError(f"This model predicts ['{self.task}']; asked for {sorted(set(tasks))}.")
         x, (h, w) = _pad_to(image, self.config.divisor)
         feats = self.encoder(x)
         x = feats[-1]

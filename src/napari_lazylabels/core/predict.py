@@ -25,6 +25,7 @@ instance map (4 bytes per pixel) and the temporaries of :func:`instances_from_pr
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -839,6 +840,8 @@ class Predictor:
         self.has_detection = (
             predict_config.keep_detection and DETECTION in tasks and self.main_task != DETECTION
         )
+        # Our networks compute only the heads asked for; any other module gets the plain call.
+        self._selects_heads = "tasks" in inspect.signature(self.model.forward).parameters
 
     # ------------------------------------------------------------------ network
     @property
@@ -865,6 +868,17 @@ class Predictor:
             "neck_depth": pc.neck_depth,
             "seed_probability": pc.seed_probability,
         }
+
+    def _heads(self, first: bool) -> tuple[str, ...]:
+        """The heads one orientation needs: the class map's, the detection head's if kept, and
+        the separation head's in the first orientation only (interfaces are not averaged), so
+        the network skips the paths of the others."""
+        heads = [self.main_task]
+        if self.has_detection:
+            heads.append(DETECTION)
+        if self.has_interfaces and first:
+            heads.append(SEPARATION)
+        return tuple(heads)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Probabilities for a batch of normalised tiles.
@@ -894,7 +908,7 @@ class Predictor:
                 if k and self.predict_config.channels_last:
                     xk = xk.contiguous(memory_format=torch.channels_last)
                 with amp:
-                    logits = self.model(xk)
+                    logits = self.model(xk, self._heads(first=k == 0)) if self._selects_heads else self.model(xk)
                 probs = {PROBABILITIES: torch.softmax(logits[self.main_task].float(), 1)}
                 if self.has_interfaces and k == 0:
                     probs[INTERFACES] = torch.softmax(logits[SEPARATION].float(), 1)[:, 1:2]

@@ -1,0 +1,105 @@
+"""Prediction throughput with and without head selection (not a test).
+
+:class:`napari_lazylabels.core.predict.Predictor` asks the multi-task network for the heads
+each orientation needs (the class map's in every orientation, the separation head's in the
+first only), so the network skips the detection path and, in the later orientations, the
+separation decoder. This times ``Predictor.predict`` (normalise, Gaussian-blended tiles,
+argmax and instances) against the same predictor whose network is wrapped to run every head
+every time (the behaviour before), interleaved, medians of ``--reps`` timed calls after one
+warm-up; both give the same maps (checked). Appends one JSON record to
+``benchmarks/results/speed/predict-heads.jsonl``.
+
+    OMP_NUM_THREADS=2 python benchmarks/predict_heads.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from accuracy import machine  # noqa: E402
+from napari_lazylabels.core.model import ModelConfig, build_model, precision_name  # noqa: E402
+from napari_lazylabels.core.predict import PredictConfig, Predictor  # noqa: E402
+
+log = logging.getLogger("predict_heads")
+OUT = REPO / "benchmarks" / "results" / "speed" / "predict-heads.jsonl"
+
+
+class EveryHead(torch.nn.Module):
+    """The network called without ``tasks``: every head, every orientation."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.inner(x)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="tiny,small")
+    ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--tta", default="4,1", help="orientations to time (PredictConfig.tta; default 4)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    image = (rng.random((args.side, args.side, 3)) * 255).astype(np.uint8)
+    rows = []
+    for size in args.sizes.split(","):
+        torch.manual_seed(0)
+        cfg = ModelConfig.named(size, in_channels=3, n_classes=2)
+        model = build_model(cfg).eval()
+        for tta in (int(t) for t in args.tta.split(",")):
+            pc = replace(PredictConfig(device="cpu"), tta=tta)
+            fast, whole = Predictor(model, cfg, pc), Predictor(EveryHead(model), cfg, pc)
+            a, b = fast.predict(image), whole.predict(image)  # warm-up, and the same maps?
+            diff = max(float(np.abs(a.probabilities - b.probabilities).max()),
+                       float(np.abs(a.interfaces - b.interfaces).max()))
+            times: dict[str, list[float]] = {"heads asked for": [], "every head": []}
+            for rep in range(args.reps):
+                order = [("heads asked for", fast), ("every head", whole)]
+                for name, pr in order if rep % 2 == 0 else order[::-1]:
+                    t0 = time.perf_counter()
+                    pr.predict(image)
+                    times[name].append(time.perf_counter() - t0)
+            mp = args.side**2 / 1e6
+            row = {"size": size, "tta": tta, "side": args.side, "precision": precision_name(fast.amp_dtype),
+                   "tile": pc.tile, "overlap": pc.overlap, "batch": pc.batch_size, "max_abs_diff": diff,
+                   "seconds": {k: statistics.median(v) for k, v in times.items()}, "seconds_all": times}
+            row["mp_per_s"] = {k: mp / v for k, v in row["seconds"].items()}
+            row["speedup"] = row["seconds"]["every head"] / row["seconds"]["heads asked for"]
+            log.info("%s tta %d %d^2: heads asked for %.3f MP/s, every head %.3f MP/s, %.2fx (max |diff| %.2g)",
+                     size, tta, args.side, row["mp_per_s"]["heads asked for"], row["mp_per_s"]["every head"],
+                     row["speedup"], diff)
+            rows.append(row)
+    record = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": "python benchmarks/predict_heads.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": machine(), "torch": torch.__version__, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    log.info("record appended to %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
