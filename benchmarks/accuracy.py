@@ -252,7 +252,9 @@ class Run:
     # the run ids): the product default's, then --task-weight overrides.
     task_weights: tuple[tuple[str, float], ...] = ()
     sep_feedback: float | None = None  # None: the product default (ModelConfig.separation_feedback)
-    balance_smoothing: float | None = None  # None: the product default (TrainConfig.balance_smoothing)
+    # Multi-task balance smoothing, resolved (the product default unless --balance-smoothing);
+    # in the run id when not 0 (the runs before it existed had 0), like the task weights.
+    balance_smoothing: float = 0.0
 
     @property
     def architecture(self) -> str:
@@ -275,7 +277,7 @@ class Run:
         extra += "".join(f"_w{k[:3]}{v:g}" for k, v in self.task_weights)
         if self.sep_feedback is not None:
             extra += f"_sfb{self.sep_feedback:g}"
-        if self.balance_smoothing is not None:
+        if self.balance_smoothing:
             extra += f"_bsm{self.balance_smoothing:g}"
         return f"{self.method}_f{self.fraction:g}_s{self.seed}_{self.size}_it{self.iterations}_p{patch}{extra}_{self.device}"
 
@@ -311,8 +313,13 @@ def runs_for(tier: str, args) -> list[Run]:
                                    args.balance_power,
                                    run_task_weights(args.task_weight) if arch == "multitask" else (),
                                    args.sep_feedback if arch == "multitask" else None,
-                                   args.balance_smoothing))
+                                   run_balance_smoothing(args.balance_smoothing) if arch == "multitask" else 0.0))
     return list(dict.fromkeys(out))
+
+
+def run_balance_smoothing(value: float | None) -> float:
+    """The multi-task runs' balance smoothing: ``--balance-smoothing`` or the product default."""
+    return TrainConfig().balance_smoothing if value is None else float(value)
 
 
 def run_task_weights(items: list[str] | None) -> tuple[tuple[str, float], ...]:
@@ -514,7 +521,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             balance["marks_to_segmentation"] = run.marks_seg
         if run.balance_power is not None:
             balance["balance_power"] = run.balance_power
-        if run.balance_smoothing is not None:
+        if run.architecture == "multitask":
             balance["balance_smoothing"] = run.balance_smoothing
         if run.architecture == "multitask":
             balance["task_weights"] = {**dict.fromkeys(TASKS, 1.0), **dict(run.task_weights)}
@@ -651,6 +658,11 @@ def variant(record: dict) -> str:
         used = record.get("train", {}).get("train_config", {}).get("task_weights") or dict.fromkeys(TASKS, 1.0)
         tokens = [x for x in tokens if not (x.startswith("w") and x[1:4] in {t[:3] for t in TASKS})]
         tokens += [f"w{t[:3]}{used.get(t, 1.0):g}" for t in TASKS if used.get(t, 1.0) != DEFAULT_TASK_WEIGHTS[t]]
+        # balance smoothing likewise (records without it trained with 0)
+        smoothing = record.get("train", {}).get("train_config", {}).get("balance_smoothing", 0.0)
+        tokens = [x for x in tokens if not x.startswith("bsm")]
+        if smoothing != TrainConfig().balance_smoothing:
+            tokens.append(f"bsm{smoothing:g}")
     return ", ".join(tokens + old)
 
 

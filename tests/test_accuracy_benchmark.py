@@ -1,0 +1,48 @@
+"""Run ids and table labels of benchmarks/accuracy.py: a change of product default must give
+new run ids instead of colliding with the records made under the old one."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from napari_lazylabels.core.train import TrainConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy_bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(run, smoothing=None):
+    tc = {} if smoothing is None else {"balance_smoothing": smoothing}
+    return {"run_id": run.run_id, "train": {"train_config": tc},
+            "config": {"method": run.method, "patch_size": 128, "device": "cpu", "min_object_size": 16,
+                       "interface_threshold": 0.5, "tta": 4}}
+
+
+def test_balance_smoothing_in_run_ids_and_labels(accuracy):
+    Run = accuracy.Run
+    plain = Run("glas", "multitask-ignore", 0.094, 0, "tiny", 1700, "cpu", balance_smoothing=0.0)
+    smooth = Run("glas", "multitask-ignore", 0.094, 0, "tiny", 1700, "cpu", balance_smoothing=0.001)
+    assert "bsm" not in plain.run_id and plain.run_id.endswith("_p128_cpu")
+    assert smooth.run_id.endswith("_p128_bsm0.001_cpu")
+    default = TrainConfig().balance_smoothing
+    assert accuracy.run_balance_smoothing(None) == default and accuracy.run_balance_smoothing(0) == 0.0
+    # labels name the departure from the product default; records without the field had 0
+    assert accuracy.variant(_record(smooth, 0.001)) == ("" if default == 0.001 else "bsm0.001")
+    assert accuracy.variant(_record(plain)) == ("" if default == 0.0 else "bsm0")
+    # single-task U-nets have no balanced task: no smoothing in their run ids
+    args = accuracy.argparse.Namespace(
+        dataset=["glas"], method=["unet-strong", "multitask-ignore"], fraction=[0.094], seed=[0], size=None,
+        device=None, iterations=None, mask_share=None, scale=None, augment=None, balance=None,
+        marks_seg=None, balance_power=None, task_weight=None, sep_feedback=None, balance_smoothing=0.002)
+    ids = {r.method: r.run_id for r in accuracy.runs_for("full", args)}
+    assert "bsm" not in ids["unet-strong"] and "_bsm0.002_" in ids["multitask-ignore"]
