@@ -659,9 +659,11 @@ def variant(record: dict) -> str:
         tokens = [x for x in tokens if not (x.startswith("w") and x[1:4] in {t[:3] for t in TASKS})]
         tokens += [f"w{t[:3]}{used.get(t, 1.0):g}" for t in TASKS if used.get(t, 1.0) != DEFAULT_TASK_WEIGHTS[t]]
         # balance smoothing likewise (records without it trained with 0)
-        smoothing = record.get("train", {}).get("train_config", {}).get("balance_smoothing", 0.0)
+        tc = record.get("train", {}).get("train_config", {})
+        smoothing = tc.get("balance_smoothing", 0.0)
         tokens = [x for x in tokens if not x.startswith("bsm")]
-        if smoothing != TrainConfig().balance_smoothing:
+        balanced = tc.get("balance_classes", TrainConfig().balance_classes)
+        if balanced and "balnone" not in tokens and smoothing != TrainConfig().balance_smoothing:
             tokens.append(f"bsm{smoothing:g}")
     return ", ".join(tokens + old)
 
