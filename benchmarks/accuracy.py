@@ -523,7 +523,6 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             balance["balance_power"] = run.balance_power
         if run.architecture == "multitask":
             balance["balance_smoothing"] = run.balance_smoothing
-        if run.architecture == "multitask":
             balance["task_weights"] = {**dict.fromkeys(TASKS, 1.0), **dict(run.task_weights)}
         cfg = TrainConfig(
             **balance,
@@ -655,15 +654,16 @@ def variant(record: dict) -> str:
     if c["method"].startswith("multitask"):
         # Weights are in the run id relative to 1; the table names them relative to the
         # product default, so the default's rows stay unlabelled.
-        used = record.get("train", {}).get("train_config", {}).get("task_weights") or dict.fromkeys(TASKS, 1.0)
+        tc = record.get("train", {}).get("train_config", {})
+        used = tc.get("task_weights") or dict.fromkeys(TASKS, 1.0)
         tokens = [x for x in tokens if not (x.startswith("w") and x[1:4] in {t[:3] for t in TASKS})]
         tokens += [f"w{t[:3]}{used.get(t, 1.0):g}" for t in TASKS if used.get(t, 1.0) != DEFAULT_TASK_WEIGHTS[t]]
-        # balance smoothing likewise (records without it trained with 0)
-        tc = record.get("train", {}).get("train_config", {})
+        # Balance smoothing likewise (records without it trained with 0); it means nothing
+        # without a balanced task ("balnone": the oldest such records have no train_config).
         smoothing = tc.get("balance_smoothing", 0.0)
         tokens = [x for x in tokens if not x.startswith("bsm")]
-        balanced = tc.get("balance_classes", TrainConfig().balance_classes)
-        if balanced and "balnone" not in tokens and smoothing != TrainConfig().balance_smoothing:
+        balanced = "balnone" not in tokens and tc.get("balance_classes", True)
+        if balanced and smoothing != TrainConfig().balance_smoothing:
             tokens.append(f"bsm{smoothing:g}")
     return ", ".join(tokens + old)
 
