@@ -6,7 +6,9 @@ first only), so the network skips the detection path and, in the later orientati
 separation decoder. This times ``Predictor.predict`` (normalise, Gaussian-blended tiles,
 argmax and instances) against the same predictor whose network is wrapped to run every head
 every time (the behaviour before), interleaved, medians of ``--reps`` timed calls after one
-warm-up; both give the same maps (checked). Appends one JSON record to
+warm-up; both give the same maps (checked). It also times what training's validation and
+the Train widget's preview ask for, the class map alone (``predict(instances=False)``), with
+and without the interface map (``PredictConfig.keep_interfaces``). Appends one JSON record to
 ``benchmarks/results/speed/predict-heads.jsonl``.
 
     OMP_NUM_THREADS=2 python benchmarks/predict_heads.py --threads 2
@@ -71,15 +73,20 @@ def main(argv=None) -> int:
         for tta in (int(t) for t in args.tta.split(",")):
             pc = replace(PredictConfig(device="cpu"), tta=tta)
             fast, whole = Predictor(model, cfg, pc), Predictor(EveryHead(model), cfg, pc)
+            lean = Predictor(model, cfg, replace(pc, keep_interfaces=False))
             a, b = fast.predict(image), whole.predict(image)  # warm-up, and the same maps?
+            c = lean.predict(image, instances=False)
             diff = max(float(np.abs(a.probabilities - b.probabilities).max()),
-                       float(np.abs(a.interfaces - b.interfaces).max()))
-            times: dict[str, list[float]] = {"heads asked for": [], "every head": []}
+                       float(np.abs(a.interfaces - b.interfaces).max()),
+                       float(np.abs(a.probabilities - c.probabilities).max()))
+            # (name, predictor, compute instances?)
+            order = [("heads asked for", fast, True), ("every head", whole, True),
+                     ("class map, with interfaces", fast, False), ("class map only", lean, False)]
+            times: dict[str, list[float]] = {name: [] for name, _, _ in order}
             for rep in range(args.reps):
-                order = [("heads asked for", fast), ("every head", whole)]
-                for name, pr in order if rep % 2 == 0 else order[::-1]:
+                for name, pr, inst in order if rep % 2 == 0 else order[::-1]:
                     t0 = time.perf_counter()
-                    pr.predict(image)
+                    pr.predict(image, instances=inst)
                     times[name].append(time.perf_counter() - t0)
             mp = args.side**2 / 1e6
             row = {"size": size, "tta": tta, "side": args.side, "precision": precision_name(fast.amp_dtype),
@@ -87,9 +94,12 @@ def main(argv=None) -> int:
                    "seconds": {k: statistics.median(v) for k, v in times.items()}, "seconds_all": times}
             row["mp_per_s"] = {k: mp / v for k, v in row["seconds"].items()}
             row["speedup"] = row["seconds"]["every head"] / row["seconds"]["heads asked for"]
-            log.info("%s tta %d %d^2: heads asked for %.3f MP/s, every head %.3f MP/s, %.2fx (max |diff| %.2g)",
+            row["class_map_speedup"] = row["seconds"]["class map, with interfaces"] / row["seconds"]["class map only"]
+            log.info("%s tta %d %d^2: heads asked for %.3f MP/s, every head %.3f MP/s, %.2fx; class map "
+                     "without / with interfaces %.3f / %.3f MP/s, %.2fx (max |diff| %.2g)",
                      size, tta, args.side, row["mp_per_s"]["heads asked for"], row["mp_per_s"]["every head"],
-                     row["speedup"], diff)
+                     row["speedup"], row["mp_per_s"]["class map only"],
+                     row["mp_per_s"]["class map, with interfaces"], row["class_map_speedup"], diff)
             rows.append(row)
     record = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/predict_heads.py " + " ".join(argv if argv is not None else sys.argv[1:]),

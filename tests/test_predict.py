@@ -668,3 +668,34 @@ def test_predictor_runs_the_separation_path_once_per_tile_batch(multitask):
     assert n_fast == n_batches * len(model.blocks) and n_whole == 4 * n_fast
     np.testing.assert_allclose(pred.probabilities, whole.probabilities, atol=1e-5)
     np.testing.assert_allclose(pred.interfaces, whole.interfaces, atol=1e-5)
+
+
+def test_predictor_without_interfaces_skips_the_separation_decoder(multitask):
+    """``keep_interfaces=False`` (what training's validation asks for) never runs the
+    separation decoder, returns no interface map and the same class probabilities; training's
+    validation scores the same dice with it."""
+    from napari_lazylabels.core.io import Sample
+    from napari_lazylabels.core.train import _validate, validation_score
+
+    model, cfg = multitask
+    runs = []
+    hooks = [b.separation.register_forward_hook(lambda *a: runs.append(1)) for b in model.blocks]
+    image = np.random.default_rng(0).random((100, 90)).astype(np.float32)
+    try:
+        full = Predictor(model, cfg, FAST).predict(image)
+        assert runs  # the hooks do count separation passes
+        runs.clear()
+        lean = Predictor(model, cfg, replace(FAST, keep_interfaces=False)).predict(image)
+        assert runs == [] and lean.interfaces is None and lean.instances is not None
+        np.testing.assert_allclose(lean.probabilities, full.probabilities, atol=1e-6)
+        truth = np.ones(image.shape, np.uint8)
+        truth[:, 45:] = 2  # background left, class 1 right
+        sample = Sample("v", image, segmentation=truth)
+        scores = _validate(model, cfg, [sample], "cpu")
+        assert runs == [] and scores["n"] == 1
+        whole = Predictor(model, cfg, PredictConfig(device="cpu", batch_size=4, tta=1)).predict(image)
+        assert runs  # the full pass, as validation ran it before, does use the separation path
+        assert scores["dice"] == validation_score(whole.classes, sample, cfg.n_classes)
+    finally:
+        for h in hooks:
+            h.remove()

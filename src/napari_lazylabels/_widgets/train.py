@@ -76,7 +76,10 @@ def _preview_worker_fn(checkpoint, device, crop):
     from ..core.predict import PredictConfig, Predictor
 
     model, ck = load_model(checkpoint, "cpu")
-    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, batch_size=2, tta=1))
+    # the class map only: no interface map, one orientation (a preview, while training runs)
+    predictor = Predictor(
+        model, ck.model_config, PredictConfig(device=device, batch_size=2, tta=1, keep_interfaces=False)
+    )
     return predictor.predict(crop, instances=False).classes
 
 

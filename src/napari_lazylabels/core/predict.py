@@ -727,6 +727,9 @@ class PredictConfig:
             and 0.714 -> 0.724 on DSB nuclei, foreground dice within 0.001.
         save_probabilities: :func:`predict_file` also writes the probability maps.
         keep_detection: also return the detection head's probabilities (multi-task).
+        keep_interfaces: compute the separation head's interface map (models with one).
+            ``False`` skips the separation decoder when only the class map is wanted
+            (training's validation does); instances are then plain connected components.
         sigma_scale: Gaussian blending sigma as a fraction of ``tile``.
         seed_probability: instances also split where the class probability drops below
             this (see :func:`instances_from_prediction`); ``None`` (default) splits at
@@ -758,6 +761,7 @@ class PredictConfig:
     min_object_size: int | None = None
     save_probabilities: bool = True
     keep_detection: bool = False
+    keep_interfaces: bool = True
     sigma_scale: float = 0.125
     seed_probability: float | None = None
     neck_depth: float = 0.0
@@ -836,7 +840,7 @@ class Predictor:
             if SEGMENTATION in tasks
             else (DETECTION if DETECTION in tasks else tasks[0])
         )
-        self.has_interfaces = SEPARATION in tasks
+        self.has_interfaces = predict_config.keep_interfaces and SEPARATION in tasks
         self.has_detection = (
             predict_config.keep_detection and DETECTION in tasks and self.main_task != DETECTION
         )

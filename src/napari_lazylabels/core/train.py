@@ -306,8 +306,11 @@ def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> flo
 def _validate(model, model_config, samples, device) -> dict:
     from .predict import PredictConfig, Predictor
 
-    # one orientation: validation picks the best model and should stay quick
-    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1))
+    # one orientation and no interface map: validation scores the class map, picks the best
+    # model and should stay quick
+    predictor = Predictor(
+        model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1, keep_interfaces=False)
+    )
     scores = []
     for s in samples:
         pred = predictor.predict(s.image, instances=False)
