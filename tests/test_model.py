@@ -193,3 +193,71 @@ def test_forward_computes_only_the_heads_asked_for():
     assert set(unet(x, ("segmentation",))) == {"segmentation"}
     with pytest.raises(ValueError, match="asked for"):
         unet(x, ("separation",))
+
+
+@pytest.mark.parametrize("channels", [8, 16])
+def test_batchnorm_gives_pytorchs_results_and_runs_its_narrow_backward_on_one_thread(channels, monkeypatch):
+    """Our BatchNorm2d trains like nn.BatchNorm2d (outputs, gradients, running statistics);
+    for widths that are not a multiple of 16 on a multi-threaded CPU its backward runs on one
+    thread (PyTorch's kernel shares cache lines between threads there) and restores the
+    thread count afterwards."""
+    from napari_lazylabels.core.model import BatchNorm2d
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    calls = []
+    real_set = torch.set_num_threads
+
+    def spy(n):  # records the thread counts the layer sets
+        calls.append(n)
+        real_set(n)
+
+    try:
+        torch.manual_seed(0)
+        x = (torch.randn(4, channels, 24, 20) * 2 + 1).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(4, channels, 24, 20).contiguous(memory_format=torch.channels_last)
+        ours, ref = BatchNorm2d(channels), torch.nn.BatchNorm2d(channels)
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-1, 1)
+        ours.load_state_dict(ref.state_dict())
+        results = []
+        for m in (ref, ours):
+            xi = x.clone().requires_grad_()
+            if m is ours:
+                monkeypatch.setattr(torch, "set_num_threads", spy)
+            y = m(xi)
+            backward_node = type(y.grad_fn).__name__
+            y.backward(grad)
+            results.append((y, xi.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var))
+        assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 1
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        assert calls == ([1, 2] if channels % 16 else [])
+        assert ("Serial" in backward_node) == bool(channels % 16)
+        assert torch.get_num_threads() == 2
+        ours.eval()
+        torch.testing.assert_close(ours(x), ref.eval()(x))
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_cat_hands_each_input_a_gradient_in_its_own_memory_format():
+    """The network's concatenation gives channels-last inputs channels-last gradients (a
+    channel slice is strided in both formats; up-sampling's backward converts such slices the
+    slow way) and the same values as torch.cat."""
+    from napari_lazylabels.core.model import cat
+
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(2, 5, 8, 8).requires_grad_()
+    out = cat([a, b], 1)
+    torch.testing.assert_close(out, torch.cat([a, b], 1))
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert a.grad.is_contiguous(memory_format=torch.channels_last) and not a.grad.is_contiguous()
+    assert b.grad.is_contiguous()
+    torch.testing.assert_close(a.grad, g[:, :3])
+    torch.testing.assert_close(b.grad, g[:, 3:])
+    with torch.no_grad():  # inference: plain torch.cat
+        assert cat([a, b], 1).grad_fn is None
