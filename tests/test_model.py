@@ -261,3 +261,24 @@ def test_cat_hands_each_input_a_gradient_in_its_own_memory_format():
     torch.testing.assert_close(b.grad, g[:, 3:])
     with torch.no_grad():  # inference: plain torch.cat
         assert cat([a, b], 1).grad_fn is None
+
+
+def test_training_forward_traces_without_graph_breaks():
+    """torch.compile sees the training forward as one graph: the CPU fast paths of BatchNorm2d
+    and cat step aside while compiling (a thread-count query in the forward broke the graph
+    and inductor then failed on the dynamic shapes that followed)."""
+    import torch._dynamo
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = build_model(ModelConfig(in_channels=1, n_classes=2, widths=(8, 16))).train()
+        model = model.to(memory_format=torch.channels_last)
+        x = torch.randn(2, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+    finally:
+        torch._dynamo.reset()
+        torch.set_num_threads(old_threads)

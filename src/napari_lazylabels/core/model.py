@@ -262,7 +262,8 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            self.training and self.track_running_stats and self.momentum is not None
+            not torch.compiler.is_compiling()  # compiled code has kernels of its own
+            and self.training and self.track_running_stats and self.momentum is not None
             and self.num_features % 16 and x.device.type == "cpu" and x.requires_grad
             and x.is_contiguous(memory_format=torch.channels_last) and torch.get_num_threads() > 1
         ):
@@ -304,7 +305,10 @@ def cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     concatenation of ``(32, 32, 128, 128)`` bf16, forward and backward); here each input
     receives a contiguous gradient in its own format.
     """
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+    if (
+        torch.compiler.is_compiling()
+        or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+    ):
         return torch.cat(tensors, dim)
     return _Cat.apply(dim, *tensors)
 
