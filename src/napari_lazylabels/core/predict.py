@@ -222,6 +222,10 @@ def iter_sliding_window(
     views: dict[str, np.ndarray] = {}  # (K, H, W) views of outputs
     sums: dict[str, np.ndarray] = {}  # (K, cap, wp) weighted sums
     wsum = np.zeros((cap, wp), np.float32)
+    # torch views of the accumulators: their in-place adds and divisions use every thread
+    weight_cpu = torch.from_numpy(weight)
+    wsum_t = torch.from_numpy(wsum)
+    sums_t: dict[str, torch.Tensor] = {}
     band_y0 = 0
     log.debug("sliding window: %dx%d, %d tiles, band of %d rows", h, w, total, cap)
 
@@ -233,9 +237,10 @@ def iter_sliding_window(
             return
         lo, hi = band_y0, min(upto, h)
         if hi > lo:
-            wrow = wsum[: hi - lo, :w]
-            for name, acc in sums.items():
-                views[name][:, lo:hi] = acc[:, : hi - lo, :w] / wrow
+            wrow = wsum_t[: hi - lo, :w]
+            for name, acc in sums_t.items():
+                out = torch.from_numpy(views[name][:, lo:hi])
+                torch.div(acc[:, : hi - lo, :w], wrow, out=out)
         keep = cap - n
         for acc in sums.values():
             if keep > 0:
@@ -263,7 +268,7 @@ def iter_sliding_window(
                     )
                 if t.device not in weight_t:
                     weight_t[t.device] = torch.from_numpy(weight).to(t.device)
-                weighted[name] = (t.float() * weight_t[t.device]).cpu().numpy()
+                weighted[name] = (t.float() * weight_t[t.device]).cpu()
         if not sums:  # first batch: allocate accumulators and missing outputs
             unknown = set(outputs) - set(weighted)
             if unknown:
@@ -283,11 +288,12 @@ def iter_sliding_window(
                     )
                 views[name] = view
                 sums[name] = np.zeros((k, cap, wp), np.float32)
+                sums_t[name] = torch.from_numpy(sums[name])
         for i, (y, x) in enumerate(batch):
             r = y - band_y0
-            wsum[r : r + tile, x : x + tile] += weight
-            for name, arr in weighted.items():
-                sums[name][:, r : r + tile, x : x + tile] += arr[i]
+            wsum_t[r : r + tile, x : x + tile] += weight_cpu
+            for name, t in weighted.items():
+                sums_t[name][:, r : r + tile, x : x + tile] += t[i]
         done += len(batch)
         yield done, total
     flush(hp)
