@@ -146,10 +146,11 @@ def test_cpu_precision_probe_that_fails_means_float32(monkeypatch):
 
 
 def _count_convs(model, x, tasks=None):
-    """Output and the feature maps that 3x3 convolutions computed (batch rows, summed)."""
+    """Output and the feature maps that 3x3 convolution blocks computed (batch rows, summed;
+    counted at their BatchNorm, as the shared decoder calls its first convolution itself)."""
     calls = []
     hooks = [m.register_forward_hook(lambda m, i, o: calls.append(o.shape[0])) for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+             if isinstance(m, torch.nn.BatchNorm2d)]
     try:
         with torch.no_grad():
             out = model(x) if tasks is None else model(x, tasks)
@@ -282,3 +283,18 @@ def test_training_forward_traces_without_graph_breaks():
     finally:
         torch._dynamo.reset()
         torch.set_num_threads(old_threads)
+
+
+def test_shared_decoder_on_two_paths_equals_the_concatenated_form():
+    """The shared block on stacked detection + segmentation paths computes the skip's share of
+    its first convolution once; the result is F applied to [up, skip] for each path."""
+    from napari_lazylabels.core.model import MultiTaskBlock
+
+    torch.manual_seed(0)
+    block = MultiTaskBlock(8, 4, 4, 0.01, separation=True)
+    up, skip = torch.randn(6, 8, 12, 10), torch.randn(3, 4, 12, 10)
+    for mode in ("train", "eval"):
+        getattr(block, mode)()
+        ours = block.shared_two_paths(up, skip)
+        ref = block.shared(torch.cat([up, torch.cat([skip, skip], 0)], 1))
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
