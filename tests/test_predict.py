@@ -94,7 +94,12 @@ def test_tile_starts(length, tile, overlap):
         ((300, 517), 96, 0.6, 64),
     ],
 )
-def test_sliding_window_exact(shape, tile, overlap, batch):
+@pytest.mark.parametrize("band_bytes", [None, 0])  # the default band, and the smallest (shifted at every row)
+def test_sliding_window_exact(shape, tile, overlap, batch, band_bytes, monkeypatch):
+    if band_bytes is not None:
+        import napari_lazylabels.core.predict as predict_module
+
+        monkeypatch.setattr(predict_module, "BAND_BYTES", band_bytes)
     rng = np.random.default_rng(0)
     image = rng.normal(size=(2, *shape)).astype(np.float32)
     seen = []

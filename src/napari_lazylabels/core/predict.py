@@ -186,6 +186,10 @@ def _pad_tile(arr: np.ndarray, tile: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sliding window
+BAND_BYTES = 32 * 2**20
+"""Sliding window: bytes per channel of the band of weighted sums held in memory."""
+
+
 def _batches(ys: Sequence[int], xs: Sequence[int], batch_size: int) -> list[list[tuple[int, int]]]:
     tiles = [(y, x) for y in ys for x in xs]
     return [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
@@ -214,8 +218,10 @@ def iter_sliding_window(
     ys, xs = tile_starts(hp, tile, overlap), tile_starts(wp, tile, overlap)
     batches = _batches(ys, xs, batch_size)
     total = len(ys) * len(xs)
-    # Rows [band_y0, band_y0 + cap) are held; a batch needs [first y, last y + tile).
-    cap = min(hp, max(b[-1][0] + tile - b[0][0] for b in batches))
+    # Rows [band_y0, band_y0 + cap) are held; a batch needs [first y, last y + tile). The band
+    # holds at least BAND_BYTES per channel (all of a 1024-wide image of up to 8192 rows), so
+    # it is shifted (an overlapping copy of the held rows) rarely or never.
+    cap = min(hp, max(max(b[-1][0] + tile - b[0][0] for b in batches), BAND_BYTES // (4 * wp)))
     weight = gaussian_importance_map((tile, tile), sigma_scale)
     weight_t: dict[torch.device, torch.Tensor] = {}
     outputs = {} if outputs is None else outputs
@@ -253,7 +259,8 @@ def iter_sliding_window(
 
     done = 0
     for batch in batches:
-        flush(batch[0][0])
+        if batch[-1][0] + tile > band_y0 + cap:
+            flush(batch[0][0])
         x_np = np.stack(
             [_pad_tile(src.read(y, min(y + tile, h), x, min(x + tile, w)), tile) for y, x in batch]
         )
