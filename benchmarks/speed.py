@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +346,9 @@ def bench_prediction(size: str, side: int, reps: int, log) -> dict:
     cfg = ModelConfig.named(size, n_classes=N_CLASSES)
     # one orientation: the same work as MONAI's sliding window (PredictConfig.tta multiplies it)
     pc = PredictConfig(device="cpu", tile=PATCH, overlap=0.25, batch_size=8, tta=1)
-    predictor = Predictor(build_model(cfg), cfg, pc)
+    net = build_model(cfg)
+    predictor = Predictor(net, cfg, pc)  # BatchNorm folded into the convolutions (the default)
+    unfused = Predictor(net, cfg, replace(pc, fuse_batchnorm=False))  # the network as trained
     image = synthetic_sample(side).image
     normed = predictor.prepare(image)  # (C, H, W) float32, as our sliding window sees it
     x = torch.from_numpy(np.ascontiguousarray(normed))[None]
@@ -354,23 +357,24 @@ def bench_prediction(size: str, side: int, reps: int, log) -> dict:
 
         ref_name = "monai"
 
-        def ref():
+        def ref(forward=predictor.forward):
             with torch.inference_mode():
                 return sliding_window_inference(
-                    x, (PATCH, PATCH), pc.batch_size, predictor.forward, overlap=pc.overlap,
+                    x, (PATCH, PATCH), pc.batch_size, forward, overlap=pc.overlap,
                     mode="gaussian", sigma_scale=pc.sigma_scale,
                 )
     except ImportError:
         ref_name = "naive"
 
-        def ref():
-            return naive_blend(x, predictor.forward, PATCH, pc.overlap, pc.batch_size, pc.sigma_scale)
+        def ref(forward=predictor.forward):
+            return naive_blend(x, forward, PATCH, pc.overlap, pc.batch_size, pc.sigma_scale)
 
     fns = {
         "ours_sliding_window": lambda: sliding_window(normed, predictor.forward, None, PATCH, pc.overlap, pc.batch_size,
                                                       sigma_scale=pc.sigma_scale),
         "ours_predict": lambda: predictor.predict(image, instances=False),
         ref_name: ref,
+        ref_name + "_unfused": lambda: ref(unfused.forward),
     }
     # Same numbers? (interior pixels; borders differ: MONAI pads with zeros only when needed)
     a = fns["ours_sliding_window"]()["probabilities"]
@@ -385,9 +389,11 @@ def bench_prediction(size: str, side: int, reps: int, log) -> dict:
     res["mp_per_s"] = {k: mp / v for k, v in res["seconds"].items()}
     res["ratio_sliding_window"] = res["mp_per_s"]["ours_sliding_window"] / res["mp_per_s"][ref_name]
     res["ratio_predict"] = res["mp_per_s"]["ours_predict"] / res["mp_per_s"][ref_name]
+    res["ratio_predict_vs_unfused"] = res["mp_per_s"]["ours_predict"] / res["mp_per_s"][ref_name + "_unfused"]
     log(f"  predict {size} {side}^2: ours window {res['mp_per_s']['ours_sliding_window']:.3f} MP/s, predict "
         f"{res['mp_per_s']['ours_predict']:.3f}, {ref_name} {res['mp_per_s'][ref_name]:.3f}; "
-        f"ratios {res['ratio_sliding_window']:.2f} / {res['ratio_predict']:.2f}; max |diff| {maxdiff:.2g}")
+        f"ratios {res['ratio_sliding_window']:.2f} / {res['ratio_predict']:.2f}; max |diff| {maxdiff:.2g}; "
+        f"predict vs {ref_name} with the unfused network {res['ratio_predict_vs_unfused']:.2f}")
     return res
 
 
@@ -575,13 +581,19 @@ def markdown(rec: dict) -> str:
             "", f"## Tiled prediction (CPU, {p['size']} multi-task net, {p['side']}x{p['side']} image, tile {p['tile']}, "
             f"overlap {p['overlap']}, batch {p['batch']}, autocast {p['amp']})", "",
             f"Reference: {ref_text} "
-            f"with the same per-tile forward (`Predictor.forward`: network + softmax). Max |difference| of the "
+            f"with the same per-tile forward (`Predictor.forward`: network + softmax; BatchNorm folded into the "
+            f"convolutions, `PredictConfig.fuse_batchnorm`). Max |difference| of the "
             f"probabilities: {p['max_abs_diff_probabilities']:.2g}.", "",
             "| method | MP/s | ratio to reference |", "|---|---|---|",
             f"| ours `sliding_window` (blending only) | {fmt(p['mp_per_s']['ours_sliding_window'], 3)} | {fmt(p['ratio_sliding_window'])} |",
             f"| ours `Predictor.predict` (normalise + blend + argmax) | {fmt(p['mp_per_s']['ours_predict'], 3)} | {fmt(p['ratio_predict'])} |",
             f"| {ref} | {fmt(p['mp_per_s'][ref], 3)} | 1.00 |",
         ]
+        if ref + "_unfused" in p["mp_per_s"]:
+            lines += [f"| {ref}, the network as trained (BatchNorm not folded) | {fmt(p['mp_per_s'][ref + '_unfused'], 3)} | "
+                      f"{fmt(p['mp_per_s'][ref + '_unfused'] / p['mp_per_s'][ref])} |", "",
+                      f"Our prediction path (`Predictor.predict`) against {ref} with the network as trained: "
+                      f"{fmt(p['ratio_predict_vs_unfused'])}x."]
     if rec.get("memory"):
         lines += ["", "## Peak memory predicting a large image (`benchmarks/predict_memory.py`, widths 4,8,16)", ""]
         for mm in rec["memory"]:

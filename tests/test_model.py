@@ -298,3 +298,36 @@ def test_shared_decoder_on_two_paths_equals_the_concatenated_form():
         ours = block.shared_two_paths(up, skip)
         ref = block.shared(torch.cat([up, torch.cat([skip, skip], 0)], 1))
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["multitask", "unet"])
+def test_fused_batchnorm_copy_predicts_the_same_and_leaves_the_model_alone(arch):
+    """Prediction's copy with BatchNorm folded into the convolutions gives the eval-mode
+    logits of every head; the model it came from keeps its layers and weights."""
+    from napari_lazylabels.core.model import fuse_batchnorm
+
+    torch.manual_seed(0)
+    tasks = ("segmentation",) if arch == "unet" else ("detection", "separation", "segmentation")
+    model = build_model(ModelConfig(in_channels=1, n_classes=3, widths=(4, 8, 16), architecture=arch,
+                                    tasks=tasks)).eval()
+    with torch.no_grad():  # statistics far from 0 / 1, so folding them matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 3.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 1, 40, 56)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+        for t in ref:
+            torch.testing.assert_close(out[t], ref[t], rtol=1e-4, atol=1e-4)
+        if arch == "multitask":
+            seg = fused(x, ("segmentation",))["segmentation"]
+            torch.testing.assert_close(seg, ref["segmentation"], rtol=1e-4, atol=1e-4)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
