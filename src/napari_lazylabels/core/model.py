@@ -412,7 +412,6 @@ class MultiTaskBlock(nn.Module):
             y = self.separation(cat([_up(y), scale_gradient(z, self.separation_feedback)], 1))
         return x, z, y
 
-
     def shared_two_paths(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """``F`` on the detection and segmentation paths at once, sharing the skip's work.
 
