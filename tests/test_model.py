@@ -243,30 +243,34 @@ def test_batchnorm_gives_pytorchs_results_and_runs_its_narrow_backward_on_one_th
         torch.set_num_threads(old_threads)
 
 
-def test_cat_hands_each_input_a_gradient_in_its_own_memory_format():
-    """The network's concatenation gives channels-last inputs channels-last gradients (a
-    channel slice is strided in both formats; up-sampling's backward converts such slices the
-    slow way) and the same values as torch.cat."""
-    from napari_lazylabels.core.model import cat
+def test_conv_of_concat_equals_the_block_on_the_concatenation():
+    """The decoder's blocks convolve the parts of a skip connection separately and sum: the
+    same outputs and gradients as the block on torch.cat, with and without a fused bias, and
+    channels-last parts get channels-last gradients (not strided channel slices)."""
+    from napari_lazylabels.core.model import DoubleConv, conv_of_concat, fuse_batchnorm
 
     torch.manual_seed(0)
-    a = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
-    b = torch.randn(2, 5, 8, 8).requires_grad_()
-    out = cat([a, b], 1)
-    torch.testing.assert_close(out, torch.cat([a, b], 1))
-    g = torch.randn_like(out)
-    out.backward(g)
-    assert a.grad.is_contiguous(memory_format=torch.channels_last) and not a.grad.is_contiguous()
-    assert b.grad.is_contiguous()
-    torch.testing.assert_close(a.grad, g[:, :3])
-    torch.testing.assert_close(b.grad, g[:, 3:])
-    with torch.no_grad():  # inference: plain torch.cat
-        assert cat([a, b], 1).grad_fn is None
+    block = DoubleConv(5, 4, 0.01).train()
+    parts = [torch.randn(2, 3, 12, 10).contiguous(memory_format=torch.channels_last), torch.randn(2, 2, 12, 10)]
+    for model in (block, fuse_batchnorm(block)):
+        ours_in = [t.clone().requires_grad_() for t in parts]
+        ref_in = [t.clone().requires_grad_() for t in parts]
+        ours = conv_of_concat(model, ours_in)
+        ref = model(torch.cat(ref_in, 1))
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(ref)
+        ours.backward(g)
+        ref.backward(g)
+        for a, b in zip(ours_in, ref_in, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    assert ours_in[0].grad.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # prediction takes the concatenation
+        torch.testing.assert_close(conv_of_concat(block.eval(), parts), block(torch.cat(parts, 1)))
 
 
 def test_training_forward_traces_without_graph_breaks():
-    """torch.compile sees the training forward as one graph: the CPU fast paths of BatchNorm2d
-    and cat step aside while compiling (a thread-count query in the forward broke the graph
+    """torch.compile sees the training forward as one graph: the CPU fast path of BatchNorm2d
+    steps aside while compiling (a thread-count query in the forward broke the graph
     and inductor then failed on the dynamic shapes that followed)."""
     import torch._dynamo
 
