@@ -292,16 +292,18 @@ def test_training_forward_traces_without_graph_breaks():
 def test_shared_decoder_on_two_paths_equals_the_concatenated_form():
     """The shared block on stacked detection + segmentation paths computes the skip's share of
     its first convolution once; the result is F applied to [up, skip] for each path."""
-    from napari_lazylabels.core.model import MultiTaskBlock
+    from napari_lazylabels.core.model import MultiTaskBlock, conv_of_concat
 
     torch.manual_seed(0)
     block = MultiTaskBlock(8, 4, 4, 0.01, separation=True)
     up, skip = torch.randn(6, 8, 12, 10), torch.randn(3, 4, 12, 10)
     for mode in ("train", "eval"):
         getattr(block, mode)()
-        ours = block.shared_two_paths(up, skip)
+        ours = conv_of_concat(block.shared, [up, skip])
         ref = block.shared(torch.cat([up, torch.cat([skip, skip], 0)], 1))
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():  # prediction's path: the concatenation, the skip repeated
+            torch.testing.assert_close(conv_of_concat(block.shared, [up, skip]), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["multitask", "unet"])

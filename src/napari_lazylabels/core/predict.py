@@ -223,15 +223,14 @@ def iter_sliding_window(
     # it is shifted (an overlapping copy of the held rows) rarely or never.
     cap = min(hp, max(max(b[-1][0] + tile - b[0][0] for b in batches), BAND_BYTES // (4 * wp)))
     weight = gaussian_importance_map((tile, tile), sigma_scale)
-    weight_t: dict[torch.device, torch.Tensor] = {}
+    cpu = torch.device("cpu")
+    weight_t: dict[torch.device, torch.Tensor] = {cpu: torch.from_numpy(weight)}
     outputs = {} if outputs is None else outputs
     views: dict[str, np.ndarray] = {}  # (K, H, W) views of outputs
-    sums: dict[str, np.ndarray] = {}  # (K, cap, wp) weighted sums
-    wsum = np.zeros((cap, wp), np.float32)
-    # torch views of the accumulators: their in-place adds and divisions use every thread
-    weight_cpu = torch.from_numpy(weight)
-    wsum_t = torch.from_numpy(wsum)
-    sums_t: dict[str, torch.Tensor] = {}
+    # The accumulators are CPU tensors (their adds and divisions use every thread); the band's
+    # shift goes through numpy, whose assignment handles the overlapping rows.
+    sums: dict[str, torch.Tensor] = {}  # (K, cap, wp) weighted sums
+    wsum = torch.zeros((cap, wp), dtype=torch.float32)
     band_y0 = 0
     log.debug("sliding window: %dx%d, %d tiles, band of %d rows", h, w, total, cap)
 
@@ -243,18 +242,14 @@ def iter_sliding_window(
             return
         lo, hi = band_y0, min(upto, h)
         if hi > lo:
-            wrow = wsum_t[: hi - lo, :w]
-            for name, acc in sums_t.items():
-                out = torch.from_numpy(views[name][:, lo:hi])
-                torch.div(acc[:, : hi - lo, :w], wrow, out=out)
+            wrow = wsum[: hi - lo, :w]
+            for name, acc in sums.items():
+                torch.div(acc[:, : hi - lo, :w], wrow, out=torch.from_numpy(views[name][:, lo:hi]))
         keep = cap - n
-        for acc in sums.values():
+        for acc in [*(a.numpy() for a in sums.values()), wsum.numpy()[None]]:
             if keep > 0:
                 acc[:, :keep] = acc[:, n:cap]
             acc[:, max(keep, 0) :] = 0
-        if keep > 0:
-            wsum[:keep] = wsum[n:cap]
-        wsum[max(keep, 0) :] = 0
         band_y0 = upto
 
     done = 0
@@ -294,13 +289,12 @@ def iter_sliding_window(
                         f"outputs[{name!r}] has shape {outputs[name].shape}; expected {(k, h, w)}."
                     )
                 views[name] = view
-                sums[name] = np.zeros((k, cap, wp), np.float32)
-                sums_t[name] = torch.from_numpy(sums[name])
+                sums[name] = torch.zeros((k, cap, wp), dtype=torch.float32)
         for i, (y, x) in enumerate(batch):
             r = y - band_y0
-            wsum_t[r : r + tile, x : x + tile] += weight_cpu
+            wsum[r : r + tile, x : x + tile] += weight_t[cpu]
             for name, t in weighted.items():
-                sums_t[name][:, r : r + tile, x : x + tile] += t[i]
+                sums[name][:, r : r + tile, x : x + tile] += t[i]
         done += len(batch)
         yield done, total
     flush(hp)
