@@ -36,6 +36,7 @@ import os
 import platform
 import queue
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from napari_lazylabels.core.allocator import cpu_allocation_cache
 from napari_lazylabels.core.data import AugmentConfig, PatchSampler, PreparedSample
 from napari_lazylabels.core.io import Sample
 from napari_lazylabels.core.labels import SEGMENTATION, TASKS
@@ -290,6 +292,67 @@ def run_compile_probe(size: str, batch: int, timeout: float, log) -> dict:
     res.update(size=size, ok=True, wall_s=time.perf_counter() - t0)
     log(f"  compile {size}: first step {res['first_step_s']:.0f} s, eager/compiled step ratio {res['ratio']:.2f}")
     return res
+
+
+# --------------------------------------------------------------------------- allocator
+def allocator_probe(size: str, batch: int, mode: str, where: str, steps: int = 4) -> dict:
+    """Run in a subprocess: ours at the library's CPU setting, with the allocation cache on
+    or off, on the main thread (the CLI) or a worker thread (the napari widget)."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    res = {}
+
+    def run():
+        with cpu_allocation_cache(mode == "on") as active:
+            x, tg = synthetic_batch(batch, "cpu")
+            t = Trainer("ours", size, "cpu", autocast_dtype(torch.device("cpu")), True)
+            for _ in range(2):
+                t.step(x, tg)
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                t.step(x, tg)
+                ts.append(time.perf_counter() - t0)
+            res.update(active=active, step_s=med(ts), step_s_all=ts)
+
+    if where == "thread":
+        th = threading.Thread(target=run)
+        th.start()
+        th.join()
+    else:
+        run()
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def bench_allocator(sizes, batch: int, rounds: int, timeout: float, log) -> list[dict]:
+    """The allocation cache on vs off, each in fresh processes (peak memory is per process),
+    alternating which goes first."""
+    out = []
+    for size in sizes:
+        for where in ("main", "thread"):
+            runs = {"off": [], "on": []}
+            for r in range(rounds):
+                for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    cmd = [sys.executable, __file__, "--allocator-probe", f"{size},{mode},{where}",
+                           "--batch", str(batch)]
+                    try:
+                        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+                    except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
+                        log(f"  allocator probe {size} {mode} {where} failed: {e}")
+                        continue
+                    runs[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            if not runs["on"] or not runs["off"]:
+                continue
+            row = {"size": size, "where": where, "batch": batch, "runs": runs,
+                   "active": all(r["active"] for r in runs["on"]),
+                   "step_s": {m: med([r["step_s"] for r in v]) for m, v in runs.items()},
+                   "peak_rss_mb": {m: med([r["peak_rss_mb"] for r in v]) for m, v in runs.items()}}
+            row["speedup"] = row["step_s"]["off"] / row["step_s"]["on"]
+            row["rss_ratio"] = row["peak_rss_mb"]["on"] / row["peak_rss_mb"]["off"]
+            log(f"  allocator {size} {where}: step {row['step_s']['off']:.3f} -> {row['step_s']['on']:.3f} s "
+                f"({row['speedup']:.2f}x), peak RSS {row['peak_rss_mb']['off']:.0f} -> {row['peak_rss_mb']['on']:.0f} MB")
+            out.append(row)
+    return out
 
 
 # --------------------------------------------------------------------------- data pipeline
@@ -560,6 +623,22 @@ def markdown(rec: dict) -> str:
         g, b = t["gflop_per_patch_fwd_bwd"], t["best"]
         lines.append(f"| {t['size']} | {fmt(g['ours'], 1)} | {fmt(g['ref'], 1)} | {b['ours']} | {b['ref']} | "
                      f"{fmt(b['ratio_patches'])} | {fmt(b['ratio_tflops'])} |")
+    if rec["training"]:
+        cache = rec.get("training_allocation_cache")
+        lines += ["", "Both networks trained with freed memory kept for reuse (`core.allocator`, as the "
+                  "library trains on the CPU)." if cache else "Freed memory was not kept for reuse "
+                  "(`core.allocator` inactive here: not glibc, or malloc tuned through the environment)."]
+    if rec.get("allocator"):
+        lines += ["", "### Keeping freed memory for reuse (`TrainConfig.reuse_cpu_memory`)", "",
+                  "Ours at the library's CPU setting, the allocation cache off vs on, each run in a fresh process "
+                  "(2 warm-up + 4 timed steps; medians over the processes), on the main thread (the CLI) and on a "
+                  "worker thread (the napari widget).", "",
+                  "| size | thread | step s, off | step s, on | speed-up | peak RSS MB, off | peak RSS MB, on | processes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a in rec["allocator"]:
+            lines.append(f"| {a['size']} | {a['where']} | {fmt(a['step_s']['off'], 3)} | {fmt(a['step_s']['on'], 3)} | "
+                         f"{fmt(a['speedup'])} | {fmt(a['peak_rss_mb']['off'], 0)} | {fmt(a['peak_rss_mb']['on'], 0)} | "
+                         f"{len(a['runs']['off'])}+{len(a['runs']['on'])} |")
     if rec.get("compile"):
         lines += ["", "torch.compile (ours, fp32 channels_last, time-boxed subprocess):"]
         for c in rec["compile"]:
@@ -637,14 +716,20 @@ def main() -> None:
     ap.add_argument("--predict-reps", type=int, default=3)
     ap.add_argument("--memory-side", type=int, default=8192, help="tried if 4096 projects under --memory-timeout")
     ap.add_argument("--memory-timeout", type=float, default=300.0)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,compile,data,predict,memory,gpu")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,allocator,compile,data,predict,memory,gpu")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--allocator-rounds", type=int, default=2, help="processes per mode in the allocator A/B")
     ap.add_argument("--compile-probe", help=argparse.SUPPRESS)
+    ap.add_argument("--allocator-probe", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/speed/<run-id>.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.compile_probe:
         print(json.dumps(compile_probe(args.compile_probe, args.batch, 2)))
+        return
+    if args.allocator_probe:
+        size, mode, where = args.allocator_probe.split(",")
+        print(json.dumps(allocator_probe(size, args.batch, mode, where)))
         return
     skip = set(filter(None, args.skip.split(",")))
     t_run = time.perf_counter()
@@ -670,9 +755,15 @@ def main() -> None:
         log(f"  {[(m['side'], m.get('peak_rss_mb'), m.get('ok')) for m in rec['memory']]}")
     if "train" not in skip:
         log("training (CPU)")
-        for size, batch in sizes:
-            rec["training"].append(bench_training(size, batch, CPU_SETTINGS, "cpu", args.warmup, args.steps,
-                                                  args.setting_budget, log))
+        with cpu_allocation_cache() as cache:  # as the library trains on the CPU
+            rec["training_allocation_cache"] = cache
+            for size, batch in sizes:
+                rec["training"].append(bench_training(size, batch, CPU_SETTINGS, "cpu", args.warmup, args.steps,
+                                                      args.setting_budget, log))
+    if "allocator" not in skip:
+        log("allocation cache off vs on (fresh processes)")
+        rec["allocator"] = bench_allocator([s for s, b in sizes if b == args.batch], args.batch,
+                                           args.allocator_rounds, args.memory_timeout, log)
     if "data" not in skip:
         log("data pipeline")
         d = bench_data(args.batch)

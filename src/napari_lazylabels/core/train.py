@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_mod
+from .allocator import cpu_allocation_cache
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
 from .labels import DEFAULT_TASK_WEIGHTS, DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
@@ -79,6 +80,12 @@ class TrainConfig:
             off (``best.pt`` is then the last model).
         seed: seeds the sampler, the split and torch.
         num_threads: torch CPU threads (``None``: torch's default).
+        reuse_cpu_memory: on the CPU, keep freed memory in the process for the next step
+            instead of handing it back to the system at every step
+            (:func:`napari_lazylabels.core.allocator.cpu_allocation_cache`; Linux with glibc):
+            "small" steps 1.2-1.3x faster when training runs on the main thread (the CLI),
+            "tiny" about 1.05x; peak memory about 25% higher while training. Handed back when
+            training ends.
         tune_instances: when training ends, choose the model's interface threshold on the
             images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
@@ -112,6 +119,7 @@ class TrainConfig:
     val_every: int = 200
     seed: int = 0
     num_threads: int | None = None
+    reuse_cpu_memory: bool = True
     tune_instances: bool = True
     marks_to_segmentation: bool = False
 
@@ -367,7 +375,29 @@ def train_iter(
 
     Yields:
         events; the last one has ``kind == "done"`` and ``path`` = the best checkpoint.
+
+    Returns:
+        a :class:`TrainResult` (the value of ``StopIteration``).
     """
+    cfg = train_config or TrainConfig()
+    on_cpu = resolve_device(cfg.device).type == "cpu"
+    with cpu_allocation_cache(on_cpu and cfg.reuse_cpu_memory):
+        return (yield from _train_iter(
+            dataset, out_dir, model_config, train_config, resume, validation, size, should_stop
+        ))
+
+
+def _train_iter(
+    dataset: LazyDataset,
+    out_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    validation: list[Sample] | None = None,
+    size: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[TrainEvent]:
+    """:func:`train_iter`'s work."""
     out_dir = Path(out_dir)
     dataset.validate()
     device = resolve_device((train_config or TrainConfig()).device)
