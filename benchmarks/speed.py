@@ -588,6 +588,70 @@ def fmt(v, nd=2):
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
 
+# --------------------------------------------------------------------------- run to run
+REGRESSION = 0.85  # a figure below this share of the previous record's is flagged (noise: ~15%)
+
+
+def previous_record(rec: dict, results: Path = None) -> tuple[str, dict] | None:
+    """The newest earlier record of this benchmark on the same kind of machine (CPU model,
+    core count, GPU), or ``None``."""
+    results = results or RESULTS
+    m = rec["machine"]
+    key = (m.get("cpu"), m.get("cores"), m.get("gpu"))
+    for path in sorted(results.glob("*.json"), reverse=True):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        om = old.get("machine", {})
+        if old is rec or om.get("date") == m.get("date") or (om.get("cpu"), om.get("cores"), om.get("gpu")) != key:
+            continue
+        return path.name, old
+    return None
+
+
+def compare_records(new: dict, old: dict) -> list[dict]:
+    """Figures that both records hold, side by side: ``{"figure", "before", "now", "change",
+    "higher_is_better", "flag"}``. Ratios measured against a reference in the same run are the
+    ones to trust across runs (absolute speeds move with the machine's load)."""
+    rows = []
+
+    def add(name, before, now, higher_is_better=True):
+        if before is None or now is None or not before or before != before or now != now:
+            return
+        change = now / before
+        worse = change < REGRESSION if higher_is_better else change > 1 / REGRESSION
+        rows.append({"figure": name, "before": before, "now": now, "change": change,
+                     "higher_is_better": higher_is_better, "flag": worse})
+
+    old_t = {(t["size"], t["batch"], r["setting"]): r for t in old.get("training", []) for r in t["settings"]}
+    for t in new.get("training", []):
+        for r in t["settings"]:
+            o = old_t.get((t["size"], t["batch"], r["setting"]))
+            if o is None:
+                continue
+            label = f"train {t['size']} {r['setting']}"
+            add(f"{label}: ours patches/s", o["patches_per_s"]["ours"], r["patches_per_s"]["ours"])
+            add(f"{label}: per-FLOP ratio to the reference", o["ratio_tflops"], r["ratio_tflops"])
+    old_best = {(t["size"], t["batch"]): t["best"] for t in old.get("training", [])}
+    for t in new.get("training", []):
+        o = old_best.get((t["size"], t["batch"]))
+        if o is not None:
+            add(f"train {t['size']}: per-FLOP best/best", o["ratio_tflops"], t["best"]["ratio_tflops"])
+    op, np_ = old.get("prediction"), new.get("prediction")
+    if op and np_ and op.get("side") == np_.get("side") and op.get("size") == np_.get("size"):
+        add("predict: Predictor.predict MP/s", op["mp_per_s"].get("ours_predict"), np_["mp_per_s"].get("ours_predict"))
+        add("predict: blending ratio to the reference", op.get("ratio_sliding_window"), np_.get("ratio_sliding_window"))
+        add("predict: Predictor.predict ratio to the reference as trained", op.get("ratio_predict_vs_unfused"),
+            np_.get("ratio_predict_vs_unfused"))
+    old_m = {m["side"]: m for m in old.get("memory", []) if m.get("ok")}
+    for mm in new.get("memory", []):
+        o = old_m.get(mm["side"])
+        if mm.get("ok") and o is not None:
+            add(f"memory {mm['side']}^2: MB beyond outputs", o.get("over_mb"), mm.get("over_mb"), higher_is_better=False)
+    return rows
+
+
 def markdown(rec: dict) -> str:
     m = rec["machine"]
     lines = [
@@ -695,6 +759,18 @@ def markdown(rec: dict) -> str:
                          f"{fmt(r['ratio_tflops'])} | {fmt(100 * r['mfu']['ours'], 1)} |")
         if "data_pipeline" in g:
             lines.append(f"\nData pipeline (patches/s): {json.dumps({k: round(v, 1) for k, v in g['data_pipeline'].items()})}")
+    if rec.get("compared_with"):
+        c = rec["compared_with"]
+        lines += ["", f"## Compared with the previous record on this kind of machine ({c['record']})", "",
+                  f"Flagged (**!**): worse than {REGRESSION:.0%} of the previous figure (or memory above "
+                  f"{1 / REGRESSION:.0%} of it); the machine's own noise between runs is about 15%, so "
+                  "a flag asks for a rerun before it is called a regression.", "",
+                  "| figure | before | now | now/before | |", "|---|---|---|---|---|"]
+        for r in c["rows"]:
+            lines.append(f"| {r['figure']} | {fmt(r['before'], 3)} | {fmt(r['now'], 3)} | {fmt(r['change'])} | "
+                         f"{'**!**' if r['flag'] else ''} |")
+        if not c["rows"]:
+            lines.append("| (no figure in common) | | | | |")
     if rec.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in rec["notes"]]
     return "\n".join(lines) + "\n"
@@ -794,6 +870,12 @@ def main() -> None:
                         "concatenation, the loss and Adam are memory-bound work that FlopCounterMode leaves out).")
     rec["notes"].append(f"{args.warmup} warm-up + up to {args.steps} timed steps per setting (fewer when a setting "
                         f"passed {args.setting_budget:.0f} s; at least 2), ours and reference alternating.")
+    prev = previous_record(rec)
+    if prev is not None:
+        rec["compared_with"] = {"record": prev[0], "rows": compare_records(rec, prev[1])}
+        for r in rec["compared_with"]["rows"]:
+            if r["flag"]:
+                log(f"  slower than {prev[0]}: {r['figure']} {r['before']:.3g} -> {r['now']:.3g}")
     md = markdown(rec)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{platform.node() or 'host'}.json"
