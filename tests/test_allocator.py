@@ -1,5 +1,7 @@
 """Freed CPU memory is kept for reuse while training, and handed back afterwards (glibc)."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -55,7 +57,8 @@ def fake_libc(monkeypatch):
 HOLD = [("mallopt", allocator.M_TRIM_THRESHOLD, allocator.HOLD_TRIM_THRESHOLD), ("mallopt", allocator.M_MMAP_MAX, 0)]
 RESTORE = [
     ("mallopt", allocator.M_MMAP_MAX, allocator.DEFAULT_MMAP_MAX),
-    ("mallopt", allocator.M_TRIM_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD),
+    ("mallopt", allocator.M_MMAP_THRESHOLD, allocator.RESTORE_MMAP_THRESHOLD),
+    ("mallopt", allocator.M_TRIM_THRESHOLD, allocator.RESTORE_TRIM_THRESHOLD),
     ("malloc_trim", 0),
 ]
 
@@ -94,6 +97,28 @@ def test_freed_memory_stays_resident_inside_and_is_handed_back_when_leaving():
     assert held - rss_mb() > 150
 
 
+def test_after_leaving_mid_sized_tensors_still_come_from_the_heap():
+    """glibc's own threshold grows to 32 MiB in a torch process; once mallopt has been called it
+    no longer grows, so leaving must not drop it back to 128 KiB (every tensor mapped afresh)."""
+    needs_glibc()
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    lib = allocator._glibc()
+    if not hasattr(lib, "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    lib.mallinfo2.restype = Mallinfo2
+    with allocator.cpu_allocation_cache():
+        pass
+    before = lib.mallinfo2().hblks
+    t = torch.empty(16 << 20, dtype=torch.uint8)
+    assert lib.mallinfo2().hblks == before  # not a mapping of its own
+    del t
+
+
 def test_training_on_the_cpu_keeps_memory_until_it_ends(tmp_path, fake_libc):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 60, (48, 48)).astype(np.uint8)
@@ -120,3 +145,14 @@ def test_training_on_the_cpu_keeps_memory_until_it_ends(tmp_path, fake_libc):
     assert calls_during_and_after(TrainConfig(**fast)) == (HOLD, HOLD + RESTORE)
     assert calls_during_and_after(TrainConfig(**fast), close_early=True) == (HOLD, HOLD + RESTORE)
     assert calls_during_and_after(TrainConfig(reuse_cpu_memory=False, **fast)) == ([], [])
+
+    # In a worker thread (the napari widgets) only when asked for: there the gain is small.
+    def in_thread(train_config):
+        out = []
+        th = threading.Thread(target=lambda: out.append(calls_during_and_after(train_config)))
+        th.start()
+        th.join()
+        return out[0]
+
+    assert in_thread(TrainConfig(**fast)) == ([], [])
+    assert in_thread(TrainConfig(reuse_cpu_memory=True, **fast)) == (HOLD, HOLD + RESTORE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -82,10 +83,12 @@ class TrainConfig:
         num_threads: torch CPU threads (``None``: torch's default).
         reuse_cpu_memory: on the CPU, keep freed memory in the process for the next step
             instead of handing it back to the system at every step
-            (:func:`napari_lazylabels.core.allocator.cpu_allocation_cache`; Linux with glibc):
-            "small" steps 1.2-1.3x faster when training runs on the main thread (the CLI),
-            "tiny" about 1.05x; peak memory about 25% higher while training. Handed back when
-            training ends.
+            (:func:`napari_lazylabels.core.allocator.cpu_allocation_cache`; Linux with glibc;
+            handed back when training ends). ``None`` (default): when training runs on the
+            main thread (the CLI, scripts), where steps ran 1.18x ("tiny") and 1.32x
+            ("small") faster for 9% and 29% more peak memory; not in a worker thread (the
+            napari widgets), where glibc maps large blocks afresh anyway and steps gained
+            only 1.03-1.09x for 12-20% more memory (docs/benchmarks.md).
         tune_instances: when training ends, choose the model's interface threshold on the
             images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
@@ -119,7 +122,7 @@ class TrainConfig:
     val_every: int = 200
     seed: int = 0
     num_threads: int | None = None
-    reuse_cpu_memory: bool = True
+    reuse_cpu_memory: bool | None = None
     tune_instances: bool = True
     marks_to_segmentation: bool = False
 
@@ -381,7 +384,10 @@ def train_iter(
     """
     cfg = train_config or TrainConfig()
     on_cpu = resolve_device(cfg.device).type == "cpu"
-    with cpu_allocation_cache(on_cpu and cfg.reuse_cpu_memory):
+    reuse = cfg.reuse_cpu_memory
+    if reuse is None:
+        reuse = threading.current_thread() is threading.main_thread()
+    with cpu_allocation_cache(on_cpu and reuse):
         return (yield from _train_iter(
             dataset, out_dir, model_config, train_config, resume, validation, size, should_stop
         ))
