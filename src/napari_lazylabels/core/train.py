@@ -85,10 +85,10 @@ class TrainConfig:
             instead of handing it back to the system at every step
             (:func:`napari_lazylabels.core.allocator.cpu_allocation_cache`; Linux with glibc;
             handed back when training ends). ``None`` (default): when training runs on the
-            main thread (the CLI, scripts), where steps ran 1.18x ("tiny") and 1.32x
-            ("small") faster for 9% and 29% more peak memory; not in a worker thread (the
-            napari widgets), where glibc maps large blocks afresh anyway and steps gained
-            only 1.03-1.09x for 12-20% more memory (docs/benchmarks.md).
+            main thread (the CLI, scripts), where steps ran 1.10-1.18x ("tiny") and
+            1.32-1.71x ("small") faster for 6-9% and 29-31% more peak memory; not in a worker
+            thread (the napari widgets), where glibc maps large blocks afresh anyway and
+            steps gained 0.88-1.25x for 12-20% more memory (docs/benchmarks.md).
         tune_instances: when training ends, choose the model's interface threshold on the
             images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
