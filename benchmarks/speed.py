@@ -674,14 +674,17 @@ def markdown(rec: dict) -> str:
         f"start {m.get('loadavg_at_start')}.",
         f"Command: `{m['command']}`",
         "",
-        "## Training throughput (CPU, 256x256 patches)",
-        "",
-        "Reference: `RefUNet` in `benchmarks/speed.py`, a plain single-task U-net of the same depth and "
-        "widths. GFLOP are convolution/matmul FLOPs of one fwd+bwd per patch (FlopCounterMode).",
-        "",
-        "| size | batch | setting | ours patches/s | ref patches/s | ratio | ours GFLOP/s | ref GFLOP/s | per-FLOP ratio | timed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if rec["training"]:
+        lines += [
+            "## Training throughput (CPU, 256x256 patches)",
+            "",
+            "Reference: `RefUNet` in `benchmarks/speed.py`, a plain single-task U-net of the same depth and "
+            "widths. GFLOP are convolution/matmul FLOPs of one fwd+bwd per patch (FlopCounterMode).",
+            "",
+            "| size | batch | setting | ours patches/s | ref patches/s | ratio | ours GFLOP/s | ref GFLOP/s | per-FLOP ratio | timed |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for t in rec["training"]:
         for r in t["settings"]:
             star = " (default)" if r["setting"] == t["library_default"] else ""
@@ -690,8 +693,9 @@ def markdown(rec: dict) -> str:
                 f"{fmt(r['patches_per_s']['ref'])} | {fmt(r['ratio_patches'])} | {fmt(r['tflops']['ours'] * 1e3, 0)} | "
                 f"{fmt(r['tflops']['ref'] * 1e3, 0)} | {fmt(r['ratio_tflops'])} | {r['n_timed']} |"
             )
-    lines += ["", "| size | GFLOP/patch ours | GFLOP/patch ref | best ours | best ref | ratio best/best | per-FLOP best/best |",
-              "|---|---|---|---|---|---|---|"]
+    if rec["training"]:
+        lines += ["", "| size | GFLOP/patch ours | GFLOP/patch ref | best ours | best ref | ratio best/best | per-FLOP best/best |",
+                  "|---|---|---|---|---|---|---|"]
     for t in rec["training"]:
         g, b = t["gflop_per_patch_fwd_bwd"], t["best"]
         lines.append(f"| {t['size']} | {fmt(g['ours'], 1)} | {fmt(g['ref'], 1)} | {b['ours']} | {b['ref']} | "
