@@ -305,13 +305,7 @@ def allocator_probe(size: str, batch: int, mode: str, where: str, steps: int = 4
         with cpu_allocation_cache(mode == "on") as active:
             x, tg = synthetic_batch(batch, "cpu")
             t = Trainer("ours", size, "cpu", autocast_dtype(torch.device("cpu")), True)
-            for _ in range(2):
-                t.step(x, tg)
-            ts = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                t.step(x, tg)
-                ts.append(time.perf_counter() - t0)
+            ts = interleaved({"step": lambda: t.step(x, tg)}, 2, steps, float("inf"))["step"]
             res.update(active=active, step_s=med(ts), step_s_all=ts)
 
     if where == "thread":
@@ -613,7 +607,7 @@ def previous_record(rec: dict, results: Path = None) -> tuple[str, dict] | None:
         except (OSError, ValueError):
             continue
         om = old.get("machine", {})
-        if old is rec or om.get("date") == m.get("date") or (om.get("cpu"), om.get("cores"), om.get("gpu")) != key:
+        if (om.get("cpu"), om.get("cores"), om.get("gpu")) != key:
             continue
         return path.name, old
     return None

@@ -1,24 +1,16 @@
 """Run ids and table labels of benchmarks/accuracy.py: a change of product default must give
 new run ids instead of colliding with the records made under the old one."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
 from napari_lazylabels.core.train import TrainConfig
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 
 
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["accuracy_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("accuracy")
 
 
 def _record(run, smoothing=None):

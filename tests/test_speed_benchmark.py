@@ -1,22 +1,15 @@
 """Run-to-run comparison of benchmarks/speed.py records: slower figures are flagged."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["speed_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("speed")
 
 
 def record(date, cpu="Xeon", ours=10.0, per_flop=1.0, predict=2.0, over_mb=300.0):

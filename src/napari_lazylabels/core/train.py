@@ -382,32 +382,30 @@ def train_iter(
     Returns:
         a :class:`TrainResult` (the value of ``StopIteration``).
     """
-    cfg = train_config or TrainConfig()
-    on_cpu = resolve_device(cfg.device).type == "cpu"
+    device = resolve_device((train_config or TrainConfig()).device)
+    cfg = resolve_for_device(train_config or TrainConfig(), device)
     reuse = cfg.reuse_cpu_memory
     if reuse is None:
         reuse = threading.current_thread() is threading.main_thread()
-    with cpu_allocation_cache(on_cpu and reuse):
+    with cpu_allocation_cache(device.type == "cpu" and reuse):
         return (yield from _train_iter(
-            dataset, out_dir, model_config, train_config, resume, validation, size, should_stop
+            dataset, Path(out_dir), model_config, cfg, device, resume, validation, size, should_stop
         ))
 
 
 def _train_iter(
     dataset: LazyDataset,
-    out_dir: str | Path,
-    model_config: ModelConfig | None = None,
-    train_config: TrainConfig | None = None,
-    resume: str | Path | None = None,
-    validation: list[Sample] | None = None,
-    size: str | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    out_dir: Path,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    resume: str | Path | None,
+    validation: list[Sample] | None,
+    size: str | None,
+    should_stop: Callable[[], bool] | None,
 ) -> Iterator[TrainEvent]:
-    """:func:`train_iter`'s work."""
-    out_dir = Path(out_dir)
+    """:func:`train_iter`'s work, with the config resolved for ``device``."""
     dataset.validate()
-    device = resolve_device((train_config or TrainConfig()).device)
-    cfg = resolve_for_device(train_config or TrainConfig(), device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
