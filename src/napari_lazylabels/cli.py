@@ -142,13 +142,26 @@ def cmd_train(a: argparse.Namespace) -> int:
     total = a.iterations
     with _tqdm(total=total, desc="train", unit="it") as bar:
         res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar)
-    best = "n/a" if res.best_metric is None else f"{res.best_metric:.4f}"
+    from .core.quality import describe_score
+
+    score = describe_score({**res.best_metrics, "best_metric": res.best_metric}, best=True)
     cut = "" if res.interface_threshold is None else f"; objects cut at interface probability {res.interface_threshold:g} (tuned on the exact masks)"
-    _out(f"trained {res.iteration} iterations; best validation dice {best}{cut}; model in {res.model_dir}")
+    _out(f"trained {res.iteration} iterations; {score}{cut}; model in {res.model_dir}")
+    for w in res.warnings:
+        _out(f"warning: {w}")
     return 0
 
 
 # --------------------------------------------------------------------------- predict
+def _report_model(ck) -> None:
+    """Say how good the model is (its stored validation score) and repeat its warnings."""
+    from .core.quality import describe_score, warnings_for
+
+    _out(f"model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}")
+    for w in warnings_for(ck.metrics, ck.iteration):
+        _out(f"warning: {w}")
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     from .core.checkpoint import load_model
     from .core.io import list_images, read_images
@@ -157,6 +170,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     device = resolve_device(a.device)
     model, ck = load_model(a.model, device)
+    _report_model(ck)
     pcfg = PredictConfig(
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
         save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,

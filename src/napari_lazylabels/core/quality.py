@@ -1,0 +1,191 @@
+"""What a validation score means, and when a model is too weak to trust.
+
+Training scores the class map on held-out images (:func:`score_sample`). The number means
+different things depending on the reference it is computed on: the held-out images' exact
+masks (task 3: a dice of the objects) or only the user's rough marks (task 1: how well the
+model agrees with marks drawn inside objects and on background, which is easy to score high
+on while the object outlines are wrong). Every score therefore carries its ``measure`` and
+the ``trivial`` score: that of predicting every pixel as the most common object class on the
+same pixels, so "0.96" can be told from "no better than calling everything a cell".
+
+:func:`warnings_for` turns the metrics of a model into one-line warnings that say what to do;
+the CLI prints them, the widgets show them, and ``lazylabels predict`` repeats them for a saved
+model (they are derived from the metrics stored in the checkpoint, so old models get them too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .io import LazyDataset, Sample
+from .labels import DETECTION, SEGMENTATION, SEPARATION
+
+EXACT = "exact masks"
+MARKS = "marks"
+MIXED = "exact masks and marks"
+
+#: a model whose best validation dice on exact masks stays below this is called weak
+WEAK_DICE = 0.6
+#: on marks alone the score is easy to raise: below this the model disagrees with the marks
+WEAK_AGREEMENT = 0.8
+#: a model within this margin of the trivial score has learned nothing useful
+TRIVIAL_MARGIN = 0.03
+#: fewer optimiser steps than this cannot make a useful model at the default learning rate
+FEW_ITERATIONS = 100
+
+_WHAT_TO_DO = (
+    "mark more objects (and some background), draw exact masks on a few more images "
+    "(GrabCut), or train longer"
+)
+
+
+def reference(sample: Sample) -> tuple[np.ndarray | None, bool]:
+    """The label map a sample is scored on and whether it is an exact mask.
+
+    Returns ``(labels (H, W) uint8 with 0 = unlabelled, 1 = background, >= 2 classes, exact)``;
+    the exact mask when the sample has a non-empty one, else its detection marks.
+    """
+    if sample.segmentation is not None and np.any(sample.segmentation):
+        return sample.segmentation, True
+    return sample.detection, False
+
+
+def _mean_dice(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    scores = []
+    for c in range(1, n_classes):
+        t, p = truth == c, pred == c
+        if not t.any():
+            continue
+        scores.append(2.0 * np.logical_and(t, p).sum() / (t.sum() + p.sum()))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def score_sample(classes: np.ndarray, sample: Sample, n_classes: int) -> dict:
+    """Score a predicted class map ``(H, W)`` (0 = background) on a sample's annotated pixels.
+
+    Returns ``{"dice", "exact", "trivial", "foreground"}``: the mean dice over object classes
+    on the labelled pixels of :func:`reference`; whether that reference is an exact mask; the
+    best dice of a constant prediction (every pixel one object class) on the same pixels; the
+    share of the image predicted as an object. Scores are NaN where nothing is labelled.
+    """
+    ref, exact = reference(sample)
+    nan = {"dice": float("nan"), "exact": exact, "trivial": float("nan"), "foreground": float("nan")}
+    if ref is None:
+        return nan
+    m = ref > 0
+    truth = ref[m].astype(np.int64) - 1
+    dice = _mean_dice(truth, classes[m].astype(np.int64), n_classes)
+    trivial = max(
+        (_mean_dice(truth, np.full_like(truth, c), n_classes) for c in range(1, n_classes)),
+        default=float("nan"),
+    )
+    return {"dice": dice, "exact": exact, "trivial": trivial, "foreground": float(np.mean(classes > 0))}
+
+
+def summarize(scores: list[dict]) -> dict:
+    """Validation metrics from per-image :func:`score_sample` results.
+
+    Returns ``{"dice", "n", "measure", "trivial", "foreground"}``: means over the images that
+    could be scored; ``measure`` is :data:`EXACT`, :data:`MARKS` or :data:`MIXED`.
+    """
+    valid = [s for s in scores if not math.isnan(s["dice"])]
+    if not valid:
+        return {"dice": float("nan"), "n": 0, "measure": None, "trivial": None, "foreground": None}
+    exact = {bool(s["exact"]) for s in valid}
+    measure = MIXED if len(exact) == 2 else EXACT if exact == {True} else MARKS
+    trivial = [s["trivial"] for s in valid if not math.isnan(s["trivial"])]
+    return {
+        "dice": float(np.mean([s["dice"] for s in valid])),
+        "n": len(valid),
+        "measure": measure,
+        "trivial": float(np.mean(trivial)) if trivial else None,
+        "foreground": float(np.mean([s["foreground"] for s in valid])),
+    }
+
+
+def describe_score(metrics: dict, best: bool = False) -> str:
+    """One line saying what a validation score measures, e.g. ``"validation dice 0.81 on
+    exact masks of 2 images"`` or ``"agreement with your marks 0.96 on 3 images (no exact
+    masks held out: not a dice of the objects)"``. ``best`` takes ``metrics["best_metric"]``."""
+    value = metrics.get("best_metric") if best else metrics.get("dice")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "no validation score"
+    n = metrics.get("n")
+    on = f" of {n} image{'s' if n != 1 else ''}" if n else ""
+    prefix = "best " if best else ""
+    measure = metrics.get("measure")
+    trivial = metrics.get("trivial")
+    tail = "" if trivial is None else f"; everything-one-class scores {trivial:.2f}"
+    if measure == MARKS:
+        return (f"{prefix}agreement with your marks {value:.3f}{on.replace(' of', ' on')} (no exact masks held "
+                f"out: not a dice of the objects{tail})")
+    if measure == MIXED:
+        return f"{prefix}validation dice {value:.3f} on exact masks and marks{on}{tail}"
+    if measure == EXACT:
+        return f"{prefix}validation dice {value:.3f} on exact masks{on}{tail}"
+    return f"{prefix}validation score {value:.3f}"
+
+
+def warnings_for(metrics: dict | None, iteration: int | None = None) -> list[str]:
+    """One-line warnings about a model, each saying what to do (empty: nothing to say).
+
+    Args:
+        metrics: the validation metrics of the model (:func:`summarize`, as stored in the
+            checkpoint; ``best_metric`` is used when present, else ``dice``).
+        iteration: optimiser steps the model was trained for.
+    """
+    out = []
+    metrics = metrics or {}
+    if iteration is not None and iteration < FEW_ITERATIONS:
+        out.append(
+            f"The model was trained for only {iteration} iterations: its predictions are unreliable. "
+            f"Train longer (at least a few hundred iterations)."
+        )
+    value = metrics.get("best_metric", metrics.get("dice"))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if metrics.get("measure") is None and iteration is not None and iteration >= FEW_ITERATIONS:
+            out.append(
+                "The model was never validated, so its quality is unknown. Draw exact masks (GrabCut) on "
+                "a few images, or keep validation on."
+            )
+        return out
+    measure = metrics.get("measure")
+    trivial = metrics.get("trivial")
+    if trivial is not None and value <= trivial + TRIVIAL_MARGIN:
+        out.append(
+            f"The model does no better ({value:.2f}) than calling every pixel one class ({trivial:.2f}): "
+            f"it has not learned the objects. To fix: {_WHAT_TO_DO}."
+        )
+    elif measure in (EXACT, MIXED) and value < WEAK_DICE:
+        out.append(f"The model is weak (validation dice {value:.2f} on exact masks). To improve: {_WHAT_TO_DO}.")
+    elif measure == MARKS and value < WEAK_AGREEMENT:
+        out.append(f"The model disagrees with your marks (agreement {value:.2f}). To improve: {_WHAT_TO_DO}.")
+    foreground = metrics.get("foreground")
+    if foreground is not None and foreground < 0.001:
+        out.append("The model predicts (almost) no object on the validation images. To fix: " + _WHAT_TO_DO + ".")
+    if measure == MARKS:
+        out.append(
+            "No held-out image has an exact mask, so the score shown only checks your marks, not the object "
+            "outlines. For a real dice, draw exact masks (GrabCut) on a few more images."
+        )
+    return out
+
+
+def check_trainable(dataset: LazyDataset) -> None:
+    """Raise a clear ``ValueError`` when the labels cannot teach any object: only background
+    (label 1) is painted, on every image and task."""
+    for s in dataset:
+        for task in (DETECTION, SEGMENTATION):
+            lab = s.label(task)
+            if lab is not None and np.any(lab >= 2):
+                return
+        sep = s.label(SEPARATION)
+        if sep is not None and np.any(sep >= 2):
+            return
+    if any(s.tasks() for s in dataset):
+        raise ValueError(
+            "Only background is painted (label 1): mark some objects too (label 2 and up, a rough stroke "
+            "inside each object) before training."
+        )
