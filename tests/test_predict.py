@@ -16,6 +16,7 @@ from napari_lazylabels.core.predict import (
     Prediction,
     PredictionCancelled,
     Predictor,
+    PredictPhase,
     dihedral,
     gaussian_importance_map,
     instances_from_prediction,
@@ -167,10 +168,14 @@ def test_predictor_multitask_gray(multitask):
     pred = Predictor(model, cfg, FAST).predict(image)
     _check(pred, (300, 517), 3)
     assert pred.detection is None
-    # the same through predict_iter: progress events, then the Prediction
+    # the same through predict_iter: tile progress, the phases after the tiles, the Prediction
     events = list(Predictor(model, cfg, FAST).predict_iter(image))
-    assert all(isinstance(e, tuple) for e in events[:-1]) and len(events) > 2
-    assert events[-2][0] == events[-2][1]
+    tiles = [e for e in events if isinstance(e, tuple)]
+    assert events[: len(tiles)] == tiles and len(tiles) > 2 and tiles[-1][0] == tiles[-1][1]
+    phases = events[len(tiles) : -1]
+    assert all(isinstance(e, PredictPhase) for e in phases)
+    assert phases[0].phase == "classes" and phases[-1].phase == "instances"
+    assert phases[-1].done == phases[-1].total
     assert isinstance(events[-1], Prediction)
     np.testing.assert_allclose(events[-1].probabilities, pred.probabilities, atol=1e-6)
 
@@ -704,3 +709,86 @@ def test_predictor_without_interfaces_skips_the_separation_decoder(multitask):
     finally:
         for h in hooks:
             h.remove()
+
+
+# --------------------------------------------------------------------------- phases, Stop, large images
+def test_post_processing_reports_its_phases_and_stops_inside_them(multitask, monkeypatch):
+    """After the tiles, predict_iter yields a PredictPhase per band of the argmax and, through
+    the instance step, per component that needs a watershed (PHASE_SECONDS = 0 here): 30
+    bars, each crossed by an interface line, are 30 watershed components. Closing the
+    generator in the instance step (what a worker's Stop does) leaves no Prediction."""
+    from napari_lazylabels.core import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "PHASE_SECONDS", 0.0)
+    classes = np.zeros((300, 200), np.uint8)
+    interfaces = np.zeros((300, 200), np.float32)
+    for i in range(30):
+        classes[10 * i + 2 : 10 * i + 8, 10:190] = 1
+        interfaces[10 * i + 2 : 10 * i + 8, 99:101] = 0.9
+    events = list(predict_mod.iter_instances_from_prediction(classes, interfaces, 0.5, 4))
+    assert [e.phase for e in events] == ["instances"] * len(events) and len(events) >= 30
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1] == PredictPhase("instances", 30, 30)
+    inst = instances_from_prediction(classes, interfaces, 0.5, 4)
+    assert inst.max() == 60  # each bar cut in two
+
+    model, cfg = multitask
+    net = Fixed(model, bright, interfaces=lambda x: torch.where((x > 0.2) & (x < 0.8), 8.0, -8.0))
+    image = np.zeros((300, 200), np.float32)
+    image[classes > 0] = 1.0
+    image[interfaces > 0] = 0.5  # the interface line
+    gen = Predictor(net, cfg, replace(FAST, min_object_size=4, interface_threshold=0.5)).predict_iter(image)
+    seen = []
+    for event in gen:
+        seen.append(event)
+        if isinstance(event, PredictPhase) and event.phase == "instances" and event.done > 5:
+            gen.close()
+            break
+    assert isinstance(seen[0], tuple) and not any(isinstance(e, Prediction) for e in seen)
+    assert {e.phase for e in seen if isinstance(e, PredictPhase)} == {"classes", "instances"}
+
+
+def test_stop_is_checked_between_the_orientations_of_a_batch(multitask):
+    """With 4 orientations a batch of tiles is 4 network passes; a Stop raised during the
+    first pass ends the prediction before the second (not after the batch's four)."""
+    model, cfg = multitask
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return self.inner(x)
+
+    predictor = Predictor(Counting(model), cfg, replace(FAST, tta=4, batch_size=8))
+    with pytest.raises(PredictionCancelled):
+        predictor.predict(np.zeros((200, 200), np.float32), should_stop=lambda: len(calls) >= 1)
+    assert calls == [8]
+
+
+def test_large_images_get_fewer_orientations_unless_set(multitask):
+    """Above PredictConfig.large_image_pixels an image is predicted in large_image_tta
+    orientations (never more than tta); large_image_tta=None keeps tta for every size; the
+    network runs that many passes per batch."""
+    model, cfg = multitask
+    default = Predictor(model, cfg, PredictConfig(device="cpu"))
+    assert default.orientations((2048, 2048)) == 4
+    assert default.orientations((4096, 4096)) == PredictConfig().large_image_tta < 4
+    assert Predictor(model, cfg, PredictConfig(device="cpu", tta=1)).orientations((4096, 4096)) == 1
+    assert Predictor(model, cfg, PredictConfig(device="cpu", large_image_tta=None)).orientations((8192, 8192)) == 4
+    with pytest.raises(ValueError, match="orientations"):
+        PredictConfig(large_image_tta=3)
+
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    image = np.random.default_rng(0).random((100, 90)).astype(np.float32)  # 4 tiles: one batch
+    try:
+        for pixels, expected in ((100 * 90, 4), (100 * 90 - 1, 2)):
+            calls.clear()
+            pc = replace(FAST, tta=4, large_image_tta=2, large_image_pixels=pixels)
+            Predictor(model, cfg, pc).predict(image, instances=False)
+            assert len(calls) == expected
+    finally:
+        hook.remove()

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from .data import normalize, percentiles, resize_image, to_channels
 from .io import as_image, atomic_path, read_image, write_image, write_label
 from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
+from .runfolder import check_writable, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,32 @@ LARGE_IMAGE_PIXELS = 50_000_000
 
 class PredictionCancelled(RuntimeError):
     """Raised when ``should_stop()`` returned True during a prediction."""
+
+
+@dataclass(frozen=True)
+class PredictPhase:
+    """A progress event of a step after the tiles, yielded by :meth:`Predictor.predict_iter`
+    (and the instance step's generator) so that a consumer can show every phase and stop in it.
+
+    Not a tuple, so consumers of the ``(done_tiles, total_tiles)`` protocol (:func:`_drive`'s
+    ``progress``) skip it; ``should_stop`` is still checked at each one.
+
+    Attributes:
+        phase: ``"resizing"`` (working-scale maps back to the image's size), ``"classes"``
+            (the argmax) or ``"instances"`` (cutting objects).
+        done: units of the phase done (row bands; connected components for ``"instances"``).
+        total: units of the phase (for ``"instances"`` the components found so far: the
+            count grows class by class).
+    """
+
+    phase: str
+    done: int
+    total: int
+
+
+PHASE_SECONDS = 0.05
+"""Long post-processing loops yield a :class:`PredictPhase` at least this often (seconds of
+work), so a Stop takes effect and the progress moves while they run."""
 
 
 # --------------------------------------------------------------------------- geometry
@@ -309,10 +337,17 @@ def resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> np.ndarray
     Pixel centres are aligned as in ``cv2.resize`` (``align_corners=False``); borders are
     replicated. Returns ``dst``.
     """
+    return _drive(_iter_resize_maps(src, dst, rows), None, None)
+
+
+def _iter_resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> Iterator[PredictPhase]:
+    """Generator form of :func:`resize_maps`: yields ``PredictPhase("resizing", band, bands)``
+    after each band of ``rows`` output rows and returns ``dst``."""
     k, h, w = src.shape
     kd, hd, wd = dst.shape
     if kd != k:
         raise ValueError(f"resize_maps: {k} maps into {kd}.")
+    bands = max(1, -(-hd // rows))
     sx, sy = w / wd, h / hd
     map_x = np.clip((np.arange(wd, dtype=np.float32) + 0.5) * np.float32(sx) - 0.5, 0, w - 1)
     for y0 in range(0, hd, rows):
@@ -325,6 +360,7 @@ def resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> np.ndarray
         for c in range(k):
             band = np.ascontiguousarray(src[c, lo:hi], dtype=np.float32)
             dst[c, y0:y1] = cv2.remap(band, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        yield PredictPhase("resizing", y0 // rows + 1, bands)
     return dst
 
 
@@ -429,6 +465,34 @@ def instances_from_prediction(
     Returns:
         ``(H, W)`` int32, 0 = no object, objects numbered ``1..N`` (class by class).
     """
+    return _drive(
+        iter_instances_from_prediction(
+            classes, interfaces, interface_threshold, min_size, min_seed_size, seed_erosion,
+            probabilities, seed_probability, neck_depth,
+        ),
+        None,
+        None,
+    )
+
+
+def iter_instances_from_prediction(
+    classes: np.ndarray,
+    interfaces: np.ndarray | None,
+    interface_threshold: float = 0.5,
+    min_size: int = 16,
+    min_seed_size: int | None = None,
+    seed_erosion: int = 0,
+    probabilities: np.ndarray | None = None,
+    seed_probability: float = 0.9,
+    neck_depth: float = 0.0,
+) -> Iterator[PredictPhase]:
+    """Generator form of :func:`instances_from_prediction` (the same arguments).
+
+    Yields ``PredictPhase("instances", done, total)`` after each class's labelling and then at
+    least every :data:`PHASE_SECONDS` of the per-component loop (``done`` components of the
+    ``total`` found so far), and *returns* the ``(H, W)`` int32 instance map (``result = yield
+    from ...``), so a worker shows the step's progress and can stop inside it.
+    """
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -448,9 +512,12 @@ def instances_from_prediction(
     out = np.zeros(classes.shape, np.int32)
     next_id = 1
     n_classes = int(classes.max()) + 1 if classes.size else 0
+    done = found = 0
     for c in range(1, n_classes):
         fg = classes == c
         comp, n = ndimage.label(fg)
+        found += n
+        yield PredictPhase("instances", done, found)
         if n == 0:
             continue
         split = interfaces
@@ -469,6 +536,7 @@ def instances_from_prediction(
             lut[keep] = np.arange(next_id, next_id + int(keep.sum()), dtype=np.int32)
             next_id += int(keep.sum())
             np.copyto(out, lut[comp], where=fg)
+            done += n
             continue
         # Components without any interface pixel are single objects: label them at once,
         # and run the per-component watershed only where an interface may split one.
@@ -487,9 +555,15 @@ def instances_from_prediction(
         next_id += int(simple.sum())
         np.copyto(out, lut[comp], where=simple[comp])
         todo = big & crossed
+        done += n - int(todo.sum())
+        last = time.perf_counter()
         for i, sl in enumerate(ndimage.find_objects(comp), start=1):
             if sl is None or not todo[i]:
                 continue
+            done += 1
+            if time.perf_counter() - last >= PHASE_SECONDS:
+                yield PredictPhase("instances", done, found)
+                last = time.perf_counter()
             mask = comp[sl] == i
             interf = np.zeros(mask.shape, np.float32) if split is None else np.asarray(split[sl], dtype=np.float32)
             seed_mask = mask & (interf < threshold)
@@ -520,6 +594,7 @@ def instances_from_prediction(
             lut[keep] = np.arange(next_id, next_id + int(keep.sum()), dtype=np.int32)
             next_id += int(keep.sum())
             np.copyto(region, lut[parts], where=mask)
+    yield PredictPhase("instances", found, found)
     return out
 
 
@@ -680,16 +755,31 @@ def tune_interface_threshold(
 
 def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
     """``argmax`` over the class axis of ``(K, H, W)`` band by band (bounded for memmaps)."""
+    return _drive(_iter_argmax_rows(probs, rows), None, None)
+
+
+def _iter_argmax_rows(probs: np.ndarray, rows: int = 512) -> Iterator[PredictPhase]:
+    """Generator form of :func:`_argmax_rows`: yields ``PredictPhase("classes", band, bands)``
+    after each band of ``rows`` rows and returns the ``(H, W)`` class map."""
     k, h, w = probs.shape
     dtype = np.uint8 if k <= 256 else np.uint16
     out = np.empty((h, w), dtype)
-    for y in range(0, h, rows):
+    bands = max(1, -(-h // rows))
+    for i, y in enumerate(range(0, h, rows)):
         out[y : y + rows] = np.argmax(probs[:, y : y + rows], axis=0)
+        yield PredictPhase("classes", i + 1, bands)
     return out
 
 
 # --------------------------------------------------------------------------- predictor
 TTA_CHOICES = (1, 2, 4, 8)
+
+LARGE_TTA_PIXELS = 2048 * 2048
+"""Default :attr:`PredictConfig.large_image_pixels`: above it, fewer orientations."""
+
+LARGE_IMAGE_TTA = 2
+"""Default :attr:`PredictConfig.large_image_tta` (docs/benchmarks.md, "Orientations for large
+images")."""
 
 
 def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
@@ -759,6 +849,14 @@ class PredictConfig:
             held-out images (docs/benchmarks.md): 4 orientations raised the foreground dice
             of 7 models by 0.003-0.024 (mean 0.011) and object F1 by up to 0.06 on GlaS,
             ISBI and DSB.
+        large_image_tta: orientations for images above ``large_image_pixels`` (at most
+            ``tta``); ``None``: ``tta`` whatever the size. Prediction time grows with the
+            pixels times the orientations, and the few thousandths of dice that 4 orientations
+            add over fewer (docs/benchmarks.md, "Orientations for large images") do not grow
+            with the image; a caller that sets ``tta`` explicitly for every image (the CLI's
+            ``--tta``) sets this to ``None``.
+        large_image_pixels: images with more pixels (at the working scale) than this are
+            predicted in ``large_image_tta`` orientations.
     """
 
     tile: int = 256
@@ -777,10 +875,19 @@ class PredictConfig:
     seed_probability: float | None = None
     neck_depth: float = 0.0
     tta: int = 4
+    large_image_tta: int | None = LARGE_IMAGE_TTA
+    large_image_pixels: int = LARGE_TTA_PIXELS
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_CHOICES:
             raise ValueError(f"tta is a number of orientations, one of {TTA_CHOICES}; got {self.tta}.")
+        if self.large_image_tta is not None and self.large_image_tta not in TTA_CHOICES:
+            raise ValueError(
+                f"large_image_tta is a number of orientations, one of {TTA_CHOICES} (or None); "
+                f"got {self.large_image_tta}."
+            )
+        if self.large_image_pixels < 0:
+            raise ValueError(f"large_image_pixels is a number of pixels >= 0, got {self.large_image_pixels}.")
         if self.interface_threshold is not None and not 0 < self.interface_threshold <= 1:
             raise ValueError(
                 f"interface_threshold is a probability in (0, 1], got {self.interface_threshold}."
@@ -897,17 +1004,31 @@ class Predictor:
             heads.append(SEPARATION)
         return tuple(heads)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def orientations(self, shape: tuple[int, ...]) -> int:
+        """Orientations each tile of an image of ``shape`` ``(H, W[, C])`` at the working scale
+        is predicted in: :attr:`PredictConfig.tta`, or :attr:`PredictConfig.large_image_tta`
+        (when fewer) above :attr:`PredictConfig.large_image_pixels`."""
+        pc = self.predict_config
+        if pc.large_image_tta is None or shape[0] * shape[1] <= pc.large_image_pixels:
+            return pc.tta
+        return min(pc.tta, pc.large_image_tta)
+
+    def forward(
+        self, x: torch.Tensor, should_stop: Callable[[], bool] | None = None, tta: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Probabilities for a batch of normalised tiles.
 
         Args:
             x: ``(B, C, P, P)`` float32.
+            should_stop: checked before each orientation's pass; raises
+                :class:`PredictionCancelled`, so a Stop waits for one pass, not the batch's
+                ``tta`` passes.
+            tta: orientations (default :attr:`PredictConfig.tta`).
 
         Returns:
             ``{"probabilities": (B, K, P, P), "interfaces": (B, 1, P, P) (with a separation
             head), "detection": (B, K, P, P) (if kept)}`` float32 on the model's device;
-            class and detection probabilities are the mean over
-            :attr:`PredictConfig.tta` orientations.
+            class and detection probabilities are the mean over the orientations.
         """
         x = x.to(self.device, non_blocking=True)
         if self.predict_config.channels_last:
@@ -917,10 +1038,12 @@ class Predictor:
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
-        n = self.predict_config.tta
+        n = self.predict_config.tta if tta is None else tta
         out: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
             for k in range(n):
+                if should_stop is not None and should_stop():
+                    raise PredictionCancelled("Prediction cancelled.")
                 xk = dihedral(x, k)
                 if k and self.predict_config.channels_last:
                     xk = xk.contiguous(memory_format=torch.channels_last)
@@ -986,11 +1109,14 @@ class Predictor:
         image: np.ndarray,
         outputs: dict[str, np.ndarray] | None = None,
         instances: bool = True,
-    ) -> Iterator[tuple[int, int] | Prediction]:
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, int] | PredictPhase | Prediction]:
         """Predict one image step by step (for a napari ``thread_worker``).
 
         Protocol: yields ``(done_tiles, total_tiles)`` tuples after every batch of tiles, then
-        yields the :class:`Prediction` as its last item (and also returns it, so a
+        a :class:`PredictPhase` for each step after the tiles (``"resizing"`` at a working
+        scale, ``"classes"``, ``"instances"``; at least every :data:`PHASE_SECONDS` of work),
+        then yields the :class:`Prediction` as its last item (and also returns it, so a
         ``GeneratorWorker``'s ``returned`` signal carries it). A consumer can stop at any
         yield (``worker.quit()``, ``generator.close()``); nothing is left half-written except
         ``outputs``.
@@ -1001,10 +1127,19 @@ class Predictor:
                 ``"probabilities"`` ``(K, H, W)``, ``"interfaces"`` ``(H, W)``,
                 ``"detection"`` ``(K, H, W)``.
             instances: also compute instances (:func:`instances_from_prediction`).
+            should_stop: also checked between the orientations of a batch of tiles (raises
+                :class:`PredictionCancelled`), for a Stop that does not wait for a whole batch.
         """
         pc = self.predict_config
         full_shape = as_image(image).shape[:2]
         src = self.prepare(image)
+        n = self.orientations(src.shape[1:])
+
+        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if should_stop is None and n == pc.tta:  # the plain call (subclasses may override it)
+                return self.forward(x)
+            return self.forward(x, should_stop=should_stop, tta=n)
+
         outputs = dict(outputs or {})
         for name in list(outputs):
             if (name == INTERFACES and not self.has_interfaces) or (
@@ -1013,7 +1148,7 @@ class Predictor:
                 del outputs[name]
         if self.config.scale == 1:
             result = yield from iter_sliding_window(
-                src, self.forward, outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
+                src, forward, outputs, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
             )
         else:
             # At the working scale into temporary maps (memory-mapped for large images), then
@@ -1021,18 +1156,18 @@ class Predictor:
             with tempfile.TemporaryDirectory(prefix="lazylabels-scaled-") as tmp:
                 small = self._working_maps(src.shape[1:], Path(tmp))
                 small = yield from iter_sliding_window(
-                    src, self.forward, small, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
+                    src, forward, small, pc.tile, pc.overlap, pc.batch_size, pc.sigma_scale
                 )
                 for name, arr in small.items():
                     dst = outputs.get(name)
                     if dst is None:
                         dst = np.empty((arr.shape[0], *full_shape), np.float32)
                     outputs[name] = dst
-                    resize_maps(arr, dst if dst.ndim == 3 else dst[None])
+                    yield from _iter_resize_maps(arr, dst if dst.ndim == 3 else dst[None])
                 del small, arr
             result = outputs
         probs = result[PROBABILITIES]
-        classes = _argmax_rows(probs)
+        classes = yield from _iter_argmax_rows(probs)
         interfaces = result.get(INTERFACES)
         if interfaces is not None and interfaces.ndim == 3:
             interfaces = interfaces[0]
@@ -1041,7 +1176,7 @@ class Predictor:
             detection = probs
         inst = None
         if instances:
-            inst = instances_from_prediction(
+            inst = yield from iter_instances_from_prediction(
                 classes, interfaces, self.interface_threshold, self.min_object_size,
                 probabilities=None if pc.seed_probability is None else probs,
                 seed_probability=pc.seed_probability or 0.9, neck_depth=pc.neck_depth,
@@ -1073,7 +1208,8 @@ class Predictor:
         """Predict one 2D image (see :meth:`predict_iter` for the arguments).
 
         Args:
-            should_stop: checked between batches; raises :class:`PredictionCancelled`.
+            should_stop: checked between batches, between a batch's orientations and in the
+                steps after the tiles; raises :class:`PredictionCancelled`.
             progress: called with ``(done_tiles, total_tiles)``.
 
         Returns:
@@ -1081,7 +1217,7 @@ class Predictor:
         """
         if should_stop is not None and should_stop():
             raise PredictionCancelled("Prediction cancelled.")
-        return _drive(self.predict_iter(image, outputs, instances), should_stop, progress)
+        return _drive(self.predict_iter(image, outputs, instances, should_stop), should_stop, progress)
 
     def predict_stack(
         self,
@@ -1184,7 +1320,7 @@ PREDICTION_SETTINGS = "lazylabels-predict.json"
 
 def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, model: str | None = None) -> Path:
     """Write ``out_dir/lazylabels-predict.json``: the model, its test-time orientations
-    (``tta``) and how instances were cut
+    (``tta``; ``large_image_tta`` above ``large_image_pixels``) and how instances were cut
     (``interface_threshold`` and ``min_object_size`` used, the model's own
     ``auto_interface_threshold`` and ``auto_min_object_size``, ``neck_depth``,
     ``seed_probability``), so :func:`resplit_folder` can start from them."""
@@ -1193,6 +1329,8 @@ def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, m
     return atomic_write_json(
         Path(out_dir) / PREDICTION_SETTINGS,
         {"model": None if model is None else str(model), "tta": predictor.predict_config.tta,
+         "large_image_tta": predictor.predict_config.large_image_tta,
+         "large_image_pixels": predictor.predict_config.large_image_pixels,
          **predictor.instance_settings()},
     )
 
@@ -1234,7 +1372,15 @@ def resplit_folder(
     PredictConfig(interface_threshold=interface_threshold, min_object_size=min_object_size, neck_depth=neck_depth)
     pred_dir = Path(pred_dir)
     settings_path = pred_dir / PREDICTION_SETTINGS
-    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    try:
+        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    except ValueError as e:
+        raise ValueError(
+            f"{settings_path} is not valid JSON ({e}); delete it to cut with the default settings, "
+            "or predict again."
+        ) from e
+    if not isinstance(settings, dict):
+        raise ValueError(f"{settings_path} is not a lazylabels predict record; delete it or predict again.")
     interface_threshold, min_object_size = recorded_instance_settings(settings, interface_threshold, min_object_size)
     found = {p.name[: -len("_classes.png")]: p for p in sorted(pred_dir.glob("*_classes.png"))}
     if stems is not None:
@@ -1247,6 +1393,8 @@ def resplit_folder(
             f"No *_classes.png in {pred_dir}: give the --out folder of lazylabels predict."
         )
     written = []
+    lock = contextlib.ExitStack()
+    lock.enter_context(folder_lock(pred_dir, "instances"))
     for stem, cls_path in found.items():
         classes = read_label(cls_path)
         itf_path = pred_dir / f"{stem}_interfaces.tif"
@@ -1259,6 +1407,7 @@ def resplit_folder(
     settings.update(interface_threshold=interface_threshold, min_object_size=min_object_size,
                     neck_depth=neck_depth, seed_probability=None)
     atomic_write_json(settings_path, settings)
+    lock.close()
     return written
 
 
@@ -1292,12 +1441,18 @@ def predict_file(
     ``out_dir`` (removed afterwards) and are streamed into tiled TIFFs, so the float maps
     never need to fit in RAM; the input image, class and instance maps do.
 
+    ``out_dir`` is locked while the image is predicted
+    (:func:`napari_lazylabels.core.runfolder.folder_lock`: another process predicting into it
+    is refused, and temporary files that a killed run left there are removed first). An
+    earlier prediction's ``<stem>_*`` file of a kind this one does not write (interfaces of a
+    model without a separation head, probabilities when not saved) is removed, so the folder
+    never mixes two models' outputs for one image.
+
     Returns:
         ``{"classes": path, "instances": path, "interfaces": path, "probabilities": path}``
         for the files written.
     """
-    image_path, out_dir = Path(image_path), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    image_path, out_dir = Path(image_path), check_writable(out_dir)
     if save_probabilities is None:
         save_probabilities = predictor.predict_config.save_probabilities
     stem = stem or image_path.stem
@@ -1307,6 +1462,8 @@ def predict_file(
     outputs: dict[str, np.ndarray] = {}
     written: dict[str, Path] = {}
     pred = None
+    lock = contextlib.ExitStack()
+    lock.enter_context(folder_lock(out_dir, "predict"))
     try:
         if h * w > large_pixels:
             cfg = predictor.config
@@ -1349,6 +1506,7 @@ def predict_file(
             written["probabilities"] = _atomic_tiff(
                 out_dir / f"{stem}_probabilities.tif", pred.probabilities
             )
+        _remove_stale_outputs(out_dir, stem, written)
     finally:
         outputs.clear()  # drop the memmaps before removing their files
         pred = None
@@ -1359,5 +1517,19 @@ def predict_file(
                 pass
             except OSError as e:  # e.g. still mapped on Windows
                 log.warning("Could not remove temporary file %s: %s", tmp, e)
+        lock.close()
     log.info("Wrote %s", ", ".join(str(p.name) for p in written.values()))
     return written
+
+
+def _remove_stale_outputs(out_dir: Path, stem: str, written: dict[str, Path]) -> None:
+    """Remove ``<stem>_{instances,interfaces,probabilities}.*`` files that this prediction did
+    not write: an earlier run's, whose model they no longer match."""
+    for kind in ("instances", INTERFACES, PROBABILITIES):
+        if kind in written:
+            continue
+        for suffix in (".png", ".tif"):
+            old = out_dir / f"{stem}_{kind}{suffix}"
+            if old.exists():
+                old.unlink()
+                log.info("Removed %s, left by an earlier prediction", old.name)
