@@ -1,6 +1,8 @@
-"""npe2 sample data: File > Open Sample > Lazy labels (a small image with ready lazy labels)."""
+"""npe2 sample data: File > Open Sample > Lazy labels (nuclei images with ready lazy labels)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from .core.io import load_dataset
 
@@ -13,8 +15,16 @@ def sample_dataset_path() -> str:
 
 
 def make_sample_data() -> list[tuple]:
-    """The bundled sample: the image plus detection, separation and segmentation layers."""
+    """The bundled sample: per image size one image layer (2D, or a stack of the equally sized
+    images) with its detection, separation and segmentation layers, the groups side by side.
+
+    The sample's stored background colour (black) is dropped, so background marks take the
+    colour that stands out on its dark fluorescence images (``_layers.background_color``).
+    """
     from ._widgets._layers import dataset_to_layer_data
 
+    dataset = load_dataset(sample_dataset_path())
+    if dataset.classes.colors:
+        dataset.classes = replace(dataset.classes, colors=("",) + tuple(dataset.classes.colors[1:]))
     # no "source": saving must not default to the installed package's folder
-    return dataset_to_layer_data(load_dataset(sample_dataset_path()), source=None)
+    return dataset_to_layer_data(dataset, source=None)

@@ -14,6 +14,10 @@ Conventions shared by the reader, the writer, the sample data and every widget:
   and ``["image"]`` (the image layer's name).
 * Predictions are pushed as ``"<image> classes"``, ``"<image> instances"``,
   ``"<image> interfaces"`` and ``"<image> probabilities"`` layers, updated in place on re-runs.
+* Every layer made for an image carries the image layer's ``scale``, ``translate`` and
+  ``units`` (:func:`geometry_kwargs`), so label pixel ``(r, c)`` covers image pixel ``(r, c)``
+  and brush sizes count image pixels. A dataset folder keeps them per image
+  (``Sample.geometry``); images of different sizes opened together are laid out side by side.
 
 Nothing here starts threads or shows widgets; the functions only take and return arrays and
 layer data tuples (``(data, kwargs, layer_type)``) so they are easy to test.
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..core.io import LazyDataset, Sample
+from ..core.io import MIN_IMAGE_SIDE, LazyDataset, Sample, channels_message, normalize_geometry
 from ..core.labels import (
     BACKGROUND,
     DETECTION,
@@ -42,7 +46,11 @@ META = "lazylabels"
 TASK_LAYER_NAMES: dict[str, str] = {DETECTION: "detection", SEPARATION: "separation", SEGMENTATION: "segmentation"}
 PREDICTION_SUFFIXES = ("classes", "instances", "interfaces", "probabilities")
 
-BACKGROUND_COLOR = "#8c8c8c"
+# Background marks: cyan where it stands out (dark to mid-gray images), else navy (bright
+# images); both reach a WCAG contrast ratio of 3 against the image's mean colour between them.
+BACKGROUND_COLOR = "#00ffff"
+BACKGROUND_CHOICES = ("#00ffff", "#000080")
+MIN_CONTRAST = 3.0
 INTERFACE_COLOR = "#ffd400"
 PALETTE = (
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
@@ -51,27 +59,124 @@ PALETTE = (
 
 
 # --------------------------------------------------------------------------- classes, colours
-def class_colors(classes: ClassSpec) -> list[str]:
-    """One ``#rrggbb`` colour per class (background first): the project's, else a palette."""
+def class_colors(classes: ClassSpec, background: str | None = None) -> list[str]:
+    """One ``#rrggbb`` colour per class (background first): the project's, else ``background``
+    (see :func:`background_color`) for class 0 and a palette for the objects."""
     out = []
     for i in range(classes.n_classes):
         if i < len(classes.colors) and classes.colors[i]:
             out.append(classes.colors[i])
         else:
-            out.append(BACKGROUND_COLOR if i == 0 else PALETTE[(i - 1) % len(PALETTE)])
+            out.append((background or BACKGROUND_COLOR) if i == 0 else PALETTE[(i - 1) % len(PALETTE)])
     return out
 
 
-def task_colormap(task: str, classes: ClassSpec) -> dict:
-    """``{label value: colour}`` for a task's Labels layer (0 stays transparent)."""
+def task_colormap(task: str, classes: ClassSpec, background: str | None = None) -> dict:
+    """``{label value: colour}`` for a task's Labels layer (0 stays transparent).
+
+    ``background`` is the colour of background marks when the project sets none (default
+    :data:`BACKGROUND_COLOR`; :func:`background_color` picks one that stands out on an image).
+    """
+    background = background or BACKGROUND_COLOR
     if task == SEPARATION:
-        return {None: "transparent", 0: "transparent", BACKGROUND: BACKGROUND_COLOR, INTERFACE: INTERFACE_COLOR}
+        return {None: "transparent", 0: "transparent", BACKGROUND: background, INTERFACE: INTERFACE_COLOR}
     cmap: dict = {None: "transparent", 0: "transparent"}
-    for i, c in enumerate(class_colors(classes)):
+    for i, c in enumerate(class_colors(classes, background)):
         cmap[i + 1] = c
     if task == SEGMENTATION and not (classes.colors and classes.colors[0]):
-        cmap[BACKGROUND] = BACKGROUND_COLOR + "40"  # exact masks: a faint background
+        cmap[BACKGROUND] = background + "40"  # exact masks: a faint background
     return cmap
+
+
+def _rgb01(color) -> np.ndarray:
+    """``"#rrggbb[aa]"`` or an RGB(A) sequence in 0..1 -> ``(3,)`` float RGB in 0..1."""
+    if isinstance(color, str):
+        h = color.lstrip("#")
+        return np.array([int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4)])
+    return np.clip(np.asarray(color, dtype=float)[:3], 0.0, 1.0)
+
+
+def relative_luminance(color) -> float:
+    """WCAG 2 relative luminance (0 black .. 1 white) of an sRGB colour."""
+    c = _rgb01(color)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ np.array([0.2126, 0.7152, 0.0722]))
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG 2 contrast ratio of two colours (1 = same luminance .. 21 = black on white)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def mean_display_color(image, rgb: bool | None = None, contrast_limits=None, colormap=None) -> np.ndarray:
+    """Mean colour ``(3,)`` in 0..1 of an image as the viewer shows it.
+
+    Args:
+        image: a napari Image layer (its first plane, contrast limits and colormap are used),
+            or a ``(H, W)`` / ``(H, W, 3)`` array (shown in gray between its min and max, as
+            napari does by default).
+        rgb, contrast_limits, colormap: override the layer's (arrays: ``rgb`` defaults to a
+            last axis of 3).
+    """
+    if hasattr(image, "data"):
+        rgb = _is_rgb(image, rgb)
+        contrast_limits = contrast_limits if contrast_limits is not None else getattr(image, "contrast_limits", None)
+        colormap = colormap if colormap is not None else getattr(image, "colormap", None)
+        plane = image_plane(image, 0)
+    else:
+        plane = np.asarray(image)
+        rgb = plane.ndim == 3 and plane.shape[-1] == 3 if rgb is None else rgb
+    step = max(1, int(max(plane.shape[:2]) // 256))
+    sub = np.asarray(plane[::step, ::step], dtype=np.float64)
+    if contrast_limits is None:
+        lo, hi = float(sub.min()), float(sub.max())
+    else:
+        lo, hi = (float(v) for v in contrast_limits)
+    norm = np.clip((sub - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+    if rgb:
+        return norm.reshape(-1, 3).mean(0)
+    if colormap is not None and hasattr(colormap, "map"):
+        return np.asarray(colormap.map(norm.ravel()))[:, :3].mean(0)
+    return np.repeat(norm.mean(), 3)
+
+
+def background_color(image, **display) -> str:
+    """The background-mark colour for an image: the first of :data:`BACKGROUND_CHOICES` with a
+    contrast ratio of at least :data:`MIN_CONTRAST` against the image's mean displayed colour
+    (:func:`mean_display_color`; ``display`` passes its overrides), else the best of them."""
+    mean = mean_display_color(image, **display)
+    ratios = [contrast_ratio(c, mean) for c in BACKGROUND_CHOICES]
+    for c, r in zip(BACKGROUND_CHOICES, ratios, strict=True):
+        if r >= MIN_CONTRAST:
+            return c
+    return BACKGROUND_CHOICES[int(np.argmax(ratios))]
+
+
+def class_features(task: str, classes: ClassSpec) -> dict:
+    """Labels-layer ``features`` naming each label value, so napari's status bar shows the
+    class under the cursor (the layer's legend): ``{"index": [...], "class": [...]}``.
+
+    ``task`` is a task name (values are class index + 1) or ``"prediction"`` (values are the
+    class index, 0 = background).
+    """
+    names = list(task_class_names(task, classes)) if task in TASKS else list(classes.names)
+    start = 0 if task == "prediction" else 1
+    return {"index": list(range(start, start + len(names))), "class": names}
+
+
+def legend_html(task: str, classes: ClassSpec, background: str | None = None) -> str:
+    """One line of coloured squares and names for a task's or a prediction's label values
+    (``task="prediction"``: the predicted class map), for a widget's legend label."""
+    if task == SEPARATION:
+        pairs = [(BACKGROUND, "not an interface", background or BACKGROUND_COLOR), (INTERFACE, "interface", INTERFACE_COLOR)]
+    else:
+        start = 0 if task == "prediction" else 1
+        colors = class_colors(classes, background)
+        pairs = [(i + start, n, c) for i, (n, c) in enumerate(zip(classes.names, colors, strict=False))]
+        if task == "prediction":
+            pairs = pairs[1:]  # background stays transparent in a class map
+    return ", ".join(f"<span style='color:{c}'>■</span> {v} = {n}" for v, n, c in pairs)
 
 
 def prediction_colormap(classes: ClassSpec) -> dict:
@@ -109,9 +214,12 @@ def plane_shape(data: np.ndarray, rgb: bool) -> tuple[int, ...]:
     """Shape of the label maps of an image array: ``(H, W)`` or ``(N, H, W)``.
 
     Raises:
-        ValueError: not a 2D image or a stack of 2D images.
+        ValueError: not a 2D image or a stack of 2D images; or ``(Y, X, C)`` with a few
+            channels, which would read as a stack of images ``C`` pixels wide.
     """
     shape = tuple(data.shape[:-1] if rgb else data.shape)
+    if len(shape) == 3 and shape[-1] < MIN_IMAGE_SIDE:
+        raise ValueError(channels_message(data.shape))
     if len(shape) not in (2, 3):
         raise ValueError(
             f"The image has shape {tuple(data.shape)}; the plugin works on 2D images (H, W), "
@@ -172,16 +280,20 @@ def current_index(viewer, layer) -> int:
 
 
 def view_region(viewer, layer) -> tuple[slice, slice]:
-    """The ``(rows, cols)`` part of ``layer``'s 2D planes visible in the canvas."""
+    """The ``(rows, cols)`` part of ``layer``'s 2D planes visible in the canvas.
+
+    Uses only public napari API (the camera and ``viewer.canvas.size``), so a widget holding
+    napari's plugin viewer proxy triggers no private-attribute warning.
+    """
     shape = tuple(layer.data.shape[-2:]) if layer.__class__.__name__ != "Image" else label_shape(layer)[-2:]
     # napari 0.9 moved the camera to viewer.scene (viewer.camera is deprecated there).
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     cy, cx = camera.center[-2:]
     zoom = float(camera.zoom) or 1.0
-    try:
-        cw, ch = _canvas_hw(viewer)
-    except Exception:  # no window: the whole image
+    size = _canvas_hw(viewer)
+    if size is None:  # napari without a canvas model: the whole image
         return slice(0, shape[0]), slice(0, shape[1])
+    cw, ch = size
     half_h, half_w = ch / zoom / 2, cw / zoom / 2
     pts = []
     for y, x in ((cy - half_h, cx - half_w), (cy + half_h, cx + half_w)):
@@ -196,13 +308,77 @@ def view_region(viewer, layer) -> tuple[slice, slice]:
     return slice(r0, r1), slice(c0, c1)
 
 
-def _canvas_hw(viewer) -> tuple[int, int]:
-    canvas = viewer.window._qt_viewer.canvas
-    size = getattr(canvas, "size", None)
-    if size is None:
-        raise RuntimeError("no canvas")
-    w, h = size[1], size[0]  # napari's VispyCanvas.size is (height, width)
+def _canvas_hw(viewer) -> tuple[int, int] | None:
+    """``(width, height)`` of the canvas in screen pixels (``viewer.canvas.size``, napari >= 0.6,
+    kept in sync with the window's canvas), or ``None`` without it."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if size is None or len(size) != 2:
+        return None
+    h, w = size  # (height, width), numpy order
     return int(w), int(h)
+
+
+# --------------------------------------------------------------------------- geometry
+def layer_geometry(layer) -> dict:
+    """``{"scale", "translate"[, "units"]}`` of a layer or of a layer-data ``attributes`` dict,
+    one entry per data axis (``units`` as strings; absent where napari has no units)."""
+    get = layer.get if isinstance(layer, dict) else lambda k, d=None: getattr(layer, k, d)
+    out = {}
+    for key in ("scale", "translate"):
+        v = get(key)
+        if v is not None:
+            out[key] = tuple(float(x) for x in np.ravel(v))
+    units = get("units")
+    if units is not None:
+        out["units"] = tuple(str(u) for u in units)
+    return out
+
+
+def geometry_kwargs(image_layer, ndim: int | None = None, offset: Sequence[float] | None = None) -> dict:
+    """Layer kwargs ``{"scale", "translate"[, "units"]}`` that put a new layer exactly over an
+    image layer: element ``(r, c)`` of the new layer covers image pixel ``(r, c)``.
+
+    Every layer made for an image (task labels, predictions, previews) takes these, so that
+    an image added with ``scale=(0.5, 0.5)`` and a translate gets labels at the same place
+    and brush sizes count image pixels.
+
+    Args:
+        image_layer: the napari Image layer, or a dict as returned by :func:`layer_geometry`.
+        ndim: axes of the new layer (default: the image's, the RGB axis excluded). Extra
+            leading axes get scale 1 and translate 0; fewer keep the image's last axes.
+        offset: data index of the new layer's first element inside the image data, one value
+            per new axis (e.g. ``(index, row0, col0)`` for a crop of plane ``index``); it
+            shifts ``translate`` by ``offset * scale``.
+    """
+    g = image_layer if isinstance(image_layer, dict) else layer_geometry(image_layer)
+    scale = list(g.get("scale", ()))
+    translate = list(g.get("translate", ()))
+    units = list(g["units"]) if g.get("units") is not None else None
+    n_img = len(scale) or len(translate) or 2
+    ndim = n_img if ndim is None else int(ndim)
+    scale = scale or [1.0] * n_img
+    translate = translate or [0.0] * n_img
+
+    def fit(values, fill):
+        return ([fill] * (ndim - len(values)) + values)[-ndim:] if ndim else []
+
+    scale, translate = fit(scale, 1.0), fit(translate, 0.0)
+    if offset is not None:
+        translate = [t + float(o) * sc for t, o, sc in zip(translate, offset, scale, strict=True)]
+    out = {"scale": tuple(scale), "translate": tuple(translate)}
+    if units is not None:
+        out["units"] = tuple(fit(units, "pixel"))
+    return out
+
+
+def image_geometry(image_layer) -> dict | None:
+    """The geometry a dataset folder keeps for each 2D image of a layer (its last two axes;
+    see :func:`napari_lazylabels.core.io.normalize_geometry`), ``None`` for plain pixels.
+
+    ``image_layer`` may be a layer or a layer-data ``attributes`` dict.
+    """
+    g = geometry_kwargs(layer_geometry(image_layer), ndim=2)
+    return normalize_geometry({k: list(v) for k, v in g.items()}, "image geometry")
 
 
 # --------------------------------------------------------------------------- labels layers
@@ -241,14 +417,33 @@ def find_task_layers(layers: Sequence, image_layer) -> dict:
     return out
 
 
-def labels_layer_kwargs(task: str, image_name: str, classes: ClassSpec, name: str | None = None) -> dict:
-    """Layer kwargs for a task's Labels layer (name, colours, metadata, opacity)."""
-    return {
+def labels_layer_kwargs(
+    task: str,
+    image_name: str,
+    classes: ClassSpec,
+    name: str | None = None,
+    *,
+    geometry: dict | None = None,
+    background: str | None = None,
+) -> dict:
+    """Layer kwargs for a task's Labels layer (name, colours, class names, metadata, opacity).
+
+    Args:
+        geometry: :func:`geometry_kwargs` of the image layer (scale, translate, units), so
+            the labels lie over the image; ``None`` leaves napari's defaults.
+        background: colour of background marks (:func:`background_color` of the image) when
+            the project sets none.
+    """
+    out = {
         "name": name or task_layer_name(task),
-        "colormap": task_colormap(task, classes),
+        "colormap": task_colormap(task, classes, background),
+        "features": class_features(task, classes),
         "opacity": 0.6 if task != SEGMENTATION else 0.45,
         "metadata": {META: {"task": task, "image": image_name, "classes": classes.to_dict()}},
     }
+    if geometry:
+        out.update(geometry)
+    return out
 
 
 def set_labels_plane(layer, index: int, new: np.ndarray, region: tuple[slice, slice] | None = None) -> int:
@@ -303,13 +498,14 @@ def layers_to_samples(image_layer, task_layers: dict, indices: Sequence[int] | N
                 "Lazy annotation widget for this image."
             )
     names = sample_names(image_layer)
+    geometry = image_geometry(image_layer)
     out = []
     for i in indices if indices is not None else range(len(names)):
         maps = {}
         for task in TASKS:
             ly = task_layers.get(task)
             maps[task] = None if ly is None else np.array(label_plane(ly, i))
-        out.append(Sample(name=names[i], image=image_plane(image_layer, i), **maps))
+        out.append(Sample(name=names[i], image=image_plane(image_layer, i), geometry=geometry, **maps))
     return out
 
 
@@ -339,13 +535,18 @@ def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> li
     With one group the layers are named ``"images"`` (or the image's name) and
     ``"detection"``, ``"separation"``, ``"segmentation"``; with several, the label layers get
     ``" [<image layer>]"`` appended.
+
+    Every layer of a group gets the group's geometry: the first stored ``Sample.geometry``
+    of its images, else (several groups) a place in a row left to right, so that images of
+    different sizes do not lie on top of each other.
     """
     groups: dict[tuple, list[Sample]] = {}
     for s in dataset.samples:
         groups.setdefault((tuple(s.image.shape), s.image.dtype.str), []).append(s)
     out = []
     single = len(groups) == 1
-    for (shape, _), samples in groups.items():
+    layout = _row_layout(groups)
+    for (shape, dtype), samples in groups.items():
         rgb = len(shape) == 3
         stack = len(samples) > 1
         if single:
@@ -354,7 +555,12 @@ def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> li
             img_name = samples[0].name if not stack else f"images {shape[0]}x{shape[1]}"
         image = np.stack([s.image for s in samples]) if stack else samples[0].image
         meta = {META: {"names": [s.name for s in samples], "classes": dataset.classes.to_dict(), "source": source}}
-        out.append((image, {"name": img_name, "rgb": rgb, "metadata": meta}, "image"))
+        geometry = layout[(shape, dtype)]
+        img_kwargs = {"name": img_name, "rgb": rgb, "metadata": meta}
+        if geometry:
+            img_kwargs.update(geometry_kwargs(geometry, ndim=image.ndim - (1 if rgb else 0)))
+        out.append((image, img_kwargs, "image"))
+        background = background_color(samples[0].image, rgb=rgb)
         for task in TASKS:
             n = len(SEPARATION_CLASSES) if task == SEPARATION else dataset.classes.n_classes
             dtype = np.uint8 if n < 256 else np.uint16
@@ -364,7 +570,31 @@ def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> li
             ]
             data = np.stack(planes) if stack else planes[0]
             name = task_layer_name(task) if single else task_layer_name(task, img_name)
-            out.append((data, labels_layer_kwargs(task, img_name, dataset.classes, name), "labels"))
+            geo = geometry_kwargs(geometry, ndim=data.ndim) if geometry else None
+            kwargs = labels_layer_kwargs(task, img_name, dataset.classes, name, geometry=geo, background=background)
+            out.append((data, kwargs, "labels"))
+    return out
+
+
+LAYOUT_GAP = 0.05  # gap between images laid out in a row, as a fraction of the widest
+
+
+def _row_layout(groups: dict) -> dict:
+    """``{group key: geometry dict or None}``: a group's stored geometry (its first sample's),
+    else, when there are several groups, a translate that puts it right of the previous ones
+    (pixels, a gap of :data:`LAYOUT_GAP` of the widest image between them)."""
+    out: dict = {}
+    for key, samples in groups.items():
+        out[key] = next((s.geometry for s in samples if s.geometry), None)
+    if len(groups) < 2:
+        return out
+    widths = {key: key[0][1] * abs(out[key]["scale"][1]) if out[key] else key[0][1] for key in groups}
+    gap = LAYOUT_GAP * max(widths.values())
+    x = max((out[k]["translate"][1] + widths[k] for k in groups if out[k]), default=-gap) + gap
+    for key in groups:
+        if out[key] is None:
+            out[key] = {"scale": (1.0, 1.0), "translate": (0.0, float(x))}
+            x += widths[key] + gap
     return out
 
 
@@ -414,14 +644,17 @@ def layer_data_to_dataset(layer_data: Sequence[tuple], classes: ClassSpec | None
         if not stems or len(stems) != n:
             stems = [_stem(name)] if n == 1 else [f"{_stem(name)}_{i:03d}" for i in range(n)]
         arr = np.asarray(data)
+        geometry = image_geometry(attrs)
         for i in range(n):
             maps = {t: (task_data[t] if n == 1 else task_data[t][i]) if t in task_data else None for t in TASKS}
-            samples.append(Sample(name=stems[i], image=arr if n == 1 else arr[i], **maps))
+            samples.append(Sample(name=stems[i], image=arr if n == 1 else arr[i], geometry=geometry, **maps))
     return LazyDataset(classes=found_classes or ClassSpec(), samples=samples)
 
 
 # --------------------------------------------------------------------------- predictions
-def instances_layer_data(image_name: str, instances: np.ndarray, settings: dict | None = None) -> tuple:
+def instances_layer_data(
+    image_name: str, instances: np.ndarray, settings: dict | None = None, geometry=None
+) -> tuple:
     """The ``"<image> instances"`` Labels layer data tuple.
 
     Args:
@@ -429,16 +662,25 @@ def instances_layer_data(image_name: str, instances: np.ndarray, settings: dict 
         instances: ``(H, W)`` or ``(N, H, W)`` int32 object ids, 0 = none.
         settings: how they were cut (interface threshold, smallest object, ...), kept in the
             layer's metadata so that a re-split knows the model's automatic smallest object.
+        geometry: the image layer (or its :func:`layer_geometry`), whose scale, translate and
+            units the layer takes; without it :func:`upsert_layers` looks the image up by name.
     """
     meta = {"prediction": "instances", "image": image_name}
     if settings is not None:
         meta["settings"] = dict(settings)
-    return (np.asarray(instances, dtype=np.int32),
-            {"name": f"{image_name} instances", "opacity": 0.5, "visible": True, "metadata": {META: meta}}, "labels")
+    data = np.asarray(instances, dtype=np.int32)
+    kwargs = {"name": f"{image_name} instances", "opacity": 0.5, "visible": True, "metadata": {META: meta}}
+    if geometry is not None:
+        kwargs.update(geometry_kwargs(geometry, ndim=data.ndim))
+    return (data, kwargs, "labels")
 
 
 def prediction_layer_data(
-    image_name: str, predictions: Sequence, classes: ClassSpec | None = None, settings: dict | None = None
+    image_name: str,
+    predictions: Sequence,
+    classes: ClassSpec | None = None,
+    settings: dict | None = None,
+    geometry=None,
 ) -> list[tuple]:
     """Layer data tuples for the predictions of the planes of one image layer.
 
@@ -447,9 +689,13 @@ def prediction_layer_data(
         predictions: one core :class:`Prediction` per plane (one for a 2D image).
         classes: the model's classes (for colours and names).
         settings: the instance settings used (see :func:`instances_layer_data`).
+        geometry: the image layer (or its :func:`layer_geometry`): every layer takes its
+            scale, translate and units; without it :func:`upsert_layers` looks the image up
+            by name.
 
     Returns:
-        ``"<image> classes"`` (Labels, uint8 class index, 0 = background),
+        ``"<image> classes"`` (Labels, uint8 class index, 0 = background; its ``features``
+        name the classes, shown in the status bar under the cursor),
         ``"<image> instances"`` (Labels, int32), ``"<image> interfaces"`` (Image, float32
         interface probability; only with a separation head) and ``"<image> probabilities"``
         (Image, float32 probability of *any* object class, i.e. 1 - p(background)).
@@ -464,6 +710,7 @@ def prediction_layer_data(
     out = []
     cls = join([np.asarray(p.classes) for p in predictions])
     out.append((cls, {"name": f"{image_name} classes", "colormap": prediction_colormap(classes), "opacity": 0.5,
+                      "features": class_features("prediction", classes),
                       "metadata": {META: {"prediction": "classes", "image": image_name, "classes": classes.to_dict()}}}, "labels"))
     if all(p.instances is not None for p in predictions):
         out.append(instances_layer_data(image_name, join([np.asarray(p.instances, dtype=np.int32) for p in predictions]), settings))
@@ -476,11 +723,32 @@ def prediction_layer_data(
     out.append((prob, {"name": f"{image_name} probabilities", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
                        "blending": "additive", "visible": False,
                        "metadata": {META: {"prediction": "probabilities", "image": image_name}}}, "image"))
+    if geometry is not None:
+        for data, kwargs, _ in out:
+            kwargs.update(geometry_kwargs(geometry, ndim=np.ndim(data)))
     return out
+
+
+def _with_image_geometry(viewer, data, kwargs: dict, layer_type: str) -> dict:
+    """``kwargs`` plus the geometry of the image layer named in its metadata, when it sets no
+    ``scale`` or ``translate`` of its own (layers made before the image's geometry was known)."""
+    if "scale" in kwargs or "translate" in kwargs:
+        return kwargs
+    image_name = (kwargs.get("metadata") or {}).get(META, {}).get("image")
+    if not image_name or image_name not in viewer.layers:
+        return kwargs
+    image = viewer.layers[image_name]
+    if image.__class__.__name__ != "Image":
+        return kwargs
+    ndim = np.ndim(data) - (1 if layer_type == "image" and kwargs.get("rgb") else 0)
+    return {**kwargs, **geometry_kwargs(image, ndim=ndim)}
 
 
 def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
     """Add layers, or update the existing layer of the same name and type in place.
+
+    A layer whose kwargs set no ``scale`` / ``translate`` takes those of the image layer its
+    metadata names (``metadata["lazylabels"]["image"]``), so predictions lie over their image.
 
     Returns:
         the layers, in ``layer_data`` order.
@@ -489,10 +757,14 @@ def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
 
     out = []
     for data, kwargs, layer_type in layer_data:
+        kwargs = _with_image_geometry(viewer, data, kwargs, layer_type)
         name = kwargs.get("name")
         existing = viewer.layers[name] if name in viewer.layers else None
         if existing is not None and existing.__class__.__name__.lower() == layer_type and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
             existing.data = data
+            for key in ("scale", "translate", "units", "features"):
+                if key in kwargs and hasattr(existing, key):
+                    setattr(existing, key, kwargs[key])
             if "metadata" in kwargs:
                 existing.metadata.update(kwargs["metadata"])
             out.append(existing)

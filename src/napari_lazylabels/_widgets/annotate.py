@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.labels import DETECTION, INTERFACE, SEGMENTATION, SEPARATION, TASKS, ClassSpec
+from ..core.labels import DETECTION, SEGMENTATION, SEPARATION, TASKS, ClassSpec
 from . import _layers
 from ._common import LayerCombo, notify_errors, path_row, show_info
 
@@ -121,7 +121,10 @@ class AnnotationWidget(QWidget):
         layer = self.image_layer()
         if layer is None:
             return {t: None for t in TASKS}
-        return _layers.find_task_layers(self.viewer.layers, layer)
+        try:
+            return _layers.find_task_layers(self.viewer.layers, layer)
+        except ValueError:  # an image the plugin cannot label; create_layers says why
+            return {t: None for t in TASKS}
 
     def classes(self) -> ClassSpec:
         return parse_classes(self.classes_edit.text())
@@ -154,17 +157,24 @@ class AnnotationWidget(QWidget):
     def _schedule(self, *_) -> None:
         self._timer.start()
 
+    def _background(self) -> str | None:
+        """Colour of background marks that stands out on the chosen image (None: no image)."""
+        layer = self.image_layer()
+        try:
+            return _layers.background_color(layer) if layer is not None else None
+        except ValueError:
+            return None
+
     def _update_legend(self) -> None:
         try:
             classes = self.classes()
         except ValueError as e:
             self.legend.setText(str(e))
             return
-        colors = _layers.class_colors(classes)
-        parts = [f"<span style='color:{c}'>■</span> {i + 1} = {n}" for i, (n, c) in enumerate(zip(classes.names, colors, strict=False))]
+        background = self._background()
         self.legend.setText(
-            "detection / segmentation labels: " + ", ".join(parts)
-            + f"<br>separation: 1 = not an interface, {INTERFACE} = interface"
+            "detection / segmentation labels: " + _layers.legend_html(DETECTION, classes, background)
+            + "<br>separation: " + _layers.legend_html(SEPARATION, classes, background)
         )
 
     # ------------------------------------------------------------------ layers
@@ -178,26 +188,35 @@ class AnnotationWidget(QWidget):
         _layers.label_shape(layer)  # raises for unsupported shapes
         layer.metadata.setdefault(_layers.META, {})["classes"] = classes.to_dict()
         tasks = self.task_layers()
-        others = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and ly is not layer
+        # Compare names, not objects: from the Plugins menu the widget holds napari's viewer
+        # proxy, which hands out a new wrapper object for the same layer on every access.
+        others = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and ly.name != layer.name
                   and not ly.metadata.get(_layers.META, {}).get("prediction")]
+        geometry = _layers.geometry_kwargs(layer)
+        background = _layers.background_color(layer)
         for task in TASKS:
             ly = tasks[task]
             if ly is None:
                 name = _layers.task_layer_name(task)
                 if name in self.viewer.layers or others:
                     name = _layers.task_layer_name(task, layer.name)
-                kwargs = _layers.labels_layer_kwargs(task, layer.name, classes, name)
+                kwargs = _layers.labels_layer_kwargs(
+                    task, layer.name, classes, name, geometry=geometry, background=background
+                )
                 ly = self.viewer.add_labels(_layers.empty_labels(layer), **kwargs)
                 ly.selected_label = 2  # first object class / the interface label
                 tasks[task] = ly
             else:
                 from napari.utils.colormaps import DirectLabelColormap
 
-                ly.colormap = DirectLabelColormap(color_dict=_layers.task_colormap(task, classes))
+                ly.colormap = DirectLabelColormap(color_dict=_layers.task_colormap(task, classes, background))
+                ly.features = _layers.class_features(task, classes)
+                for key, value in geometry.items():  # the image may have moved or been rescaled
+                    setattr(ly, key, value)
                 ly.metadata.setdefault(_layers.META, {}).update(
                     {"task": task, "image": layer.name, "classes": classes.to_dict()}
                 )
-            ly.brush_size = self.brush.value()
+            ly.brush_size = self.brush.value()  # napari counts it in data pixels: image pixels
         det = tasks[DETECTION]
         self.viewer.layers.selection.active = det
         det.mode = "paint"

@@ -4,7 +4,9 @@ A dataset folder, read and written by the CLI and by the napari plugin::
 
     DATASET/
         lazylabels.json          {"format": "napari-lazylabels dataset", "version": 1,
-                                  "classes": {"names": [...], "colors": [...]}}
+                                  "classes": {"names": [...], "colors": [...]},
+                                  "geometry": {"<stem>": {"scale": [sy, sx],
+                                      "translate": [ty, tx], "units": ["um", "um"]}}}
         images/<stem>.<ext>      png, tif/tiff, jpg; 2D gray or RGB, 8/16-bit or float
         detection/<stem>.png     task 1 map (optional per image)
         separation/<stem>.png    task 2 map (optional per image)
@@ -12,7 +14,9 @@ A dataset folder, read and written by the CLI and by the napari plugin::
 
 Label maps are 8- or 16-bit PNG (TIFF is read too); ``0`` = not annotated (see
 :mod:`napari_lazylabels.core.labels`). An image without a map for task k is not in that task's
-loss. Every write goes to a temporary file in the destination folder that then replaces the
+loss. ``geometry`` (optional; older folders have none) keeps the physical pixel size, position
+and units that the viewer showed each image with, so a reopened project lines up as before.
+Every write goes to a temporary file in the destination folder that then replaces the
 target (:func:`atomic_write_bytes`), so a crash never leaves a half-written annotation.
 """
 
@@ -150,6 +154,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return as_image(arr, what=f"image {path.name}")
 
 
+def channels_message(shape: tuple[int, ...], what: str = "image") -> str:
+    """The one-line refusal of a ``(..., Y, X, C)`` array with ``2 <= C < MIN_IMAGE_SIDE``
+    channels, which would otherwise read as a stack of ``Y`` images ``C`` pixels wide."""
+    shape = tuple(int(n) for n in shape)
+    return (
+        f"The {what} has shape {shape}: its last axis looks like {shape[-1]} channels per pixel "
+        f"(Y, X, C), not {shape[-3 if len(shape) > 2 else 0]} images {shape[-1]} pixels wide. "
+        "Multi-channel images are not supported yet: keep one channel (in napari's console, "
+        "viewer.add_image(layer.data[..., 0])) or convert the image to RGB."
+    )
+
+
 def read_images(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
     """Read an image file that may hold a stack of 2D images.
 
@@ -162,6 +178,8 @@ def read_images(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
         import tifffile
 
         arr = np.asarray(tifffile.imread(path))
+        if arr.ndim >= 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[-1] < MIN_IMAGE_SIDE:
+            raise ValueError(channels_message(arr.shape, path.name))
         stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4))
         if stack:
             return [(f"{path.stem}_z{i:03d}", as_image(a, what=f"slice {i} of {path.name}")) for i, a in enumerate(arr)]
@@ -230,6 +248,9 @@ class Sample:
         name: file stem, unique within a dataset.
         image: ``(H, W)`` or ``(H, W, 3)`` array.
         detection, separation, segmentation: ``(H, W)`` maps or ``None`` (task not labelled).
+        geometry: how a viewer places the image, ``{"scale": [sy, sx], "translate": [ty, tx],
+            "units": [uy, ux]}`` (see :func:`normalize_geometry`), or ``None`` for pixels at
+            the origin. The engine ignores it; the dataset folder keeps it.
     """
 
     name: str
@@ -237,6 +258,7 @@ class Sample:
     detection: np.ndarray | None = None
     separation: np.ndarray | None = None
     segmentation: np.ndarray | None = None
+    geometry: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -289,6 +311,62 @@ class LazyDataset:
                 setattr(s, task, validate_label_map(lab, s.shape, n, f"{task} map of {s.name}"))
 
 
+def normalize_geometry(geometry: dict | None, what: str = "geometry") -> dict | None:
+    """Check an image's viewer geometry and return it in the form stored in ``lazylabels.json``.
+
+    Args:
+        geometry: ``{"scale": [sy, sx], "translate": [ty, tx], "units": [uy, ux]}`` for the
+            image's two axes (any key may be missing), or ``None``.
+
+    Returns:
+        the three keys with floats / strings, or ``None`` when it is the default (scale 1,
+        translate 0, pixel units), so that plain projects keep a plain JSON file.
+
+    Raises:
+        ValueError: not two finite numbers per key, or a zero scale.
+    """
+    if not geometry:
+        return None
+    try:
+        scale = [float(v) for v in geometry.get("scale", (1.0, 1.0))]
+        translate = [float(v) for v in geometry.get("translate", (0.0, 0.0))]
+        units = [str(u) for u in (geometry.get("units") or ("pixel", "pixel"))]
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"The {what} {geometry!r} is not {{scale: [sy, sx], translate: [ty, tx], units: [uy, ux]}}."
+        ) from e
+    if len(scale) != 2 or len(translate) != 2 or len(units) != 2:
+        raise ValueError(f"The {what} {geometry!r} must give two values (Y, X) per key.")
+    if not all(np.isfinite(scale + translate)) or 0.0 in scale:
+        raise ValueError(f"The {what} {geometry!r} needs finite values and a non-zero scale.")
+    if scale == [1.0, 1.0] and translate == [0.0, 0.0] and all(u in ("pixel", "px") for u in units):
+        return None
+    return {"scale": scale, "translate": translate, "units": units}
+
+
+def read_geometry(path: str | os.PathLike) -> dict[str, dict]:
+    """``{image stem: geometry}`` stored in a dataset folder's ``lazylabels.json`` (``{}`` when
+    the folder or the field is missing: older folders). A malformed entry is skipped with a
+    warning, so the images still open."""
+    meta = Path(path) / DATASET_FILE
+    if not meta.exists():
+        return {}
+    try:
+        stored = json.loads(meta.read_text()).get("geometry") or {}
+    except (ValueError, AttributeError):
+        return {}
+    out = {}
+    for stem, g in stored.items() if isinstance(stored, dict) else ():
+        try:
+            g = normalize_geometry(g, f"geometry of {stem} in {meta}")
+        except ValueError as e:
+            log.warning("%s; the image opens without it.", e)
+            continue
+        if g is not None:
+            out[str(stem)] = g
+    return out
+
+
 def _find(folder: Path, stem: str, suffixes: Iterable[str]) -> Path | None:
     for suf in suffixes:
         for cand in (folder / f"{stem}{suf}", folder / f"{stem}{suf.upper()}"):
@@ -336,6 +414,7 @@ def load_dataset(path: str | os.PathLike) -> LazyDataset:
             "`lazylabels simulate` makes one from ground-truth masks."
         )
     classes = read_classes(root)
+    geometry = read_geometry(root)
     samples = []
     for img_path in sorted(img_dir.iterdir()):
         if img_path.suffix.lower() not in IMAGE_SUFFIXES or img_path.name.startswith("."):
@@ -345,7 +424,7 @@ def load_dataset(path: str | os.PathLike) -> LazyDataset:
         for task in TASKS:
             lp = _find(root / task, stem, LABEL_SUFFIXES)
             labels[task] = read_label(lp) if lp is not None else None
-        samples.append(Sample(name=stem, image=read_image(img_path), **labels))
+        samples.append(Sample(name=stem, image=read_image(img_path), geometry=geometry.get(stem), **labels))
     if not samples:
         raise FileNotFoundError(f"{img_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     ds = LazyDataset(classes=classes, samples=samples)
@@ -359,15 +438,23 @@ def save_dataset(dataset: LazyDataset, path: str | os.PathLike, write_images: bo
 
     Label maps that are ``None`` or all zero are removed from disk (the image is then not
     labelled for that task). Images are written as PNG (TIFF for float images) unless an image
-    file with that stem is already there.
+    file with that stem is already there. The samples' ``geometry`` replaces theirs in
+    ``lazylabels.json``; other images' stored geometry stays.
     """
     root = Path(path)
     dataset.validate()
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        root / DATASET_FILE,
-        {"format": DATASET_FORMAT, "version": 1, "classes": dataset.classes.to_dict()},
-    )
+    geometry = read_geometry(root)
+    for s in dataset.samples:
+        g = normalize_geometry(s.geometry, f"geometry of {s.name}")
+        if g is None:
+            geometry.pop(s.name, None)
+        else:
+            geometry[s.name] = g
+    meta = {"format": DATASET_FORMAT, "version": 1, "classes": dataset.classes.to_dict()}
+    if geometry:
+        meta["geometry"] = geometry
+    atomic_write_json(root / DATASET_FILE, meta)
     for s in dataset.samples:
         if write_images and _find(root / "images", s.name, IMAGE_SUFFIXES) is None:
             suffix = ".tif" if s.image.dtype.kind == "f" else ".png"
