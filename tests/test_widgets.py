@@ -247,7 +247,7 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     assert settings["auto_interface_threshold"] in (0.3, 0.5, 0.7, 0.85, 0.95)
     classes = viewer.layers["images classes"]
     assert classes.data.shape == (2, 96, 96) and classes.data.dtype == np.uint8
-    assert viewer.layers["images instances"].data.dtype == np.int32
+    assert viewer.layers["images instances"].data.dtype == np.uint16  # < 65536 objects: shown without hashing
     assert viewer.layers["images interfaces"].data.dtype == np.float32
     prob = viewer.layers["images probabilities"]
     assert prob.data.shape == (2, 96, 96) and prob.data.dtype == np.float32

@@ -10,6 +10,7 @@ already there, without running the network again.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,57 +44,159 @@ log = logging.getLogger(__name__)
 
 # PredictConfig.tta choices (the default, 4, is preselected; kept equal by a test).
 TTA_ITEMS = ("1 (off)", "2", "4", "8")
+# PredictConfig.large_image_tta choices ("same": the orientations above for every size).
+LARGE_TTA_ITEMS = ("1", "2", "4", "same")
 
 
-def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None):
-    """Worker generator: yields ``("progress", name, done, total)`` and
-    ``("result", name, [Prediction], ClassSpec, settings)``.
+def warm_imports() -> None:
+    """Import what a prediction needs on the calling (main) thread, once: the first import of
+    torch, scipy, scikit-image and the engine holds the interpreter lock for seconds, which
+    froze the viewer when it happened in the worker on the first Predict."""
+    global _WARMED
+    if _WARMED:
+        return
+    import torch  # noqa: F401
+    from napari.layers import Labels
+    from skimage.morphology import h_maxima  # noqa: F401 - imported lazily by the instance step
+    from skimage.segmentation import watershed  # noqa: F401
+
+    from ..core import checkpoint, predict  # noqa: F401
+
+    Labels(np.zeros((2, 2), np.uint8))  # napari imports the labels machinery on the first one
+    _WARMED = True
+
+
+_WARMED = False
+
+CPU_BATCH = 2
+"""Tiles per network pass on a CPU: as fast per tile as 8 (0.10 vs 0.14 s per tile and
+orientation for "tiny", 2-core EPYC), a quarter of the activations, and a Stop waits for
+one such pass."""
+
+
+def compact_labels(layer_data: tuple) -> tuple:
+    """A Labels layer data tuple with int32 data of fewer than 65536 objects as uint16.
+
+    napari shows uint8 and uint16 labels as they are, but hashes wider integers into the
+    texture's range on the main thread every time the layer is sliced (0.37 s for a 2048 x
+    2048 int32 instance map on a 2-core EPYC, three times per update), which froze the viewer
+    when predictions were pushed."""
+    data, kwargs, layer_type = layer_data
+    if layer_type == "labels" and data.dtype.itemsize > 2 and int(data.max(initial=0)) < 65536 and data.min(initial=0) >= 0:
+        data = data.astype(np.uint16)
+    return data, kwargs, layer_type
+
+
+def _status(name: str, phase: str, done: int, total: int) -> str:
+    return f"{name}: {phase} {done}/{total}"
+
+
+def _megapixels(pixels: int) -> str:
+    side = math.isqrt(pixels)
+    return f"{side}x{side} px" if side * side == pixels else f"{pixels / 1e6:.1f} MP"
+
+
+def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, large_tta="default", should_stop=None):
+    """Worker generator: yields ``("progress", name, phase, done, total)`` through every
+    phase (``"loading"``, ``"tiles (N orientations)"`` over all planes, then ``"classes"``, ``"instances"``
+    (and ``"resizing"`` at a working scale) per plane, ``"layers"``), then
+    ``("result", name, layer data tuples, settings)`` per image, with the layer data built
+    here (:func:`_layers.prediction_layer_data`) so the main thread only swaps arrays in;
+    ``("stopped", name)`` when ``should_stop()`` turned True (checked between orientation
+    passes and in every phase).
 
     ``post``: :class:`PredictConfig` fields of the instance step (``interface_threshold``,
     ``min_object_size`` (``None`` = the model's automatic size), ``neck_depth``); ``settings``
     are :meth:`Predictor.instance_settings`, kept for a later re-split. ``tta``: orientations
-    per tile (:attr:`PredictConfig.tta`; ``None`` = its default)."""
+    per tile (:attr:`PredictConfig.tta`; ``None`` = its default); ``large_tta``: orientations
+    for large images (:attr:`PredictConfig.large_image_tta`; ``None`` = ``tta`` for every
+    size, ``"default"`` = its default)."""
     from ..core.checkpoint import load_model
-    from ..core.predict import PredictConfig, Prediction, Predictor
+    from ..core.model import resolve_device
+    from ..core.predict import (
+        PredictConfig,
+        Prediction,
+        PredictionCancelled,
+        Predictor,
+        PredictPhase,
+    )
 
-    model, ck = load_model(model_path, "cpu")
-    extra = {} if tta is None else {"tta": int(tta)}
-    predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
-    settings = predictor.instance_settings()
-    for name, planes in jobs:
-        preds = []
-        for i, plane in enumerate(planes):
-            for item in predictor.predict_iter(plane):
-                if isinstance(item, Prediction):
-                    preds.append(item)
-                else:
-                    done, total = item
-                    yield ("progress", name, i * total + done, len(planes) * total)
-        yield ("result", name, preds, ck.classes, settings)
+    name = jobs[0][0] if jobs else ""
+    try:
+        yield ("progress", name, "loading", 0, 1)
+        model, ck = load_model(model_path, "cpu")
+        extra = {} if tta is None else {"tta": int(tta)}
+        if large_tta != "default":
+            extra["large_image_tta"] = None if large_tta is None else int(large_tta)
+        if resolve_device(device).type == "cpu":
+            extra["batch_size"] = CPU_BATCH
+        predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
+        settings = predictor.instance_settings()
+        for name, planes in jobs:
+            preds = []
+            for i, plane in enumerate(planes):
+                n = predictor.orientations(tuple(round(d * ck.model_config.scale) for d in plane.shape[:2]))
+                tiles = f"tiles ({n} orientation{'s' if n > 1 else ''}{', large image' if n != predictor.predict_config.tta else ''})"
+                for item in predictor.predict_iter(plane, should_stop=should_stop):
+                    if isinstance(item, Prediction):
+                        # Only p(background) is shown: keep one plane of the probabilities.
+                        item.probabilities = np.ascontiguousarray(item.probabilities[:1])
+                        preds.append(item)
+                    elif isinstance(item, PredictPhase):
+                        yield ("progress", name, item.phase, item.done, item.total)
+                    else:
+                        done, total = item
+                        yield ("progress", name, tiles, i * total + done, len(planes) * total)
+                    if should_stop is not None and should_stop():
+                        raise PredictionCancelled("Prediction cancelled.")
+            yield ("progress", name, "layers", 0, 1)
+            layer_data = [compact_labels(d) for d in _layers.prediction_layer_data(name, preds, ck.classes, settings)]
+            del preds
+            yield ("result", name, layer_data, settings)
+    except PredictionCancelled:
+        yield ("stopped", name)
 
 
-def _resplit_worker_fn(jobs, neck_depth: float = 0.0):
+def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
     """Worker generator: instances again from kept class and interface maps (no network).
 
     ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
-    min_object_size, the model's recorded "auto" values)]``. Yields ``("progress", name, done, total)`` per plane and
-    ``("instances", name, (N, H, W) int32, settings used)``."""
-    from ..core.predict import instances_from_prediction
+    min_object_size, the model's recorded "auto" values)]``. Yields ``("progress", name,
+    "instances", done, total)`` (components of a plane, as they are cut),
+    ``("instances", name, layer data tuple, settings used)`` and ``("stopped", name)``."""
+    from ..core.predict import iter_instances_from_prediction
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
         out = np.zeros(classes.shape, np.int32)
         for i in range(classes.shape[0]):
-            out[i] = instances_from_prediction(
+            gen = iter_instances_from_prediction(
                 np.asarray(classes[i]), None if interfaces is None else np.asarray(interfaces[i], np.float32),
                 threshold, min_size, neck_depth=neck_depth,
             )
-            yield ("progress", name, i + 1, classes.shape[0])
+            while True:
+                if should_stop is not None and should_stop():
+                    gen.close()
+                    yield ("stopped", name)
+                    return
+                try:
+                    ev = next(gen)
+                except StopIteration as end:
+                    out[i] = end.value
+                    break
+                label = "instances" if classes.shape[0] == 1 else f"instances (plane {i + 1}/{classes.shape[0]})"
+                yield ("progress", name, label, ev.done, ev.total)
         settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size, **auto}
-        yield ("instances", name, out, settings)
+        layer = compact_labels(_layers.instances_layer_data(name, out if out.shape[0] > 1 else out[0], settings))
+        yield ("instances", name, layer, settings)
 
 
 class PredictionRunner:
     """Runs a prediction worker for some image layers and pushes the layers back.
+
+    Everything slow runs in the worker: imports are warmed when the widget is created
+    (:func:`warm_imports`), the model loads, tiles, post-processing and the layer data (the
+    arrays shown) are made there; the main thread only adds the layers the first time and
+    swaps their data afterwards (the same layer objects), one layer per turn of the event loop.
 
     Args:
         viewer: the napari viewer.
@@ -101,31 +204,46 @@ class PredictionRunner:
         tile: tile side of the sliding window.
         tta: orientations each tile is predicted in (:attr:`PredictConfig.tta`; ``None`` =
             its default).
+        large_tta: orientations for images above :attr:`PredictConfig.large_image_pixels`
+            (:attr:`PredictConfig.large_image_tta`; ``None``: ``tta`` for every size;
+            ``"default"``: its default).
         on_finished: called (no arguments) when the worker ends.
-        on_progress: called with ``(image name, done, total)``.
+        on_progress: called with ``(image name, phase, done, total)``; phase ``"tiles"``,
+            ``"classes"``, ``"instances"``, ...
         on_result: called with the list of layers pushed for one image.
+        on_stopped: called with ``(image name)`` when a Stop ended the worker.
         post: instance settings (:class:`PredictConfig` fields ``interface_threshold``,
             ``min_object_size``, ``neck_depth``); default: the model's defaults.
     """
 
     def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None,
-                 on_result=None, post: dict | None = None, tta: int | None = None) -> None:
+                 on_result=None, post: dict | None = None, tta: int | None = None, large_tta="default",
+                 on_stopped=None) -> None:
+        import threading
+
         self.viewer = viewer
         self.device = device
         self.tile = tile
         self.tta = tta
+        self.large_tta = large_tta
         self.post = dict(post or {})
         self.on_finished = on_finished
         self.on_progress = on_progress
         self.on_result = on_result
+        self.on_stopped = on_stopped
         self.worker = None
         self.pushed: list[str] = []
+        self.stopped = False
+        self.last_progress: tuple | None = None
+        self._stop = threading.Event()
         self._pbar = None
+        self._pending: list = []  # ("layer", layer data tuple) to push, ("done", on_result) marks
+        self._batch: list = []  # the layers pushed since the last mark
+        self._worker_done = False
 
     def run(self, image_layers, model_path) -> None:
         """Start predicting ``image_layers`` with the model at ``model_path``."""
         from napari.qt.threading import thread_worker
-        from napari.utils import progress
 
         if model_path is None:
             raise ValueError("No model yet: train one (Train widget) or load a model folder.")
@@ -135,12 +253,12 @@ class PredictionRunner:
         ]
         if not jobs:
             raise ValueError("Choose at least one image layer to predict.")
+        warm_imports()
         limit_torch_threads()
-        self._pbar = progress(total=0, desc="Predicting")
         worker = thread_worker(_predict_worker_fn, start_thread=False)(
-            str(model_path), self.device, self.tile, jobs, self.post, self.tta
+            str(model_path), self.device, self.tile, jobs, self.post, self.tta, self.large_tta, self._stop.is_set
         )
-        self._start(worker, "Prediction")
+        self._start(worker, "Prediction", "Predicting")
 
     def resplit(self, image_names, settings: dict) -> None:
         """Instances again for ``image_names`` from their ``"<image> classes"`` and
@@ -148,7 +266,6 @@ class PredictionRunner:
         ``min_object_size``, ``None`` for the model's own, as recorded when it predicted, and
         ``neck_depth``); the ``"<image> instances"`` layers are updated in place."""
         from napari.qt.threading import thread_worker
-        from napari.utils import progress
 
         from ..core.predict import recorded_instance_settings
 
@@ -172,51 +289,94 @@ class PredictionRunner:
             jobs.append((name, classes, interfaces, threshold, min_size, auto))
         if not jobs:
             raise ValueError("Choose at least one predicted image to re-split.")
-        self._pbar = progress(total=0, desc="Splitting instances")
-        worker = thread_worker(_resplit_worker_fn, start_thread=False)(jobs, settings.get("neck_depth", 0.0))
-        self._start(worker, "Re-splitting instances")
+        worker = thread_worker(_resplit_worker_fn, start_thread=False)(
+            jobs, settings.get("neck_depth", 0.0), self._stop.is_set
+        )
+        self._start(worker, "Re-splitting instances", "Splitting instances")
 
-    def _start(self, worker, what: str) -> None:
+    def _start(self, worker, what: str, desc: str) -> None:
+        from napari.utils import progress
+
+        self._pbar = progress(total=0, desc=desc)
         worker.yielded.connect(self._on_yield)
         worker.errored.connect(lambda e: show_error(f"{what} failed: {e}"))
         worker.finished.connect(self._finished)
         self.worker = worker
+        self._worker_done = False
         worker.start()
 
     def stop(self) -> None:
+        """Ask the worker to stop: it checks between the network passes of a batch of tiles
+        (one orientation of at most a few tiles) and in every step after the tiles."""
         if self.worker is not None:
-            self.worker.quit()
+            self._stop.set()
 
     def _on_yield(self, item) -> None:
-        if item[0] == "progress":
-            _, name, done, total = item
+        kind = item[0]
+        if kind == "progress":
+            _, name, phase, done, total = item
+            self.last_progress = (name, phase, done, total)
             pbar = self._pbar  # napari's progress may process events (and finish us) meanwhile
             if pbar is not None:
+                desc = f"{name}: {phase}"
+                if pbar.desc != desc:  # a new phase counts from 0
+                    pbar.set_description(desc)
+                    pbar.n = 0
                 if pbar.total != total:
                     pbar.total = total
-                if done > pbar.n:
+                if done != pbar.n:
                     pbar.update(done - pbar.n)
             if self.on_progress is not None:
-                self.on_progress(name, done, total)
+                self.on_progress(name, phase, done, total)
             return
-        if item[0] == "instances":
-            _, name, inst, settings = item
-            layer_data = [_layers.instances_layer_data(name, inst if inst.shape[0] > 1 else inst[0], settings)]
+        if kind == "stopped":
+            self.stopped = True
+            if self.on_stopped is not None:
+                self.on_stopped(item[1])
+            return
+        if kind == "instances":
+            layer_data = [item[2]]
         else:
-            _, name, preds, classes, settings = item
-            layer_data = _layers.prediction_layer_data(name, preds, classes, settings)
-        layers = _layers.upsert_layers(self.viewer, layer_data)
-        self.pushed += [ly.name for ly in layers]
-        if self.on_result is not None:
-            self.on_result(layers)
+            layer_data = item[2]
+        self._pending += [("layer", d) for d in layer_data]
+        self._pending.append(("done", self.on_result))
+        self._push_next()
+
+    def _push_next(self) -> None:
+        """Add or update the next pending layer, then come back on the next turn of the event
+        loop: each layer's slicing and drawing is its own short pause, not one long one."""
+        from qtpy.QtCore import QTimer
+
+        if not self._pending:
+            return
+        kind, payload = self._pending.pop(0)
+        if kind == "done":
+            layers, self._batch = self._batch, []
+            if payload is not None:
+                payload(layers)
+        else:
+            layers = _layers.upsert_layers(self.viewer, [payload])
+            self.pushed += [ly.name for ly in layers]
+            self._batch += layers
+        if self._pending:
+            QTimer.singleShot(0, self._push_next)
+        elif self._worker_done:
+            self._finish_now()
 
     def _finished(self) -> None:
+        self._worker_done = True
+        if not self._pending:
+            self._finish_now()
+
+    def _finish_now(self) -> None:
+        """The worker has ended and its layers are pushed: ``worker`` becomes ``None``."""
         self.worker = None
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
             pbar.close()
         if self.on_finished is not None:
             self.on_finished()
+
 
 
 class PredictWidget(QWidget):
@@ -242,6 +402,18 @@ class PredictWidget(QWidget):
             "Test-time augmentation: every tile is predicted mirrored in this many ways and the "
             "class probabilities are averaged. More orientations: somewhat more accurate, "
             "proportionally slower (1 = off, fastest)."
+        )
+        from ..core.predict import LARGE_IMAGE_TTA, LARGE_TTA_PIXELS
+
+        self.large_pixels = LARGE_TTA_PIXELS
+        self.large_tta = QComboBox()
+        self.large_tta.addItems(LARGE_TTA_ITEMS)
+        self.large_tta.setCurrentText(str(LARGE_IMAGE_TTA))
+        self.large_tta.setToolTip(
+            f"Orientations for images above {_megapixels(LARGE_TTA_PIXELS)} (e.g. 4096x4096): "
+            "prediction time grows with the pixels times the orientations, while the accuracy "
+            "that more orientations add does not grow with the image. 'same': the "
+            "orientations above for every size."
         )
         # How instances are cut; Re-split applies changes without predicting again.
         self.interface_threshold = QDoubleSpinBox()
@@ -283,6 +455,7 @@ class PredictWidget(QWidget):
         form.addRow("device", self.device)
         form.addRow("tile", self.tile)
         form.addRow("orientations", self.tta)
+        form.addRow(f"  above {_megapixels(LARGE_TTA_PIXELS)}", self.large_tta)
         form.addRow("interface threshold", self.interface_threshold)
         form.addRow("smallest object", self.min_size)
         form.addRow("split necks", self.necks)
@@ -296,6 +469,8 @@ class PredictWidget(QWidget):
         lay.addStretch(1)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed, napari_viewer.layers.events.changed):
             ev.connect(self.refresh)
+        warm_imports()  # here, at the plugin's load, rather than in the first Predict's worker
+        self._started = 0.0
         sess = session(napari_viewer)
         sess.listeners.append(self._on_model)
         if sess.model_dir is not None:
@@ -344,10 +519,13 @@ class PredictWidget(QWidget):
             raise ValueError("No model yet: train one with the Train widget, or choose a model folder (…).")
         if not Path(path).exists():
             raise ValueError(f"No model folder at {path}: pick one written by the Train widget.")
+        import time
+
         layers = self.chosen_layers()
         self.runner = self._runner()
         self.runner.run(layers, path)
         self._busy(True)
+        self._started = time.perf_counter()
         self.status.setText(f"Predicting {len(layers)} image layer(s)…")
 
     def instance_settings(self) -> dict:
@@ -364,18 +542,23 @@ class PredictWidget(QWidget):
         if self.is_running():
             show_info("Wait for the running prediction to finish, or press Stop.")
             return
+        import time
+
         names = [ly.name for ly in self.chosen_layers()]
         self.runner = self._runner()
         self.runner.resplit(names, self.instance_settings())
         self._busy(True)
+        self._started = time.perf_counter()
         self.status.setText(f"Re-splitting {len(names)} image layer(s)…")
 
     def _runner(self) -> PredictionRunner:
         return PredictionRunner(
             self.viewer, self.device.currentText(), self.tile.value(), on_finished=self._finished,
-            on_progress=lambda n, d, t: self.status.setText(f"{n}: {d}/{t}"),
+            on_progress=lambda n, ph, d, t: self.status.setText(_status(n, ph, d, t)),
             on_result=lambda layers: self.status.setText("Updated: " + ", ".join(ly.name for ly in layers)),
+            on_stopped=self._stopped,
             post=self.instance_settings(), tta=int(self.tta.currentText().split()[0]),
+            large_tta=None if self.large_tta.currentText() == "same" else int(self.large_tta.currentText()),
         )
 
     def _busy(self, busy: bool) -> None:
@@ -390,8 +573,22 @@ class PredictWidget(QWidget):
     def is_running(self) -> bool:
         return self.runner is not None and self.runner.worker is not None
 
+    def _stopped(self, name: str) -> None:
+        last = self.runner.last_progress if self.runner is not None else None
+        where = _status(*last) if last else name
+        self.status.setText(f"{where}: stopped")
+
     def _finished(self) -> None:
+        import time
+
         self._busy(False)
+        runner = self.runner
+        if runner is not None and runner._stop.is_set() and not runner.stopped:
+            self._stopped("")  # stopped between two events
+        elif runner is not None and not runner.stopped and runner.pushed:
+            self.status.setText(
+                f"{self.status.text()} ({time.perf_counter() - self._started:.0f} s)"
+            )
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder")
