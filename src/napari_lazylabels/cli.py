@@ -7,7 +7,10 @@ It imports only :mod:`napari_lazylabels.core`, so it runs where napari is not in
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +50,86 @@ predicts the held-out sample images and prints their dice. Example:
 """
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0 = off), got {value}")
+    return value
+
+
+def _patch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 32 or value % 16:
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of 16, at least 32 (e.g. 64, 128, 256), got {value}"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _device(text: str):
+    """``resolve_device`` with a one-line error for names torch does not know."""
+    from .core.model import resolve_device
+
+    try:
+        return resolve_device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device: use auto, cpu, cuda, cuda:1 or mps.") from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` cleans up (temporary files)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write to another folder",
+    errno.EDQUOT: "the disk quota is used up: free some space or write to another folder",
+    errno.EROFS: "the file system is read-only: write to another folder (--out)",
+    errno.EACCES: "no permission to write there: choose a folder you can write (--out)",
+    errno.EPERM: "no permission to write there: choose a folder you can write (--out)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "that is a folder where a file was expected: give a file name",
+    errno.EEXIST: "it already exists: choose another name",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a filesystem error: the path, what went wrong and what to do."""
+    if e.strerror is None:  # raised by our code with a whole message
+        return str(e)
+    where = f"{e.filename}: " if e.filename else ""
+    hint = OS_ERROR_HINTS.get(e.errno)
+    if e.errno is None or e.strerror != os.strerror(e.errno) or hint is None:
+        return f"{where}{e.strerror}."  # our own message, already with the fix
+    return f"{where}{e.strerror} ({hint})."
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -65,12 +148,14 @@ def _tqdm(**kw):
 
 # --------------------------------------------------------------------------- simulate
 def cmd_simulate(a: argparse.Namespace) -> int:
+    from .core.runfolder import DATASET_PARTS, check_writable, folder_lock
     from .core.simulate import SimulationConfig, simulate_folder
 
-    ds = simulate_folder(
-        a.gt_dir, a.out, strong_fraction=a.strong_fraction, seed=a.seed,
-        config=SimulationConfig(), images_dir=a.images,
-    )
+    with folder_lock(check_writable(a.out), "simulate", DATASET_PARTS):
+        ds = simulate_folder(
+            a.gt_dir, a.out, strong_fraction=a.strong_fraction, seed=a.seed,
+            config=SimulationConfig(), images_dir=a.images, overwrite=a.overwrite,
+        )
     _out(f"wrote {len(ds)} images to {a.out}: images labelled per task {ds.summary()}")
     return 0
 
@@ -105,6 +190,7 @@ def _train_config(a: argparse.Namespace):
         seed=a.seed,
         num_threads=a.threads,
         reuse_cpu_memory=False if a.lean_memory else None,
+        save_every=a.save_every,
     )
 
 
@@ -118,20 +204,47 @@ def _scale(text: str) -> float:
     return value
 
 
+def _check_resume_options(a: argparse.Namespace, scale: float | None) -> None:
+    """Refuse model options that differ from the checkpoint being resumed: resuming continues
+    the saved network, so they would be silently ignored."""
+    from .core.checkpoint import load_checkpoint, resolve_resume_path
+
+    mc = load_checkpoint(resolve_resume_path(a.resume)).model_config
+    asked = {
+        "--size": (a.size, mc.size),
+        "--architecture": (a.architecture, mc.architecture),
+        "--tasks": (tuple(a.tasks.split(",")) if a.tasks else None, tuple(mc.tasks)),
+        "--scale": (scale, mc.scale),
+    }
+    for option, (want, have) in asked.items():
+        if want is not None and want != have:
+            show = ",".join(want) if isinstance(want, tuple) else want
+            saved = ",".join(have) if isinstance(have, tuple) else have
+            raise ValueError(
+                f"{option} {show} differs from the resumed model's {saved}: resuming continues that "
+                f"network, so drop {option}, or train a new model into another --out."
+            )
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .core.io import load_dataset
     from .core.model import resolve_device
+    from .core.runfolder import check_writable
     from .core.train import fit, infer_model_config
 
     if a.iterations is None and a.minutes is None:
         a.iterations = 1000
     scale = None if a.scale == "auto" else _scale(a.scale)
     cfg = _train_config(a)
+    _device(a.device)
+    check_writable(a.out)  # before any work: a read-only or full folder fails now
+    if a.resume is not None:
+        _check_resume_options(a, scale)
     ds = load_dataset(a.dataset)
     validation = list(load_dataset(a.validation)) if a.validation else None
     model_config = None
     if a.resume is None:
-        kw = {"architecture": a.architecture}
+        kw = {"architecture": a.architecture or "multitask"}
         if a.tasks:
             kw["tasks"] = tuple(a.tasks.split(","))
         if scale is not None:
@@ -141,7 +254,8 @@ def cmd_train(a: argparse.Namespace) -> int:
              f"working scale {model_config.scale:g}")
     total = a.iterations
     with _tqdm(total=total, desc="train", unit="it") as bar:
-        res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar)
+        res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar,
+                  overwrite=a.overwrite)
     from .core.quality import describe_score
 
     score = describe_score({**res.best_metrics, "best_metric": res.best_metric}, best=True)
@@ -165,10 +279,11 @@ def _report_model(ck) -> None:
 def cmd_predict(a: argparse.Namespace) -> int:
     from .core.checkpoint import load_model
     from .core.io import list_images, read_images
-    from .core.model import resolve_device
     from .core.predict import PredictConfig, Predictor, predict_file, save_prediction_settings
+    from .core.runfolder import check_writable, folder_lock
 
-    device = resolve_device(a.device)
+    device = _device(a.device)
+    check_writable(a.out)
     model, ck = load_model(a.model, device)
     _report_model(ck)
     pcfg = PredictConfig(
@@ -179,16 +294,45 @@ def cmd_predict(a: argparse.Namespace) -> int:
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
+    _refuse_same_stems(files)
     out = Path(a.out)
-    n = 0
-    for f in _tqdm(iterable=files, desc="predict", unit="file"):
-        for name, image in read_images(f):  # a stack TIFF gives one image per slice
-            predict_file(predictor, f, out, image=image, stem=name)
-            n += 1
-    if n:
-        save_prediction_settings(out, predictor, a.model)
+    n, failed, written = 0, [], {}
+    with folder_lock(out, "predict"):
+        for f in _tqdm(iterable=files, desc="predict", unit="file"):
+            try:
+                images = read_images(f)  # a stack TIFF gives one image per slice
+            except (ValueError, OSError) as e:  # one unreadable image does not stop the batch
+                log.error("skipped %s: %s", f, e)
+                failed.append(f)
+                continue
+            for name, image in images:
+                if name in written:
+                    log.error("skipped %s (%s): its outputs %s_* were already written for %s", f, name, name, written[name])
+                    failed.append(f)
+                    continue
+                predict_file(predictor, f, out, image=image, stem=name)
+                written[name] = f
+                n += 1
+        if n:
+            save_prediction_settings(out, predictor, a.model)
     _out(f"predicted {n} images from {len(files)} files into {out}")
+    if failed:
+        log.error("%d of %d files could not be predicted (see above): %s", len(failed), len(files),
+                  ", ".join(str(f) for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
+        return 1
     return 0
+
+
+def _refuse_same_stems(files: list[Path]) -> None:
+    """Two inputs with one file stem (a/x.png, b/x.png) would write the same x_* outputs."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise ValueError(
+                f"{seen[f.stem]} and {f} would both write {f.stem}_* into --out: predict them "
+                "into separate --out folders, or rename one."
+            )
+        seen[f.stem] = f
 
 
 def cmd_instances(a: argparse.Namespace) -> int:
@@ -275,17 +419,29 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_grabcut(a: argparse.Namespace) -> int:
     from .core.grabcut import refine
     from .core.io import load_dataset, save_dataset
+    from .core.runfolder import DATASET_PARTS, check_writable, folder_lock
 
     ds = load_dataset(a.dataset)
+    unknown = sorted(set(a.images or ()) - set(ds.names()))
+    if unknown:
+        raise ValueError(
+            f"--images names {unknown}, which {a.dataset} does not have; its images are "
+            f"{', '.join(ds.names()[:10])}{' ...' if len(ds) > 10 else ''}."
+        )
+    target = check_writable(a.out or a.dataset)
     n = 0
     for s in ds:
         if s.detection is None or (s.segmentation is not None and not a.overwrite):
+            if a.images and s.name in a.images:
+                log.warning("%s: %s", s.name, "no detection marks to start from" if s.detection is None
+                            else "has an exact mask already; --overwrite redoes it")
             continue
         if a.images and s.name not in a.images:
             continue
         s.segmentation = refine(s.image, s.detection)
         n += 1
-    save_dataset(ds, a.out or a.dataset)
+    with folder_lock(target, "grabcut", DATASET_PARTS):
+        save_dataset(ds, target)
     _out(f"refined {n} images into segmentation masks in {a.out or a.dataset}")
     return 0
 
@@ -348,16 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="folder of images when GT_DIR holds only masks")
     s.add_argument("--strong-fraction", type=float, default=0.1, help="share of images given exact masks")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the annotations of a dataset already in --out (refused without it)")
     s.set_defaults(func=cmd_simulate)
 
     t = sub.add_parser("train", help="train a model on a dataset folder", epilog=EPILOG_TRAIN, formatter_class=fmt)
     t.add_argument("dataset", help="dataset folder (images/, detection/, separation/, segmentation/)")
     t.add_argument("--out", required=True, help="model folder to write (best.pt, latest.pt, config.json)")
-    t.add_argument("--iterations", type=int, help="optimiser steps (default 1000 when no --minutes)")
+    t.add_argument("--iterations", type=_positive_int, help="optimiser steps (default 1000 when no --minutes)")
     t.add_argument("--minutes", type=float, help="wall-clock budget")
     t.add_argument("--size", choices=["tiny", "small", "medium", "paper"],
                    help="model size (default: paper on a GPU, tiny on a CPU)")
-    t.add_argument("--architecture", choices=["multitask", "unet"], default="multitask")
+    t.add_argument("--architecture", choices=["multitask", "unet"], help="network (default: multitask)")
     t.add_argument("--scale", default="auto",
                    help="working scale: resize images by this factor for the network (0.5 = half size); "
                         "'auto' (default) picks 1, 0.5 or 0.25 so that a typical object spans at most "
@@ -369,8 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "segmentation head; helped with an exact mask on one image of five, unproven with "
                    "4-6 (docs/benchmarks.md)")
     t.add_argument("--task-weights", nargs="*", metavar="TASK=W", help="alpha_k, e.g. separation=0.5")
-    t.add_argument("--batch-size", type=int, help="patches per step (default 16)")
-    t.add_argument("--patch-size", type=int,
+    t.add_argument("--batch-size", type=_positive_int, help="patches per step (default 16)")
+    t.add_argument("--patch-size", type=_patch_size,
                    help="side of the square training patches (default: 256 on a GPU, 128 on a CPU)")
     t.add_argument("--mask-share", type=float,
                    help="share of each batch drawn from the images with exact masks, when only some "
@@ -380,11 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--no-amp", action="store_true",
                    help="train in float32 (no bf16 autocast; autocast is used on CUDA and on CPUs with native bf16)")
-    t.add_argument("--val-every", type=int, default=200)
+    t.add_argument("--val-every", type=_non_negative_int, default=200,
+                   help="validate every this many iterations (default 200; 0 = never, best.pt is then the last model)")
     t.add_argument("--validation", help="a dataset folder with exact masks to choose the best model")
-    t.add_argument("--resume", help="checkpoint or model folder to continue from")
+    t.add_argument("--resume", help="checkpoint or model folder to continue from (a folder continues "
+                   "from its latest.pt)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in --out (refused without it, unless --resume is that folder)")
+    t.add_argument("--save-every", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="write latest.pt after this many seconds of training (default 60): a killed "
+                   "run loses at most this much; 0 = after every step")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     t.add_argument("--lean-memory", action="store_true",
                    help="CPU: hand freed memory back to the system at every step (6-31%% less peak "
                    "memory, 1.1-1.7x slower steps; by default it is kept for reuse until training ends)")
@@ -446,14 +611,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     _setup_logging(a.verbose)
+    from .core.runfolder import FolderBusyError
+
+    previous = None
+    if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:  # only the main thread may set handlers
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:
+            previous = None
     try:
         return a.func(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FolderBusyError, FloatingPointError) as e:
         log.error("%s", e)
         return 2
+    except OSError as e:  # full disk, read-only folder, --out that is a file, missing input
+        log.error("%s", describe_os_error(e))
+        return 2
+    except Terminated:
+        log.error("terminated; files written so far are kept, temporary files removed")
+        return 143
     except KeyboardInterrupt:
         log.error("interrupted; checkpoints written so far are kept")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def mean_display_color(image, rgb: bool | None = None, contrast_limits=None, col
         rgb, contrast_limits, colormap: override the layer's (arrays: ``rgb`` defaults to a
             last axis of 3).
     """
-    if hasattr(image, "data"):
+    if not isinstance(image, np.ndarray) and hasattr(image, "contrast_limits"):  # a layer
         rgb = _is_rgb(image, rgb)
         contrast_limits = contrast_limits if contrast_limits is not None else getattr(image, "contrast_limits", None)
         colormap = colormap if colormap is not None else getattr(image, "colormap", None)

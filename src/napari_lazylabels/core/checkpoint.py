@@ -4,16 +4,20 @@ A model folder holds::
 
     MODEL/
         best.pt       the checkpoint with the best validation score so far
-        latest.pt     the last checkpoint (for resuming)
+        latest.pt     the newest checkpoint, written every ``TrainConfig.save_every`` seconds
+                      and with every new best.pt (for resuming: a folder resumes from it)
         config.json   model and training configs, classes (human-readable, written beside)
         history.json  the loss curve and validation scores
 
 Every file is written atomically, so an interrupted save never destroys a trained model.
-Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code. Each checkpoint
+stores a SHA-256 of its weights (``weights_sha256``), checked when it is loaded, so a file
+whose bytes changed on disk is refused instead of predicting garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 import logging
@@ -70,6 +74,26 @@ def versions() -> dict:
     }
 
 
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        v = state_dict[k]
+        if not isinstance(v, torch.Tensor):
+            continue
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """About the size of a checkpoint file of ``model``: its weights, and twice that for
+    Adam's two moments when an optimizer is given."""
+    n = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    return n * (3 if optimizer is not None else 1) + (1 << 20)
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -83,12 +107,14 @@ def save_checkpoint(
 ) -> Path:
     """Write one self-contained checkpoint file atomically, and ``config.json`` beside it."""
     path = Path(path)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model_config": model_config.to_dict(),
         "classes": classes.to_dict(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "state_dict": weights,
+        "weights_sha256": weights_digest(weights),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "iteration": int(iteration),
         "train_config": train_config or {},
@@ -141,6 +167,21 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def resolve_resume_path(path: str | os.PathLike) -> Path:
+    """Where training continues from: a model folder resolves to its ``latest.pt`` (the newest
+    checkpoint; else ``best.pt``), a file to itself."""
+    p = Path(path)
+    if p.is_dir() and (p / LATEST).exists():
+        return p / LATEST
+    return resolve_checkpoint_path(p)
+
+
+def history_until(history: dict, iteration: int) -> dict:
+    """``history`` without the steps and validations after ``iteration``: those of a run
+    killed after its last checkpoint, which the resumed run does again."""
+    return {**history, **{k: [e for e in history.get(k, []) if e[0] <= iteration] for k in ("steps", "validation")}}
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint (file, or model folder) with ``weights_only=True``.
 
@@ -152,8 +193,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for truncated or foreign files
+        text = str(e)
+        if "GLOBAL" in text.upper() and "weights_only" in text:
+            raise ValueError(
+                f"{p} holds Python objects other than tensors, which could run code; it was not "
+                "loaded. It is not a napari-lazylabels model (or it was altered): use a model "
+                "written by `lazylabels train` or the Train widget."
+            ) from None
+        # torch's own text advises loading with weights_only=False: never repeat that
+        reason = "not a checkpoint" if "weights_only" in text else text.split(". ")[0][:160]
         raise ValueError(
-            f"{p} could not be read as a model ({type(e).__name__}: {str(e)[:200]}). The file is "
+            f"{p} could not be read as a model ({type(e).__name__}: {reason}). The file is "
             "corrupt or incomplete; use the other checkpoint in its folder (best.pt / latest.pt) "
             "or train again."
         ) from e
@@ -165,6 +215,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if int(state.get("version", 0)) > CHECKPOINT_VERSION:
         raise ValueError(
             f"{p} was written by a newer napari-lazylabels (format {state['version']}); upgrade."
+        )
+    digest = state.get("weights_sha256")
+    if digest is not None and isinstance(state.get("state_dict"), dict) and weights_digest(state["state_dict"]) != digest:
+        raise ValueError(
+            f"{p} is corrupt: its weights changed on disk since they were saved (checksum "
+            "mismatch). Use the other checkpoint in its folder (best.pt / latest.pt) or train again."
         )
     try:
         return Checkpoint(
@@ -199,4 +255,9 @@ def write_history(model_dir: str | os.PathLike, history: dict) -> Path:
 
 def read_history(model_dir: str | os.PathLike) -> dict:
     p = Path(model_dir) / HISTORY
-    return json.loads(p.read_text()) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise ValueError(f"{p} is not valid JSON ({e}); delete it to start a new loss history.") from e

@@ -54,10 +54,10 @@ def percentiles(image: np.ndarray, low: float, high: float, max_samples: int = 1
     """Robust intensity range of an image, from a strided subsample for large images."""
     flat = image.reshape(-1)
     step = max(1, flat.size // max_samples)
-    lo, hi = np.percentile(flat[::step], (low, high))
-    if hi <= lo:
-        hi = lo + 1.0
-    return float(lo), float(hi)
+    lo, hi = (float(v) for v in np.percentile(flat[::step], (low, high)))
+    if not hi > lo:  # a constant image; lo + 1 == lo for values above 2**53 (uint64)
+        hi = lo + max(1.0, abs(lo) * 1e-6)
+    return lo, hi
 
 
 def normalize(image: np.ndarray, in_channels: int, norm_percentiles=(1.0, 99.8), value_range=None) -> np.ndarray:
@@ -75,7 +75,8 @@ def normalize(image: np.ndarray, in_channels: int, norm_percentiles=(1.0, 99.8),
     """
     img = to_channels(image, in_channels)
     lo, hi = value_range if value_range is not None else percentiles(img, *norm_percentiles)
-    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    span = float(hi) - float(lo)
+    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / span if span > 0 else 1.0)
     return np.ascontiguousarray(np.moveaxis(out, -1, 0))
 
 

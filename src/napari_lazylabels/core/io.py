@@ -17,7 +17,9 @@ Label maps are 8- or 16-bit PNG (TIFF is read too); ``0`` = not annotated (see
 loss. ``geometry`` (optional; older folders have none) keeps the physical pixel size, position
 and units that the viewer showed each image with, so a reopened project lines up as before.
 Every write goes to a temporary file in the destination folder that then replaces the
-target (:func:`atomic_write_bytes`), so a crash never leaves a half-written annotation.
+target (:func:`atomic_write_bytes`), so a crash never leaves a half-written annotation. A
+rewritten file keeps the permissions the old one had (a shared 0664 annotation stays readable
+for the group); a new file gets those the umask allows, as ``open`` would give it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +55,34 @@ DATASET_FORMAT = "napari-lazylabels dataset"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 MIN_IMAGE_SIDE = 8
+DATASET_VERSION = 1
 
 
 # --------------------------------------------------------------------------- atomic writes
+_umask_guard = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where it can be, else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _umask_guard:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _file_mode(path: Path) -> int:
+    """Permissions for a file written at ``path``: the existing file's, else ``0666 & ~umask``."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block succeeds the temporary file
@@ -65,6 +94,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files
+    except (OSError, AttributeError):
+        pass
     os.close(fd)
     try:
         yield Path(tmp)
@@ -88,9 +121,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def _json_safe(obj):
+    """``obj`` with NaN and infinities as ``None`` (JSON has no such numbers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as indented, valid JSON (NaN and infinities as ``null``), atomically."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """``tifffile.imread`` with errors that name the file (compressed TIFFs need imagecodecs)."""
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as e:  # tifffile raises many kinds for truncated or foreign files
+        hint = (
+            "install imagecodecs (`pip install imagecodecs`) to read its compression"
+            if "imagecodecs" in str(e) else "the file is corrupt, truncated or not a TIFF"
+        )
+        raise ValueError(f"Could not read {path}: {type(e).__name__}: {str(e)[:160]} ({hint}).") from e
 
 
 # --------------------------------------------------------------------------- images
@@ -140,9 +201,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"No such image file: {path}")
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(path)
+        arr = _read_tiff(path)
     else:
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
@@ -175,9 +234,9 @@ def read_images(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
     """
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = np.asarray(tifffile.imread(path))
+        if not path.exists():
+            raise FileNotFoundError(f"No such image file: {path}")
+        arr = np.asarray(_read_tiff(path))
         if arr.ndim >= 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[-1] < MIN_IMAGE_SIDE:
             raise ValueError(channels_message(arr.shape, path.name))
         stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4))
@@ -225,9 +284,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label map written by :func:`write_label` as a 2D integer array."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(path)
+        arr = _read_tiff(path)
     else:
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
@@ -381,6 +438,10 @@ def is_dataset(path: str | os.PathLike) -> bool:
     return p.is_dir() and ((p / DATASET_FILE).exists() or (p / "images").is_dir())
 
 
+class NewerFormatError(ValueError):
+    """A file written by a newer napari-lazylabels, in a format this one does not know."""
+
+
 def read_classes(path: str | os.PathLike) -> ClassSpec:
     """Classes of a dataset folder; the default ``(background, object)`` if it has no JSON."""
     meta = Path(path) / DATASET_FILE
@@ -388,7 +449,15 @@ def read_classes(path: str | os.PathLike) -> ClassSpec:
         return ClassSpec()
     try:
         d = json.loads(meta.read_text())
+        version = d.get("version", DATASET_VERSION) if isinstance(d, dict) else DATASET_VERSION
+        if not isinstance(version, int) or version > DATASET_VERSION:
+            raise NewerFormatError(
+                f"{meta} has format version {version!r}; this napari-lazylabels reads version "
+                f"{DATASET_VERSION}: upgrade napari-lazylabels to open it."
+            )
         return ClassSpec.from_dict(d["classes"])
+    except NewerFormatError:
+        raise
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(
             f"{meta} is not a valid dataset description ({e}). It should look like "

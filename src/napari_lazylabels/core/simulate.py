@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from . import io
+from . import io, runfolder
 from .labels import BACKGROUND, INTERFACE, ClassSpec
 
 log = logging.getLogger(__name__)
@@ -425,6 +425,7 @@ def simulate_folder(
     seed: int = 0,
     config: SimulationConfig | None = None,
     images_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> io.LazyDataset:
     """Simulate lazy labels for a folder of instance masks and write a dataset folder.
 
@@ -440,10 +441,18 @@ def simulate_folder(
             only on the seed and its stem.
         config: how labels are drawn (default :class:`SimulationConfig`).
         images_dir: folder of the images when ``gt_dir`` holds the masks themselves.
+        overwrite: replace the annotations of a dataset already in ``out_dir``; without it
+            such a folder is refused before anything is read or written (its labels may be
+            hand-drawn).
 
     Returns:
         The written dataset.
+
+    Raises:
+        napari_lazylabels.core.runfolder.OutputExistsError: ``out_dir`` holds a dataset and
+            ``overwrite`` is false.
     """
+    runfolder.refuse_existing_dataset(out_dir, overwrite)
     cfg = config or SimulationConfig()
     frac = cfg.strong_fraction if strong_fraction is None else float(strong_fraction)
     if not 0.0 <= frac <= 1.0:

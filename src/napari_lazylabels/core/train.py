@@ -36,6 +36,13 @@ from .model import (
     precision_name,
     resolve_device,
 )
+from .runfolder import (
+    check_free_space,
+    check_writable,
+    folder_lock,
+    link_or_copy,
+    prepare_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,10 @@ class TrainConfig:
             1.32-1.71x ("small") faster for 6-9% and 29-31% more peak memory; not in a worker
             thread (the napari widgets), where glibc maps large blocks afresh anyway and
             steps gained 0.88-1.25x for 12-20% more memory (docs/benchmarks.md).
+        save_every: write ``latest.pt`` (weights, optimiser, iteration; atomically) after at
+            least this many seconds of training since the last checkpoint, so a killed run
+            loses at most this much; 0 writes it after every step. A validation that finds a
+            new best model writes both files at once (``latest.pt`` is a hard link to it).
         tune_instances: when training ends, choose the model's interface threshold on the
             images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
@@ -125,10 +136,13 @@ class TrainConfig:
     reuse_cpu_memory: bool | None = None
     tune_instances: bool = True
     marks_to_segmentation: bool = False
+    save_every: float = 60.0
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.time_budget is None:
             raise ValueError("Give an iteration budget, a time budget, or both.")
+        if not (isinstance(self.save_every, (int, float)) and self.save_every >= 0):
+            raise ValueError(f"save_every is a number of seconds >= 0, got {self.save_every!r}.")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError("iterations must be >= 1.")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -362,6 +376,7 @@ def train_iter(
     validation: list[Sample] | None = None,
     size: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> Iterator[TrainEvent]:
     """Train a model on a dataset, yielding :class:`TrainEvent` as it goes.
 
@@ -375,6 +390,10 @@ def train_iter(
             when ``None`` a split is made by ``train_config.val_fraction``.
         size: model size name when ``model_config`` is inferred.
         should_stop: called every step; training ends cleanly when it returns True.
+        overwrite: replace a model already in ``out_dir`` (its files are removed before
+            training starts); without it such a folder is refused unless ``resume`` is that
+            folder or one of its checkpoints. The folder is locked for the whole run
+            (:func:`napari_lazylabels.core.runfolder.folder_lock`) and checked writable first.
 
     Yields:
         events; the last one has ``kind == "done"`` and ``path`` = the best checkpoint.
@@ -387,7 +406,9 @@ def train_iter(
     reuse = cfg.reuse_cpu_memory
     if reuse is None:
         reuse = threading.current_thread() is threading.main_thread()
-    with cpu_allocation_cache(device.type == "cpu" and reuse):
+    out_dir = check_writable(out_dir, "the model folder")
+    with folder_lock(out_dir, "train"), cpu_allocation_cache(device.type == "cpu" and reuse):
+        prepare_model_folder(out_dir, resume, overwrite)
         return (yield from _train_iter(
             dataset, Path(out_dir), model_config, cfg, device, resume, validation, size, should_stop
         ))
@@ -414,7 +435,7 @@ def _train_iter(
     best_metric: float | None = None
     init_state = None
     if resume is not None:
-        ck = ckpt_mod.load_checkpoint(resume)
+        ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve_resume_path(resume))
         if model_config is not None and model_config != ck.model_config:
             raise ValueError("The model config differs from the checkpoint's; resume without a config.")
         if ck.classes.names != dataset.classes.names:
@@ -425,7 +446,10 @@ def _train_iter(
         model_config, init_state, opt_state = ck.model_config, ck.state_dict, ck.optimizer
         start_iteration = ck.iteration
         best_metric = ck.metrics.get("best_metric")
-        history = ckpt_mod.read_history(Path(resume) if Path(resume).is_dir() else Path(resume).parent) or history
+        history = ckpt_mod.history_until(
+            ckpt_mod.read_history(Path(resume) if Path(resume).is_dir() else Path(resume).parent) or history,
+            start_iteration,
+        )
     if model_config is None:
         model_config = infer_model_config(dataset, device, size, patch_size=cfg.augment.patch_size)
 
@@ -481,14 +505,21 @@ def _train_iter(
         len(prepared), len(val_samples), model_config.tasks,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_free_space(out_dir, 3 * ckpt_mod.checkpoint_bytes(model, optimizer), "two checkpoints and a temporary copy")
     train_dict = {**cfg.to_dict(), "train_images": [p.name for p in prepared], "val_images": [s.name for s in val_samples]}
 
+    last_save = time.perf_counter()
+
     def save(name: str, iteration: int, metrics: dict) -> Path:
+        nonlocal last_save
         p = ckpt_mod.save_checkpoint(
             out_dir / name, model, model_config, dataset.classes, optimizer, iteration,
             train_dict, {**metrics, "best_metric": best_metric}, cfg.seed,
         )
+        if name == ckpt_mod.BEST:  # the newest checkpoint is always latest.pt, for resuming
+            link_or_copy(p, out_dir / ckpt_mod.LATEST)
         ckpt_mod.write_history(out_dir, history)
+        last_save = time.perf_counter()
         return p
 
     t0 = time.perf_counter()
@@ -557,6 +588,8 @@ def _train_iter(
         if val_samples and it % cfg.val_every == 0:
             last_val_it = it
             yield from validate(start_iteration + it)
+        if time.perf_counter() - last_save >= cfg.save_every:
+            save(ckpt_mod.LATEST, start_iteration + it, {})
 
     if it > 0 and last_val_it != it and val_samples:
         yield from validate(start_iteration + it)
@@ -570,7 +603,7 @@ def _train_iter(
     latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
     best = out_dir / ckpt_mod.BEST
     threshold = model_config.interface_threshold
-    if not best.exists():
+    if not best.exists() or not val_samples:  # no validation: best.pt is the last model
         best = save(ckpt_mod.BEST, start_iteration + it, final_metrics)
     elif tune:  # the best model of an earlier iteration gets its own threshold
         ck = ckpt_mod.load_checkpoint(best)
@@ -597,6 +630,7 @@ def fit(
     progress=None,
     should_stop: Callable[[], bool] | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train to the end of the budget (or until ``should_stop()``), see :func:`train_iter`.
 
@@ -604,11 +638,12 @@ def fit(
         progress: a tqdm-like object (``update(n)``, ``set_postfix(**kw)``, optional
             ``total``); steps are reported to it.
         on_event: called with every :class:`TrainEvent`.
+        overwrite: replace a model already in ``out_dir`` (see :func:`train_iter`).
 
     Returns:
         a :class:`TrainResult` with the checkpoint paths and the loss history.
     """
-    gen = train_iter(dataset, out_dir, model_config, train_config, resume, validation, size, should_stop)
+    gen = train_iter(dataset, out_dir, model_config, train_config, resume, validation, size, should_stop, overwrite)
     result = None
     while True:
         try:
