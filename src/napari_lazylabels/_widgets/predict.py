@@ -155,6 +155,14 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
             yield ("result", name, layer_data, settings)
     except PredictionCancelled:
         yield ("stopped", name)
+    except RuntimeError as e:  # superqt drops a worker's RuntimeError without "finished"
+        raise WorkerError(str(e)) from e
+
+
+class WorkerError(Exception):
+    """A worker's RuntimeError (e.g. from torch), re-raised as an exception superqt reports:
+    it swallows RuntimeErrors as "aborted thread" and never emits ``finished``, which left
+    the widget busy for good."""
 
 
 def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
@@ -314,10 +322,14 @@ class PredictionRunner:
     def _on_yield(self, item) -> None:
         kind = item[0]
         if kind == "progress":
-            _, name, phase, done, total = item
-            self.last_progress = (name, phase, done, total)
-            pbar = self._pbar  # napari's progress may process events (and finish us) meanwhile
+            self.last_progress = item[1:]
+            if self.on_progress is not None:
+                self.on_progress(*self.last_progress)
+            # napari's progress bar may process events (later items, even the end) while it
+            # updates: it shows the latest item, whichever call gets here.
+            pbar = self._pbar
             if pbar is not None:
+                name, phase, done, total = self.last_progress
                 desc = f"{name}: {phase}"
                 if pbar.desc != desc:  # a new phase counts from 0
                     pbar.set_description(desc)
@@ -326,8 +338,6 @@ class PredictionRunner:
                     pbar.total = total
                 if done != pbar.n:
                     pbar.update(done - pbar.n)
-            if self.on_progress is not None:
-                self.on_progress(name, phase, done, total)
             return
         if kind == "stopped":
             self.stopped = True

@@ -1,0 +1,185 @@
+"""The Predict widget: progress through every phase, a quick Stop, layers updated in place
+and pushed without one long pause (GUI tests under Xvfb)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_lazylabels.core.checkpoint import save_checkpoint
+from napari_lazylabels.core.labels import ClassSpec
+from napari_lazylabels.core.model import ModelConfig, build_model
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
+    save_checkpoint(tmp_path / "model" / "best.pt", build_model(cfg), cfg, ClassSpec(names=("background", "cell")))
+    return tmp_path / "model"
+
+
+def _image(side: int) -> np.ndarray:
+    """Bright discs on a dark background: objects for the instance step."""
+    yy, xx = np.mgrid[:side, :side]
+    return ((np.sin(yy / 9.0) * np.sin(xx / 9.0)) > 0.3).astype(np.uint8) * 200 + 20
+
+
+def _widget(viewer, model_dir, tile: int = 64):
+    from napari_lazylabels._widgets.predict import PredictWidget
+
+    pw = PredictWidget(viewer)
+    viewer.window.add_dock_widget(pw)
+    pw.model_dir.setText(str(model_dir))
+    pw.tile.setValue(tile)
+    pw.tta.setCurrentIndex(0)  # one orientation: fast
+    pw.device.setCurrentText("cpu")
+    return pw
+
+
+def _statuses(pw) -> list[str]:
+    """Every status the widget shows from now on (the label's texts, in order)."""
+    seen: list[str] = []
+    orig = pw.status.setText
+
+    def record(text):
+        seen.append(text)
+        orig(text)
+
+    pw.status.setText = record
+    return seen
+
+
+def test_progress_names_every_phase_and_layers_are_updated_in_place(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """The status goes through the tiles, then the post-processing phases (classes,
+    instances) and the layers, and the finished prediction's four layers are the same
+    objects after a second Predict (data swapped, nothing re-added)."""
+    from napari_lazylabels.core import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Predictor, "forward", _interfaces_everywhere(predict_mod.Predictor.forward))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_image(300), name="im")
+    pw = _widget(viewer, model_dir)
+    pw.set_chosen(["im"])
+    seen = _statuses(pw)
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    phases = [s.split(": ", 1)[1].rsplit(" ", 1)[0] for s in seen if s.startswith("im: ")]
+    assert phases[0] == "loading" and phases[1].startswith("tiles (1 orientation")
+    after_tiles = phases[[i for i, p in enumerate(phases) if p.startswith("tiles")][-1] + 1 :]
+    assert [p for p in ("classes", "instances", "layers") if p in after_tiles] == ["classes", "instances", "layers"]
+    assert seen[-1].startswith("Updated: im classes, im instances, im interfaces, im probabilities")
+
+    names = [f"im {k}" for k in ("classes", "instances", "interfaces", "probabilities")]
+    first = {n: viewer.layers[n] for n in names}
+    assert first["im instances"].data.dtype == np.uint16 and first["im instances"].data.max() > 1
+    n_layers = len(viewer.layers)
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert len(viewer.layers) == n_layers
+    assert all(viewer.layers[n] is first[n] for n in names)
+
+
+def test_stop_ends_a_multi_tile_prediction_within_two_seconds(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """A slowed network (0.3 s per pass, 64 tiles in passes of 2): Stop pressed during the
+    tiles ends the worker within 2 s, and the status ends in "stopped" (not "n/64")."""
+    from napari_lazylabels.core import checkpoint
+
+    load = checkpoint.load_model
+
+    class Slow(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, tasks=None):
+            time.sleep(0.3)
+            return self.inner(x, tasks)
+
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu": (lambda m, ck: (Slow(m), ck))(*load(path, device)))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_image(400), name="big")
+    pw = _widget(viewer, model_dir)
+    pw.set_chosen(["big"])
+    pw.run()
+    qtbot.waitUntil(lambda: "tiles" in pw.status.text() and not pw.status.text().endswith(" 0/64"), timeout=30_000)
+    assert "/64" in pw.status.text()
+    t0 = time.perf_counter()
+    pw.stop()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=10_000)
+    assert time.perf_counter() - t0 < 2.0
+    assert pw.status.text().endswith("stopped") and "big: tiles" in pw.status.text()
+    assert "big classes" not in viewer.layers
+    assert pw.run_btn.isEnabled() and not pw.stop_btn.isEnabled()
+
+
+def test_stop_during_the_instance_step(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """Stop pressed while instances are cut (a slowed watershed) ends the worker there."""
+    import skimage.segmentation
+
+    from napari_lazylabels.core import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "PHASE_SECONDS", 0.0)
+    real = skimage.segmentation.watershed
+
+    def slow_watershed(*a, **k):
+        time.sleep(0.05)
+        return real(*a, **k)
+
+    monkeypatch.setattr(skimage.segmentation, "watershed", slow_watershed)
+    # Every object holds an interface pixel, so each goes through the (slowed) watershed.
+    monkeypatch.setattr(predict_mod.Predictor, "forward", _interfaces_everywhere(predict_mod.Predictor.forward))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_image(300), name="im")
+    pw = _widget(viewer, model_dir)
+    pw.set_chosen(["im"])
+    pw.run()
+    qtbot.waitUntil(lambda: "instances" in pw.status.text() and not pw.status.text().endswith(" 0/0"), timeout=60_000)
+    t0 = time.perf_counter()
+    pw.stop()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=10_000)
+    assert time.perf_counter() - t0 < 2.0
+    assert pw.status.text().startswith("im: instances") and pw.status.text().endswith("stopped")
+    assert "im instances" not in viewer.layers
+
+
+def _interfaces_everywhere(forward):
+    def wrapped(self, x, *a, **k):
+        out = forward(self, x, *a, **k)
+        if "interfaces" in out:
+            itf = torch.zeros_like(out["interfaces"])
+            itf[..., ::7, :] = 1.0  # lines of interface every 7 rows
+            out["interfaces"] = itf
+        p = torch.zeros_like(out["probabilities"])
+        p[:, 1] = (x[:, 0] > 0.5).float()  # the bright discs
+        p[:, 0] = 1 - p[:, 1]
+        out["probabilities"] = p
+        return out
+
+    return wrapped
+
+
+def test_layers_are_pushed_one_per_event_loop_turn(make_napari_viewer, qtbot):
+    """A finished image's layers are added one per turn of the event loop, so the GUI
+    repaints and handles input between them instead of pausing for all four at once."""
+    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets.predict import PredictionRunner
+    from napari_lazylabels.core.predict import Prediction
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
+    classes = np.zeros((64, 64), np.uint8)
+    classes[10:30, 10:30] = 1
+    probs = np.stack([1.0 - classes, classes]).astype(np.float32)
+    pred = Prediction(probs, classes, np.zeros((64, 64), np.float32), classes.astype(np.int32))
+    results = []
+    runner = PredictionRunner(viewer, on_result=results.append)
+    runner._on_yield(("result", "im", _layers.prediction_layer_data("im", [pred]), {}))
+    assert [ly.name for ly in viewer.layers] == ["im", "im classes"]  # the rest on later turns
+    qtbot.waitUntil(lambda: bool(results), timeout=5000)
+    assert [ly.name for ly in results[0]] == ["im classes", "im instances", "im interfaces", "im probabilities"]
