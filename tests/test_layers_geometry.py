@@ -47,7 +47,10 @@ def test_label_layers_take_the_image_geometry_from_the_plugins_menu(make_napari_
     viewer = make_napari_viewer(show=True)
     image = _scaled_image(viewer)
     ann = _plugin_widget(viewer)
-    tasks = ann.create_layers()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tasks = ann.create_layers()
+    assert not [str(c.message) for c in caught if "Private attribute" in str(c.message)]
     # one image in the viewer: plain task names, even through the proxy
     assert [ly.name for ly in viewer.layers] == ["cells", *TASK_NAMES]
     for task in TASK_NAMES:
@@ -113,6 +116,10 @@ def test_prediction_layers_take_the_image_geometry(make_napari_viewer):
     assert viewer.layers["cells classes"].translate.tolist() == [0.0, 5.0]
     inst = _layers.instances_layer_data("cells", np.zeros((600, 500), np.int32), geometry=image)
     assert inst[1]["scale"] == SCALE
+    # the helper other widgets use for the layers they make themselves
+    assert _layers.labels_layer_kwargs("segmentation", "cells", classes, geometry=image)["translate"] == (0.0, 5.0)
+    crop = _layers.geometry_kwargs(image, ndim=2, offset=(100, 40))  # a preview of a crop
+    assert crop["translate"] == (0.0 + 100 * 0.5, 5.0 + 40 * 0.5) and crop["scale"] == SCALE
 
     # the class map names its classes: napari's status bar shows the class under the cursor
     status = viewer.layers["cells classes"].get_status(position=image.data_to_world((70, 100)), world=True)
@@ -230,9 +237,10 @@ def test_two_channel_tiff_is_refused_once_and_clearly(make_napari_viewer, monkey
     shown = []
     monkeypatch.setattr(_common, "show_error", lambda e: shown.append(str(e)))
     viewer = make_napari_viewer(show=True)
+    ann = _plugin_widget(viewer)  # docked first: opening the image must not raise in a Qt slot
     viewer.open(str(path))
     assert viewer.layers[0].data.shape == (512, 512, 2)
-    ann = _plugin_widget(viewer)
+    assert ann.image_combo.currentText() == viewer.layers[0].name
     assert ann.create_layers() is None
     assert len(shown) == 1 and "\n" not in shown[0]
     assert "(512, 512, 2)" in shown[0] and "2 channels per pixel" in shown[0]

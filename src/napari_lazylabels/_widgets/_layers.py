@@ -423,14 +423,14 @@ def labels_layer_kwargs(
     classes: ClassSpec,
     name: str | None = None,
     *,
-    geometry: dict | None = None,
+    geometry=None,
     background: str | None = None,
 ) -> dict:
     """Layer kwargs for a task's Labels layer (name, colours, class names, metadata, opacity).
 
     Args:
-        geometry: :func:`geometry_kwargs` of the image layer (scale, translate, units), so
-            the labels lie over the image; ``None`` leaves napari's defaults.
+        geometry: the image layer, or its :func:`geometry_kwargs` (scale, translate, units),
+            so the labels lie over the image; ``None`` leaves napari's defaults.
         background: colour of background marks (:func:`background_color` of the image) when
             the project sets none.
     """
@@ -441,8 +441,8 @@ def labels_layer_kwargs(
         "opacity": 0.6 if task != SEGMENTATION else 0.45,
         "metadata": {META: {"task": task, "image": image_name, "classes": classes.to_dict()}},
     }
-    if geometry:
-        out.update(geometry)
+    if geometry is not None:
+        out.update(geometry if isinstance(geometry, dict) else geometry_kwargs(geometry))
     return out
 
 
