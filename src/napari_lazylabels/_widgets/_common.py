@@ -1,13 +1,21 @@
-"""Small pieces shared by the dock widgets: error notifications, layer pickers, path rows,
-run/stop buttons, the loss curve, torch thread limits and a per-viewer session (the model
-trained last)."""
+"""Small pieces shared by the dock widgets: error notifications (one per error), layer
+pickers, path rows, run/stop buttons, the loss curve, torch thread limits, the background
+warm-up of torch (so that no click imports it on the GUI thread) and a per-viewer session:
+the project folder and the model trained or loaded last, kept in ``<project>/models/``."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
+import importlib.util
+import json
 import logging
 import os
+import shutil
+import sys
 import tempfile
+import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,58 +91,365 @@ def limit_torch_threads() -> int:
     return n
 
 
-_WARMED = False
+# ---------------------------------------------------------------------------- warm-up
+_WARM = threading.Event()
+_WARM_LOCK = threading.Lock()
+_WARM_THREAD: threading.Thread | None = None
+_WARM_ERROR: list[BaseException] = []
+
+
+def _dlopen_torch_libraries() -> None:
+    """Load torch's large shared libraries with ``dlopen`` called through ctypes, which
+    releases the interpreter lock for the call (the import of ``torch._C`` holds it for the
+    whole load, 0.2-0.7 s of relocations that would freeze the viewer). The import then finds
+    them loaded. Linux only; a failure just leaves the work to the import."""
+    if not sys.platform.startswith("linux"):
+        return
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return
+    libdir = Path(spec.origin).parent / "lib"
+    try:
+        libc = ctypes.CDLL(None)
+        dlopen = libc.dlopen
+    except (OSError, AttributeError):  # pragma: no cover - no dlopen in the process
+        return
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    for name in ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_python.so"):
+        if (libdir / name).exists():
+            dlopen(os.fsencode(libdir / name), os.RTLD_NOW | os.RTLD_LOCAL)
+
+
+def _warm_up() -> None:
+    """The warm-up thread's work: every import the training and prediction workers need, and
+    one Adam step (its first step imports more of torch)."""
+    was_enabled = gc.isenabled()
+    # Importing torch creates millions of objects: with the collector on, its full passes
+    # hold the interpreter lock for 0.1-0.5 s each (the viewer freezes) and triple the time.
+    gc.disable()
+    try:
+        _dlopen_torch_libraries()
+        import torch
+        import torch.optim
+
+        try:
+            import torch._dynamo  # noqa: F401 - the optimisers import it on their first step
+        except Exception:  # pragma: no cover - optional in some torch builds
+            pass
+        from ..core import checkpoint, predict, quality, train  # noqa: F401
+
+        w = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([w])
+        w.sum().backward()
+        opt.step()
+    except BaseException as e:  # noqa: BLE001 - reported when a job needs torch
+        log.warning("warming up torch failed: %s", e)
+        _WARM_ERROR.append(e)
+    finally:
+        if was_enabled:
+            gc.enable()
+        # The modules' objects live as long as the process: later full collections skip them
+        # (each pass would otherwise walk them all, holding the interpreter lock).
+        gc.freeze()
+        _WARM.set()
+
+
+def start_warm_up() -> None:
+    """Import torch and the engine in a background thread, once per process; widgets call it
+    when they are created (plugin load) so that Start and Predict find everything imported."""
+    global _WARM_THREAD
+    with _WARM_LOCK:
+        if _WARM_THREAD is not None or _WARM.is_set():
+            return
+        if "torch._dynamo" in sys.modules and "napari_lazylabels.core.train" in sys.modules:
+            _WARM.set()  # already imported (a script, a test session)
+            return
+        _WARM_THREAD = threading.Thread(target=_warm_up, name="lazylabels-warm-up", daemon=True)
+        _WARM_THREAD.start()
+
+
+def is_warm() -> bool:
+    """Whether the warm-up has finished (or was never needed)."""
+    return _WARM.is_set()
+
+
+def when_warm(callback, poll_ms: int = 30) -> None:
+    """Call ``callback()`` on the main thread once the warm-up has finished, without blocking
+    the event loop meanwhile (a single-shot timer polls)."""
+    from qtpy.QtCore import QTimer
+
+    start_warm_up()
+    if _WARM.is_set():
+        callback()
+        return
+
+    def poll():
+        if _WARM.is_set():
+            callback()
+        else:
+            QTimer.singleShot(poll_ms, poll)
+
+    QTimer.singleShot(poll_ms, poll)
 
 
 def warm_torch() -> None:
-    """Import ``torch.optim`` and ``torch._dynamo`` on the main thread once, before a worker
-    starts: their first import holds the interpreter lock for about a second, which would
-    freeze the GUI if it happened inside the worker."""
-    global _WARMED
-    if _WARMED:
-        return
-    import torch
-    import torch.optim  # noqa: F401
+    """Finish the warm-up on the calling thread (blocking): for scripts and tests that need
+    torch imported before a worker starts."""
+    start_warm_up()
+    _WARM.wait()
 
-    try:
-        import torch._dynamo  # noqa: F401
-    except Exception:  # pragma: no cover - optional in some torch builds
-        pass
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    _WARMED = True
+
+def quiet_worker(func, *args, error_prefix: str, on_error=None, **kwargs):
+    """An unstarted napari ``thread_worker`` of ``func(*args, **kwargs)`` that reports its
+    exception once, as one line ``"<error_prefix>: <message>"``.
+
+    A worker created without an ``errored`` handler re-raises its exception on the main
+    thread, where napari shows it as a notification with a traceback; with the widget's own
+    notification the user saw every error twice. The worker is made with ``ignore_errors``
+    (and napari's relay, where present, disconnected); the traceback goes to the log.
+    ``on_error(exc)`` (optional) runs after, e.g. to put the line in the widget's status.
+    """
+    from napari.qt.threading import thread_worker
+
+    worker = thread_worker(func, start_thread=False, ignore_errors=True)(*args, **kwargs)
+    relay = getattr(worker, "_relay_error", None)
+    if relay is not None:
+        try:
+            worker.errored.disconnect(relay)
+        except (TypeError, RuntimeError):  # not connected in this napari version
+            pass
+
+    def handle(exc):
+        log.error("%s: %s", error_prefix, exc, exc_info=(type(exc), exc, exc.__traceback__))
+        show_error(f"{error_prefix}: {exc}")
+        if on_error is not None:
+            on_error(exc)
+
+    worker.errored.connect(handle)
+    return worker
+
+
+def show_warning(message: str) -> None:
+    """Show a napari warning notification."""
+    from napari.utils.notifications import show_warning as _show
+
+    _show(message)
+
+
+# ---------------------------------------------------------------------------- models and projects
+MODELS = "models"
+"""The project folder's sub-folder of models (``<project>/models/<name>/best.pt``)."""
+MODEL_LINK = "current.json"
+"""``<project>/models/current.json``: ``{"model": path}``, the project's current model (a
+folder inside ``models/`` as a relative path, or a folder elsewhere as an absolute one)."""
+
+
+def temp_model_base() -> Path:
+    """Where models go when no project is known (``$LAZYLABELS_MODEL_DIR`` or the temp dir)."""
+    return Path(os.environ.get("LAZYLABELS_MODEL_DIR", Path(tempfile.gettempdir()) / "napari-lazylabels"))
 
 
 def default_model_dir() -> Path:
-    """A fresh model folder under the app data dir (or the temp dir)."""
-    base = Path(os.environ.get("LAZYLABELS_MODEL_DIR", Path(tempfile.gettempdir()) / "napari-lazylabels"))
+    """A fresh model folder under :func:`temp_model_base` (moved into the project when the
+    project is saved)."""
+    base = temp_model_base()
     base.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="model-", dir=base))
 
 
+def is_temporary(path) -> bool:
+    """Whether a model folder lies under :func:`temp_model_base` (made by the widgets)."""
+    try:
+        Path(path).resolve().relative_to(temp_model_base().resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def has_model(path) -> bool:
+    """Whether a folder holds a trained model (``best.pt`` or ``latest.pt``)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "best.pt").exists() or (p / "latest.pt").exists())
+
+
+def require_model(path) -> Path:
+    """The model folder (or ``.pt`` file) ``path``; a ``ValueError`` in widget words when it
+    holds no model (the core's message points to the CLI)."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".pt":
+        return p
+    if not p.exists():
+        raise ValueError(f"There is no folder {p}: choose a model folder with '…', or train one (Train widget, Start).")
+    if not has_model(p):
+        raise ValueError(
+            f"{p} holds no trained model (best.pt / latest.pt): choose another model folder with '…', "
+            "or train one into it (Train widget, Start)."
+        )
+    return p
+
+
+def project_of(viewer) -> Path | None:
+    """The project (dataset folder) the viewer's annotated images were opened from or saved
+    to: the ``source`` the reader and the annotation widget keep in the image layer's
+    metadata; ``None`` when no image has one."""
+    from ..core.io import is_dataset
+
+    for layer in list(viewer.layers):
+        if layer.__class__.__name__ != "Image":
+            continue
+        meta = layer.metadata.get("lazylabels", {}) or {}
+        source = meta.get("source")
+        if source and not meta.get("prediction") and is_dataset(source):
+            return Path(source)
+    return None
+
+
+def new_project_model_dir(project) -> Path:
+    """``<project>/models/model`` or, when that holds a model, the first free ``model-<n>``."""
+    models = Path(project) / MODELS
+    path, n = models / "model", 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = models / f"model-{n}"
+    return path
+
+
+def link_model(project, model_dir) -> None:
+    """Record ``model_dir`` as the project's current model (``models/current.json``)."""
+    from ..core.io import atomic_write_json
+
+    project, model_dir = Path(project), Path(model_dir)
+    try:
+        ref = str(model_dir.resolve().relative_to((project / MODELS).resolve()))
+    except ValueError:
+        ref = str(model_dir.resolve())
+    atomic_write_json(project / MODELS / MODEL_LINK, {"model": ref})
+
+
+def project_model(project) -> Path | None:
+    """The project's current model folder: the one ``models/current.json`` names, else the
+    most recently written one under ``models/``; ``None`` when there is none."""
+    models = Path(project) / MODELS
+    link = models / MODEL_LINK
+    if link.is_file():
+        try:
+            ref = json.loads(link.read_text()).get("model")
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("ignoring %s: %s", link, e)
+            ref = None
+        if ref:
+            path = Path(ref) if Path(ref).is_absolute() else models / ref
+            if has_model(path):
+                return path
+    if not models.is_dir():
+        return None
+    found = [p for p in models.iterdir() if has_model(p)]
+
+    def written(p: Path) -> float:
+        return max(f.stat().st_mtime for f in p.glob("*.pt"))
+
+    return max(found, key=written) if found else None
+
+
+def project_changed(viewer=None, root=None) -> None:
+    """Hook for the annotation widget and the writer: a project was saved to (or opened
+    from) ``root``. The viewer's session adopts it: a model kept only in the temp folder
+    moves into ``<root>/models/``, and a project with a model restores it."""
+    try:
+        if viewer is None:
+            from napari import current_viewer
+
+            viewer = current_viewer()
+        if viewer is None:
+            return
+        session(viewer).sync_project(viewer, root)
+    except Exception:  # noqa: BLE001 - saving the labels matters more; the log says why
+        log.exception("could not adopt the project %s", root)
+
+
 @dataclass
 class Session:
-    """What the widgets of one viewer share: the model folder trained or loaded last."""
+    """What the widgets of one viewer share: the project folder and the model folder trained
+    or loaded last.
+
+    Attributes:
+        model_dir: the current model folder (``None``: no model yet).
+        project: the project (dataset folder) of the viewer's images, ``None`` until one is
+            opened or saved.
+        busy: model folders a training run is writing (not moved meanwhile).
+        listeners: ``callback(model_dir)`` called when the model changes.
+        project_listeners: ``callback(project)`` called when the project changes.
+    """
 
     model_dir: Path | None = None
+    project: Path | None = None
+    busy: set = field(default_factory=set)
     listeners: list = field(default_factory=list)
+    project_listeners: list = field(default_factory=list)
 
     def set_model(self, path) -> None:
         self.model_dir = Path(path) if path else None
-        for cb in list(self.listeners):
+        if self.model_dir is not None and self.project is not None and has_model(self.model_dir):
             try:
-                cb(self.model_dir)
-            except RuntimeError:  # a deleted widget
-                self.listeners.remove(cb)
+                link_model(self.project, self.model_dir)
+            except OSError as e:
+                log.warning("could not link the model into the project: %s", e)
+        _call(self.listeners, self.model_dir)
+
+    def sync_project(self, viewer, root=None) -> None:
+        """Adopt the viewer's project (``root``, else :func:`project_of`): move a temporary
+        model into it, or restore the project's model when there is no model yet."""
+        project = Path(root) if root is not None else project_of(viewer)
+        if project is None:
+            return
+        changed = project != self.project
+        self.project = project
+        model = self.model_dir
+        if model is not None and is_temporary(model) and has_model(model) and model not in self.busy:
+            target = new_project_model_dir(project)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(model), str(target))
+            log.info("moved the model from %s into the project: %s", model, target)
+            self.set_model(target)
+        elif changed and (model is None or (is_temporary(model) and not has_model(model))):
+            restored = project_model(project)
+            if restored is not None:
+                self.set_model(restored)
+        elif changed and model is not None and has_model(model) and model not in self.busy:
+            self.set_model(model)  # links it into the project
+        if changed:
+            _call(self.project_listeners, project)
+
+
+def _call(callbacks: list, value) -> None:
+    for cb in list(callbacks):
+        try:
+            cb(value)
+        except RuntimeError:  # a deleted widget
+            callbacks.remove(cb)
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def session(viewer) -> Session:
-    """The :class:`Session` of a viewer."""
+    """The :class:`Session` of a viewer (the real viewer behind napari's proxy, so that every
+    widget of the viewer shares one)."""
+    viewer = getattr(viewer, "__wrapped__", viewer)
     s = _SESSIONS.get(viewer)
     if s is None:
         s = _SESSIONS[viewer] = Session()
+        vref, sref = weakref.ref(viewer), weakref.ref(s)
+
+        def on_inserted(*_):
+            v, ss = vref(), sref()
+            if v is not None and ss is not None:
+                ss.sync_project(v)
+
+        viewer.layers.events.inserted.connect(on_inserted)
+        s._on_inserted = on_inserted  # kept alive with the session
+        s.sync_project(viewer)
     return s
 
 

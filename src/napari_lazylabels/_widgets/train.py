@@ -2,10 +2,18 @@
 
 Training runs :func:`napari_lazylabels.core.train.train_iter` in a napari ``thread_worker``
 generator; every :class:`TrainEvent` comes back to the main thread (``yielded``) where it
-moves the napari progress bar and the loss curve. Stop asks ``train_iter`` to end cleanly
-(``should_stop``: it validates, writes ``latest.pt`` and keeps ``best.pt``); a second Stop
-quits the worker at its next yield. Start again resumes from the model folder's
-``latest.pt``.
+moves the napari progress bar and the loss curve, puts the validation score in the status in
+words that say what it measures (:func:`napari_lazylabels.core.quality.describe_score`) and
+shows each warning about the model once, in the status and as a notification. Stop asks
+``train_iter`` to end cleanly (``should_stop``: it validates, writes ``latest.pt`` and keeps
+``best.pt``); a second Stop quits the worker at its next yield; either ends in a final status.
+Start again resumes from the model folder's ``latest.pt``.
+
+Nothing heavy runs on the GUI thread: torch and the engine are imported by a warm-up thread
+when the widget is created (:func:`._common.start_warm_up`), and Start waits for it without
+blocking the event loop. The model folder defaults to ``<project>/models/model`` once the
+images belong to a project (opened or saved); a model trained before the project was saved
+moves into it (:class:`._common.Session`), and reopening the project restores it.
 """
 
 from __future__ import annotations
@@ -43,14 +51,22 @@ from ._common import (
     LayerCombo,
     LossPlot,
     default_model_dir,
+    has_model,
+    is_temporary,
+    is_warm,
     limit_torch_threads,
+    new_project_model_dir,
     notify_errors,
     path_row,
+    quiet_worker,
+    require_model,
     run_stop_buttons,
     session,
     show_error,
     show_info,
-    warm_torch,
+    show_warning,
+    start_warm_up,
+    when_warm,
 )
 
 log = logging.getLogger(__name__)
@@ -138,6 +154,7 @@ class TrainWidget(QWidget):
         predict_after: predict every trained image when training ends or is stopped.
         worker: the running napari worker, or ``None``.
         last_result_dir: the model folder of the last run.
+        warnings: the warnings about the model of the last run (each shown once).
     """
 
     def __init__(self, napari_viewer, parent=None) -> None:
@@ -155,6 +172,14 @@ class TrainWidget(QWidget):
         self._predictor_runner = None
         self._finished_flag = False
         self._predict_started = False
+        self._pending = False  # Start pressed, waiting for the warm-up
+        self._start_token = 0
+        self._quit_requested = False
+        self._done = False
+        self._failed: str | None = None
+        self._score_text = ""
+        self._auto_dir: str | None = None  # the model folder text the widget chose itself
+        self.warnings: list[str] = []
 
         self.image_combo = LayerCombo(napari_viewer, "Image")
         self.device = QComboBox()
@@ -196,7 +221,7 @@ class TrainWidget(QWidget):
             wrow.addWidget(sp)
         self.label_mode = QComboBox()
         self.label_mode.addItems(LABEL_MODES)
-        self.model_dir, mrow = path_row("(a new folder in the temp dir)", self._browse_model_dir)
+        self.model_dir, mrow = path_row("(<project>/models/model once saved, else a temp folder)", self._browse_model_dir)
         self.resume = QCheckBox("continue from the folder's latest checkpoint")
         self.resume.setChecked(True)
         self.preview = QCheckBox("preview the current view at each new best model")
@@ -241,6 +266,16 @@ class TrainWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
 
+        sess = session(napari_viewer)
+        sess.listeners.append(self._on_session_model)
+        sess.project_listeners.append(self._on_project)
+        if sess.model_dir is not None:
+            self._set_auto_dir(sess.model_dir)
+            self.status.setText(f"Model: {sess.model_dir}. Start continues training it; Predict uses it.")
+        elif sess.project is not None:
+            self._on_project(sess.project)
+        start_warm_up()  # torch imports off the GUI thread, before the first Start
+
     # ------------------------------------------------------------------ configuration
     def train_config(self):
         """The :class:`TrainConfig` from the widget's fields."""
@@ -266,32 +301,112 @@ class TrainWidget(QWidget):
             num_threads=limit_torch_threads(),
         )
 
+    def _set_auto_dir(self, path) -> None:
+        self._auto_dir = str(path)
+        self.model_dir.setText(str(path))
+
+    def _is_auto_dir(self) -> bool:
+        text = self.model_dir.text().strip()
+        return not text or text == self._auto_dir
+
+    def _on_session_model(self, path) -> None:
+        """The session's model changed (trained, loaded, moved into the project, restored)."""
+        if path is None or self.is_running():
+            return
+        text = self.model_dir.text().strip()
+        if str(path) != text and (self._is_auto_dir() or not Path(text).exists()):
+            self._set_auto_dir(path)
+
+    def _on_project(self, project) -> None:
+        """A project became known: its models folder replaces the temp-folder default."""
+        if self.is_running() or not self._is_auto_dir():
+            return
+        text = self.model_dir.text().strip()
+        if text and has_model(text) and not is_temporary(text):
+            return
+        model = session(self.viewer).model_dir
+        if model is not None and has_model(model):
+            self._set_auto_dir(model)
+        else:
+            self._set_auto_dir(new_project_model_dir(project))
+
     def _out_dir(self) -> Path:
         text = self.model_dir.text().strip()
-        if not text:
-            path = default_model_dir()
-            self.model_dir.setText(str(path))
+        project = session(self.viewer).project
+        if not text or (self._is_auto_dir() and project is not None and is_temporary(text) and not has_model(text)):
+            path = new_project_model_dir(project) if project is not None else default_model_dir()
+            self._set_auto_dir(path)
             return path
         return Path(text).expanduser()
+
+    def _fresh_dir(self, out_dir: Path) -> Path:
+        """A free folder next to ``out_dir`` for a new model (never train over a model)."""
+        project = session(self.viewer).project
+        if project is not None and out_dir.parent == project / "models":
+            return new_project_model_dir(project)
+        n = 2
+        while (out_dir.parent / f"{out_dir.name}-{n}").exists():
+            n += 1
+        return out_dir.parent / f"{out_dir.name}-{n}"
 
     # ------------------------------------------------------------------ start / stop
     @notify_errors
     def start(self, *_) -> None:
-        """Start (or resume) training in a worker thread."""
-        if self.worker is not None:
+        """Start (or resume) training in a worker thread.
+
+        The labels are read and checked at once (a clear error when nothing can be learned);
+        the worker starts when the warm-up thread has imported torch, meanwhile the viewer
+        stays responsive and Stop cancels."""
+        if self.is_running():
             show_info("Training is already running; press Stop first.")
             return
-        from napari.qt.threading import thread_worker
+        from ..core.quality import check_trainable
+
+        dataset, used = annotated_datasets(self.viewer)
+        check_trainable(dataset)
+        self._pending = True
+        self._start_token += 1
+        token = self._start_token
+        self.start_btn.setEnabled(False)
+        self.stop_btn.setEnabled(True)
+        if not is_warm():
+            self.status.setText("Loading the training engine (first Start only)…")
+
+        def go():
+            if token != self._start_token or not self._pending:
+                return  # cancelled by Stop
+            self._pending = False
+            try:
+                self._start_worker(dataset, used)
+            except Exception as e:  # noqa: BLE001 - every error must reach the user
+                log.exception("Start failed")
+                self._reset_buttons()
+                self.status.setText(f"Training did not start: {e}")
+                show_error(e)
+
+        when_warm(go)
+
+    def _reset_buttons(self) -> None:
+        self.start_btn.setEnabled(True)
+        self.stop_btn.setEnabled(False)
+
+    def _start_worker(self, dataset, used) -> None:
         from napari.utils import progress
 
         from ..core.checkpoint import LATEST
 
-        dataset, used = annotated_datasets(self.viewer)
         cfg = self.train_config()
         out_dir = self._out_dir()
         resume = None
+        fresh_note = ""
         if self.resume.isChecked() and (out_dir / LATEST).exists():
             resume = out_dir / LATEST
+        elif has_model(out_dir):  # a new model never overwrites one
+            previous, out_dir = out_dir, self._fresh_dir(out_dir)
+            self.model_dir.setText(str(out_dir))
+            if self._auto_dir == str(previous):
+                self._auto_dir = str(out_dir)
+            fresh_note = f" ({previous} keeps its model; tick 'continue' to train it further)"
         model_config = self.model_config
         if model_config is not None and resume is None:
             channels = 3 if any(s.image.ndim == 3 for s in dataset) else 1
@@ -312,11 +427,15 @@ class TrainWidget(QWidget):
                 model_config = infer_model_config(
                     dataset, resolve_device(cfg.device), size, patch_size=cfg.augment.patch_size, scale=scale
                 )
-        warm_torch()
         limit_torch_threads()
         self._stop_requested = False
+        self._quit_requested = False
         self._finished_flag = False
         self._predict_started = False
+        self._done = False
+        self._failed = None
+        self._score_text = ""
+        self.warnings = []
         self._used_layers = used
         self.events_seen = []
         self.plot.clear()
@@ -324,33 +443,43 @@ class TrainWidget(QWidget):
         self._pbar = progress(total=total, desc="Training")
         self._budget_seconds = cfg.iterations is None
 
-        worker = thread_worker(_train_worker_fn, start_thread=False)(
-            dataset, out_dir, model_config, cfg, resume, size, lambda: self._stop_requested
+        worker = quiet_worker(
+            _train_worker_fn, dataset, out_dir, model_config, cfg, resume, size, lambda: self._stop_requested,
+            error_prefix="Training failed", on_error=self._on_error,
         )
         worker.yielded.connect(self._on_event)
-        worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        session(self.viewer).busy.add(out_dir)
         self.start_btn.setEnabled(False)
         self.stop_btn.setEnabled(True)
-        self.status.setText(
-            f"Training on {len(dataset)} image(s) ({'resuming' if resume else 'new model'}) into {out_dir}…"
-        )
+        what = f"continuing the model in {out_dir}" if resume else f"a new model in {out_dir}{fresh_note}"
+        self.status.setText(f"Training on {len(dataset)} image(s): {what}…")
         self.last_result_dir = out_dir
         worker.start()
 
     def stop(self, *_) -> None:
-        """Stop training: the first press ends it cleanly (best model kept), a second quits."""
+        """Stop training: the first press ends it cleanly (best model kept), a second quits at
+        the next step; before the worker starts, Stop cancels the start."""
+        if self._pending:
+            self._pending = False
+            self._start_token += 1
+            self._reset_buttons()
+            self.status.setText("Stopped before training started: no model was trained.")
+            return
         if self.worker is None:
             return
         if not self._stop_requested:
             self._stop_requested = True
             self.status.setText("Stopping: finishing the step, validating and saving…")
         else:
+            self._quit_requested = True
+            self.status.setText("Stopping now (second Stop): quitting at the next step, without the final save…")
             self.worker.quit()
 
     def is_running(self) -> bool:
-        return self.worker is not None
+        """Whether training runs (or Start waits for the warm-up)."""
+        return self.worker is not None or self._pending
 
     # ------------------------------------------------------------------ events (main thread)
     def _on_event(self, ev) -> None:
@@ -362,12 +491,18 @@ class TrainWidget(QWidget):
                 delta = min(int(ev.elapsed), pbar.total) - pbar.n if self._budget_seconds else 1
                 if delta > 0:
                     pbar.update(delta)
-            if self.events_seen.count("step") % 5 == 1:
+            if self.events_seen.count("step") % 5 == 1 and not self._stop_requested:
                 pps = f", {ev.patches_per_s:.0f} patches/s" if ev.patches_per_s else ""
-                self.status.setText(f"iteration {ev.iteration}, loss {ev.loss:.4f}{pps}, {ev.elapsed:.0f} s")
+                score = f"\n{self._score_text}" if self._score_text else ""
+                self.status.setText(f"iteration {ev.iteration}, loss {ev.loss:.4f}{pps}, {ev.elapsed:.0f} s{score}")
         elif ev.kind == "validation":
-            dice = ev.metrics.get("dice", float("nan"))
-            self.plot.add_validation(ev.iteration, dice)
+            from ..core.quality import describe_score
+
+            metrics = ev.metrics or {}
+            self.plot.add_validation(ev.iteration, metrics.get("dice", float("nan")))
+            self._score_text = f"iteration {ev.iteration}: {describe_score(metrics)}"
+        elif ev.kind == "warning":
+            self._warn(ev.message)
         elif ev.kind == "checkpoint":
             session(self.viewer).set_model(Path(ev.path).parent)
             if self.preview.isChecked():
@@ -375,27 +510,65 @@ class TrainWidget(QWidget):
         elif ev.kind == "start":
             self.status.setText(f"Training started on {ev.message}.")
         elif ev.kind == "done":
-            best = ev.metrics.get("best_metric")
-            score = f", best validation dice {best:.3f}" if isinstance(best, float) else ""
-            threshold = ev.metrics.get("interface_threshold")
+            self._done = True
+            from ..core.quality import describe_score
+
+            metrics = ev.metrics or {}
+            best = metrics.get("best_metric")
+            score = describe_score({**(metrics.get("best") or {}), "best_metric": best}, best=True)
+            for w in metrics.get("warnings") or []:
+                self._warn(w)
+            threshold = metrics.get("interface_threshold")
             cut = (f" Objects are cut at interface probability {threshold:g} (tuned on your exact masks)."
                    if threshold is not None else "")
-            self.status.setText(f"Training {ev.message} at iteration {ev.iteration}{score}.{cut} Model: {Path(ev.path).parent}")
-            session(self.viewer).set_model(Path(ev.path).parent)
+            folder = Path(ev.path).parent
+            if not folder.exists() and self.last_result_dir is not None:  # moved into the project
+                folder = self.last_result_dir
+            self.status.setText(
+                f"Training {ev.message} at iteration {ev.iteration}: {score}.{cut} Model: {folder}" + self._warning_lines()
+            )
+            session(self.viewer).set_model(folder)
             self._preview_best()
             self._maybe_predict()
 
+    def _warn(self, message: str) -> None:
+        """Show a warning about the model once: in the status and as a notification."""
+        if not message or message in self.warnings:
+            return
+        self.warnings.append(message)
+        show_warning(message)
+        if not self._done:
+            self.status.setText(f"Warning: {message}")
+
+    def _warning_lines(self) -> str:
+        return "".join(f"\nWarning: {w}" for w in self.warnings)
+
     def _on_error(self, exc) -> None:
-        show_error(f"Training failed: {exc}")
+        self._failed = str(exc)
+        self.status.setText(f"Training failed: {exc}")
 
     def _on_finished(self) -> None:
+        out_dir = self.last_result_dir
+        sess = session(self.viewer)
+        sess.busy.discard(out_dir)
         self.worker = None
         self._finished_flag = True
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
             pbar.close()
-        self.start_btn.setEnabled(True)
-        self.stop_btn.setEnabled(False)
+        self._reset_buttons()
+        if out_dir is not None and has_model(out_dir) and is_temporary(out_dir) and sess.project is not None:
+            sess.sync_project(self.viewer, sess.project)  # saved during training: move it in now
+            if sess.model_dir is not None and not out_dir.exists():
+                self.last_result_dir = out_dir = sess.model_dir
+        if not self._done and self._failed is None:
+            if out_dir is not None and has_model(out_dir):
+                sess.set_model(out_dir)
+                kept = f"the model folder {out_dir} keeps the best model saved so far."
+            else:
+                kept = "no model was saved."
+            how = "quit by a second Stop" if self._quit_requested else "ended"
+            self.status.setText(f"Training {how} before its final validation and save: {kept}" + self._warning_lines())
         self._maybe_predict()
 
     def _maybe_predict(self) -> None:
@@ -405,9 +578,22 @@ class TrainWidget(QWidget):
             return
         from ..core.checkpoint import BEST
 
-        if self.last_result_dir is None or not (self.last_result_dir / BEST).exists():
+        if not self._done:  # quit or failed: the status says what happened; nothing to push
+            self._predict_started = self._failed is not None or self._quit_requested
             return
         self._predict_started = True
+        if self.last_result_dir is None or not (self.last_result_dir / BEST).exists() or not self.events_seen.count("step"):
+            self.status.setText(
+                "Stopped before the first training step: there is no model to predict with. "
+                "Press Train & predict again and let it train (watch the loss curve fall)."
+            )
+            show_warning("No predictions: training stopped before a model was trained.")
+            return
+        if self.warnings:
+            self.status.setText(
+                self.status.text() + "\nPredicting with this model anyway: check its predictions against the "
+                "warnings above before trusting them."
+            )
         self.predict_trained()
 
     def predict_trained(self) -> None:
@@ -448,7 +634,8 @@ class TrainWidget(QWidget):
         except Exception as e:  # noqa: BLE001 - a preview must never break training
             log.debug("no preview: %s", e)
             return
-        worker = thread_worker(_preview_worker_fn, start_thread=False)(checkpoint, "cpu", crop)
+        # a failed preview is logged, never shown: it must not interrupt training
+        worker = thread_worker(_preview_worker_fn, start_thread=False, ignore_errors=True)(checkpoint, "cpu", crop)
         stacked = len(_layers.label_shape(layer)) == 3
 
         def done(classes):
@@ -486,8 +673,9 @@ class TrainWidget(QWidget):
         """Use an existing model folder: prediction uses it and Start resumes from it."""
         from ..core.checkpoint import load_checkpoint
 
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(require_model(path))
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        self._auto_dir = None
         self.model_dir.setText(str(folder))
         session(self.viewer).set_model(folder)
         self.status.setText(
@@ -500,7 +688,7 @@ class TrainWidget(QWidget):
         """Copy the current model folder to ``path``."""
         src = Path(self.model_dir.text().strip() or "")
         if not src.is_dir() or not any(src.glob("*.pt")):
-            raise ValueError("There is no trained model yet: train one (Start) or load one first.")
+            raise ValueError("There is no trained model yet: train one (Start) or load one (Load model…) first.")
         dst = Path(path)
         dst.mkdir(parents=True, exist_ok=True)
         for f in src.iterdir():
