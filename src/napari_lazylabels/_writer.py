@@ -24,4 +24,7 @@ def write_dataset(path: str, layer_data: list[tuple]) -> list[str]:
     if root.suffix:  # napari may append an extension to a "file name"
         root = root.with_suffix("")
     save_dataset(dataset, root)
+    from ._widgets._common import project_changed
+
+    project_changed(None, root)  # the current viewer's model moves into <root>/models
     return [str(root)]

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from ..core.labels import DETECTION, SEGMENTATION, SEPARATION, TASKS, ClassSpec
 from . import _layers
-from ._common import LayerCombo, notify_errors, path_row, show_info
+from ._common import LayerCombo, notify_errors, path_row, project_changed, show_info
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,7 @@ class AnnotationWidget(QWidget):
         meta["names"] = dataset.names()
         meta["source"] = str(root)
         self.project.setText(str(root))
+        project_changed(self.viewer, root)  # the model moves into <root>/models (train widget)
         show_info(f"Saved {len(dataset)} image(s) with lazy labels to {root}.")
         return root
 
@@ -301,6 +302,7 @@ class AnnotationWidget(QWidget):
         dataset = load_dataset(path)
         layers = _layers.upsert_layers(self.viewer, _layers.dataset_to_layer_data(dataset, source=str(path)))
         self.project.setText(str(path))
+        project_changed(self.viewer, path)  # restores the project's model (train/predict widgets)
         image = next(ly for ly in layers if ly.__class__.__name__ == "Image")
         self.image_combo.refresh()
         self.image_combo.setCurrentText(image.name)
