@@ -290,7 +290,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
         save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,
         neck_depth=a.split_necks, min_object_size=a.min_size,
-        interface_threshold=a.interface_threshold, **({} if a.tta is None else {"tta": a.tta}),
+        interface_threshold=a.interface_threshold, **({} if a.tta is None else {"tta": a.tta, "large_image_tta": None}),
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
@@ -566,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", type=int, choices=(1, 2, 4, 8), metavar="N",
                     help="test-time augmentation: predict every tile in N orientations (1, 2, 4 or 8) "
                     "and average the class probabilities; 1 is fastest, the default 4 is more "
-                    "accurate and takes 4 times as long")
+                    "accurate and takes 4 times as long (images above 2048x2048 px: 2 by default; "
+                    "--tta sets every image's)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
     _instance_options(pr, "the model's own, tuned on its exact masks when training ended, else 0.5",
