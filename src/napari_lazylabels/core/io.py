@@ -94,15 +94,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files
-    except (OSError, AttributeError):
-        pass
-    os.close(fd)
-    try:
+    try:  # from here on a failure or a signal (SIGTERM, Ctrl-C) removes the temporary file
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files
+        os.close(fd)
+        fd = -1
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise

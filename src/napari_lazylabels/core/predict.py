@@ -1473,8 +1473,8 @@ def predict_file(
                 fd, tmp = tempfile.mkstemp(
                     prefix=f".{stem}_{name}.", suffix=".f32.tmp", dir=out_dir
                 )
+                temps.append(Path(tmp))  # removed in `finally`, even on SIGTERM
                 os.close(fd)
-                temps.append(Path(tmp))
                 return np.memmap(tmp, dtype=np.float32, mode="w+", shape=shape)
 
             outputs[PROBABILITIES] = memmap(PROBABILITIES, (k, h, w))

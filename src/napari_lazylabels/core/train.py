@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_mod
+from . import quality
 from .allocator import cpu_allocation_cache
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
@@ -98,8 +99,11 @@ class TrainConfig:
             steps gained 0.88-1.25x for 12-20% more memory (docs/benchmarks.md).
         save_every: write ``latest.pt`` (weights, optimiser, iteration; atomically) after at
             least this many seconds of training since the last checkpoint, so a killed run
-            loses at most this much; 0 writes it after every step. A validation that finds a
-            new best model writes both files at once (``latest.pt`` is a hard link to it).
+            loses at most this much; 0 writes it after every step. Where one save takes long
+            (a "paper" model's 576 MB took 12 s on a 2-core CPU, docs/benchmarks.md) the
+            interval grows to 20 times the last save's time, so saving costs at most 5%. A
+            validation that finds a new best model writes both files at once (``latest.pt``
+            is a hard link to it).
         tune_instances: when training ends, choose the model's interface threshold on the
             images with complete exact masks, validation images first
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
@@ -193,7 +197,10 @@ class TrainConfig:
 class TrainEvent:
     """One thing that happened in training, yielded by :func:`train_iter`.
 
-    ``kind`` is ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"`` or ``"done"``.
+    ``kind`` is ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"``, ``"warning"`` or
+    ``"done"``. Validation metrics are :func:`napari_lazylabels.core.quality.summarize`'s
+    (``dice``, ``n``, ``measure``, ``trivial``, ``foreground``); a warning's ``message`` is one
+    line saying what to do.
     """
 
     kind: str
@@ -220,7 +227,15 @@ class TrainResult:
     stopped: bool
     interface_threshold: float | None = None
     """The best model's interface threshold (tuned when training ended), ``None`` if not tuned."""
+    warnings: list[str] = field(default_factory=list)
+    """One-line warnings about the model (:func:`napari_lazylabels.core.quality.warnings_for`)."""
+    best_metrics: dict = field(default_factory=dict)
+    """Validation metrics of the best model (:func:`napari_lazylabels.core.quality.summarize`)."""
 
+
+SAVE_COST_FACTOR = 20
+"""Periodic checkpoints wait at least this many times the last save's duration (at most 5%
+of the training time goes to saving, however large the model)."""
 
 DEVICE_DEFAULTS: dict[str, dict] = {
     # Measured on ISBI (docs/benchmarks.md): on a 2-core CPU, 128 px patches learn far more
@@ -279,7 +294,8 @@ def infer_model_config(
     if kwargs.get("object_diameter") is None and diameter is not None:
         kwargs["object_diameter"] = round(diameter, 2)
     if kwargs.get("scale") is None:
-        kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"])
+        side = float(np.median([min(s.shape) for s in dataset])) if len(dataset) else None
+        kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"], side)
         if kwargs["scale"] != 1:
             log.info("Objects are large (median %.0f px): working at scale %g.", diameter, kwargs["scale"])
     return ModelConfig.named(
@@ -310,22 +326,9 @@ def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> flo
     """Mean dice over foreground classes on a sample's annotated pixels.
 
     Uses the exact masks when the sample has them (then it is the paper's dice), otherwise the
-    detection marks and background scribbles.
+    detection marks and background scribbles (:func:`napari_lazylabels.core.quality.score_sample`).
     """
-    ref = sample.segmentation if sample.segmentation is not None and np.any(sample.segmentation) else sample.detection
-    if ref is None:
-        return float("nan")
-    m = ref > 0
-    truth = ref[m].astype(np.int64) - 1
-    pred = classes[m].astype(np.int64)
-    scores = []
-    for c in range(1, n_classes):
-        t, p = truth == c, pred == c
-        denom = t.sum() + p.sum()
-        if t.sum() == 0:
-            continue
-        scores.append(2.0 * np.logical_and(t, p).sum() / denom)
-    return float(np.mean(scores)) if scores else float("nan")
+    return quality.score_sample(classes, sample, n_classes)["dice"]
 
 
 def _validate(model, model_config, samples, device) -> dict:
@@ -339,10 +342,9 @@ def _validate(model, model_config, samples, device) -> dict:
     scores = []
     for s in samples:
         pred = predictor.predict(s.image, instances=False)
-        scores.append(validation_score(pred.classes, s, model_config.n_classes))
+        scores.append(quality.score_sample(pred.classes, s, model_config.n_classes))
     model.train()
-    valid = [x for x in scores if not math.isnan(x)]
-    return {"dice": float(np.mean(valid)) if valid else float("nan"), "n": len(valid)}
+    return quality.summarize(scores)
 
 
 def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelConfig:
@@ -427,6 +429,7 @@ def _train_iter(
 ) -> Iterator[TrainEvent]:
     """:func:`train_iter`'s work, with the config resolved for ``device``."""
     dataset.validate()
+    quality.check_trainable(dataset)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -508,10 +511,11 @@ def _train_iter(
     check_free_space(out_dir, 3 * ckpt_mod.checkpoint_bytes(model, optimizer), "two checkpoints and a temporary copy")
     train_dict = {**cfg.to_dict(), "train_images": [p.name for p in prepared], "val_images": [s.name for s in val_samples]}
 
-    last_save = time.perf_counter()
+    last_save, save_interval = time.perf_counter(), cfg.save_every
 
     def save(name: str, iteration: int, metrics: dict) -> Path:
-        nonlocal last_save
+        nonlocal last_save, save_interval
+        started = time.perf_counter()
         p = ckpt_mod.save_checkpoint(
             out_dir / name, model, model_config, dataset.classes, optimizer, iteration,
             train_dict, {**metrics, "best_metric": best_metric}, cfg.seed,
@@ -519,19 +523,26 @@ def _train_iter(
         if name == ckpt_mod.BEST:  # the newest checkpoint is always latest.pt, for resuming
             link_or_copy(p, out_dir / ckpt_mod.LATEST)
         ckpt_mod.write_history(out_dir, history)
-        last_save = time.perf_counter()
+        now = time.perf_counter()
+        save_interval = cfg.save_every and max(cfg.save_every, SAVE_COST_FACTOR * (now - started))
+        last_save = now
         return p
 
     t0 = time.perf_counter()
     total = cfg.iterations
+    best_metrics: dict = {}
+    last_metrics: dict = {}
+
     def validate(iteration: int) -> Iterator[TrainEvent]:
-        nonlocal best_metric
+        nonlocal best_metric, best_metrics, last_metrics
         metrics = _validate(model, model_config, val_samples, device)
+        last_metrics = metrics
         history["validation"].append([iteration, metrics["dice"]])
         yield TrainEvent("validation", iteration, total, time.perf_counter() - t0, metrics=metrics)
         score = metrics["dice"]
         if best_metric is None or (not math.isnan(score) and score > best_metric):
             best_metric = None if math.isnan(score) else score
+            best_metrics = metrics
             p = save(ckpt_mod.BEST, iteration, metrics)
             yield TrainEvent("checkpoint", iteration, total, time.perf_counter() - t0, path=p, metrics=metrics)
 
@@ -588,12 +599,12 @@ def _train_iter(
         if val_samples and it % cfg.val_every == 0:
             last_val_it = it
             yield from validate(start_iteration + it)
-        if time.perf_counter() - last_save >= cfg.save_every:
+        if time.perf_counter() - last_save >= save_interval:
             save(ckpt_mod.LATEST, start_iteration + it, {})
 
     if it > 0 and last_val_it != it and val_samples:
         yield from validate(start_iteration + it)
-    final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
+    final_metrics = dict(last_metrics)
     tune = cfg.tune_instances and it > 0 and SEPARATION in model_config.tasks
     if tune:
         # Images held out from training (validation) first: their masks were not learned.
@@ -610,10 +621,18 @@ def _train_iter(
         tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, tune_samples, device)
         threshold = tuned.interface_threshold
         ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=threshold))
-    result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold)
+    warnings = quality.warnings_for({**best_metrics, "best_metric": best_metric}, start_iteration + it)
+    for w in warnings:
+        log.warning(w)
+        yield TrainEvent("warning", start_iteration + it, total, time.perf_counter() - t0, message=w)
+    result = TrainResult(
+        out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold, warnings,
+        dict(best_metrics),
+    )
     yield TrainEvent(
         "done", start_iteration + it, total, time.perf_counter() - t0, path=best,
-        metrics={"best_metric": best_metric, "stopped": stopped, "interface_threshold": threshold},
+        metrics={"best_metric": best_metric, "stopped": stopped, "interface_threshold": threshold,
+                 "best": dict(best_metrics), "warnings": warnings},
         message="stopped" if stopped else "finished",
     )
     return result
