@@ -169,7 +169,7 @@ def _blobs(radius, n=4, size=400):
     seg = np.ones((size, size), np.uint8)
     yy, xx = np.mgrid[:size, :size]
     for i in range(n):
-        cy, cx = 80 + 80 * (i % 3), 90 + 100 * (i // 3)
+        cy, cx = radius + 10 + (2 * radius + 10) * (i % 3), radius + 10 + (2 * radius + 10) * (i // 3)
         seg[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 2
     return Sample("b", np.zeros((size, size), np.uint8), segmentation=seg)
 
@@ -178,9 +178,15 @@ def test_auto_scale_by_object_size():
     assert object_size([_blobs(30)]) == pytest.approx(60, rel=0.05)
     assert auto_scale([_blobs(10)], 128) == 1.0  # small objects: no resizing
     assert auto_scale([_blobs(30)], 128) == 1.0  # 60 px: fits in half a 128 px patch
-    assert auto_scale([_blobs(40)], 128) == 0.5  # 80 px: fits at half size
+    assert auto_scale([_blobs(40)], 128) == 0.8  # 80 px: half a patch at 0.8
     assert auto_scale([_blobs(40)], 256) == 1.0  # a bigger patch holds them as they are
-    assert auto_scale([_blobs(70)], 128) == 0.25
+    assert auto_scale([_blobs(70, size=1000)], 128) == 0.45  # 140 px: 64 / 140
+    # a 400 px image keeps two 128 px patches across: 0.64, not 0.45
+    assert auto_scale([_blobs(70)], 128) == 0.64
+    # no cliff: objects 10% larger give a scale about 10% smaller, not half of it
+    a, b = auto_scale([_blobs(60, size=1000)], 128), auto_scale([_blobs(66, size=1000)], 128)
+    assert 0.85 < b / a < 0.95
+    assert auto_scale([_blobs(190, n=1, size=3000)], 128) == 0.25  # never below a quarter
     assert auto_scale([Sample("e", np.zeros((9, 9), np.uint8))], 128) == 1.0  # no objects
     # without exact masks the marks' length stands in for the objects' size
     det = np.zeros((400, 400), np.uint8)

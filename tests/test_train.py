@@ -123,16 +123,17 @@ def test_infer_model_config_from_data():
 
 
 def test_working_scale_is_chosen_from_object_size_and_saved(tmp_path):
-    """Blobs 17 px across do not fit in half of a 24 px patch: the model works at half size,
-    the scale is saved with it, and its predictions come back at the image's size."""
+    """Blobs 17 px across do not fit in half of a 24 px patch; the 64 px images keep two
+    patches across at 0.75: the model works at 3/4 size, the scale is saved with it, and its
+    predictions come back at the image's size."""
     ds = blobs(2)
     dev = torch.device("cpu")
     assert infer_model_config(ds, dev, "tiny", patch_size=64).scale == 1.0
-    assert infer_model_config(ds, dev, "tiny", patch_size=24).scale == 0.5
+    assert infer_model_config(ds, dev, "tiny", patch_size=24).scale == 0.75
     assert infer_model_config(ds, dev, "tiny", patch_size=24, scale=1.0).scale == 1.0  # the user's choice
     res = fit(ds, tmp_path / "m", None, TrainConfig(iterations=2, **{**FAST, "augment": {"patch_size": 24}}), size="tiny")
     model, ckpt = ck.load_model(res.latest)
-    assert ckpt.model_config.scale == 0.5
+    assert ckpt.model_config.scale == 0.75
     assert 15 < ckpt.model_config.object_diameter < 25  # blobs of 8 px radius (some merge)
     pred = Predictor(model, ckpt.model_config, PredictConfig(device="cpu", tile=32)).predict(ds[0].image)
     assert pred.classes.shape == ds[0].image.shape

@@ -147,21 +147,33 @@ def object_size(samples) -> float | None:
     return float(np.median(d)) if d else None
 
 
-def auto_scale(samples, patch_size: int, scales=(1.0, 0.5, 0.25)) -> float:
-    """The working scale for a dataset: the largest of ``scales`` at which a typical object
-    (:func:`object_size`) spans at most half the training patch, so the network sees each
-    object whole with context around it. Objects that already fit give 1 (no resizing)."""
-    return scale_for_diameter(object_size(samples), patch_size, scales)
+#: automatic working scale: a typical object spans at most this share of a training patch
+OBJECT_SHARE = 0.5
+#: automatic working scale: the image's shorter side keeps at least this many patches
+MIN_PATCHES_ACROSS = 2.0
 
 
-def scale_for_diameter(d: float | None, patch_size: int, scales=(1.0, 0.5, 0.25)) -> float:
-    """:func:`auto_scale` for an object diameter ``d`` already measured (``None``: 1)."""
-    if d is None:
+def auto_scale(samples, patch_size: int) -> float:
+    """The working scale for a dataset (:func:`scale_for_diameter`) from its typical object
+    (:func:`object_size`) and the median shorter side of its images."""
+    sides = [min(s.shape) for s in samples if getattr(s, "image", None) is not None]
+    return scale_for_diameter(object_size(samples), patch_size, float(np.median(sides)) if sides else None)
+
+
+def scale_for_diameter(d: float | None, patch_size: int, image_side: float | None = None) -> float:
+    """The working scale for objects ``d`` pixels across: ``OBJECT_SHARE * patch_size / d``,
+    so the network sees a typical object whole with context around it, but never enlarging
+    (at most 1) and never shrinking an image of ``image_side`` pixels (its shorter side) below
+    :data:`MIN_PATCHES_ACROSS` patches, where most of a rotated patch would be mirrored
+    border and the texture inside objects is lost; at least 1/4. Continuous (two decimals),
+    so objects a little larger in one draw of labelled images than in another get a working
+    scale a little smaller, not half of it. ``d`` of ``None`` (no objects): 1."""
+    if d is None or d <= 0:
         return 1.0
-    for s in scales:
-        if d * s <= patch_size / 2:
-            return float(s)
-    return float(scales[-1])
+    scale = min(1.0, OBJECT_SHARE * patch_size / d)
+    if image_side:
+        scale = max(scale, min(1.0, MIN_PATCHES_ACROSS * patch_size / image_side))
+    return float(max(0.25, math.floor(scale * 100) / 100))
 
 
 # --------------------------------------------------------------------------- augmentation
