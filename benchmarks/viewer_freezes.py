@@ -137,7 +137,7 @@ def run(args) -> dict:
     trainer.device.setCurrentText("cpu")
     trainer.budget_kind.setCurrentText("seconds")
     trainer.budget.setValue(int(args.seconds) + 30)  # Stop ends it, the budget never does
-    trainer.preview.setChecked(False)
+    trainer.preview.setChecked(args.preview and args.widget == "train")
     trainer.model_dir.setText(str(tmp / "model"))
     if args.widget == "oneclick":
         trainer.predict_after = False  # prediction is the Predict widget's benchmark
@@ -164,13 +164,31 @@ def run(args) -> dict:
     if not wait(lambda: trainer.events_seen.count("step") >= 1, 300):
         raise RuntimeError(f"no training step: {trainer.status.text()}")
     marks["first_step"] = time.perf_counter()
-    wait(lambda: False, args.seconds)
+    # a brush dab every 0.5 s: the time of Labels.paint on the main thread while training
+    det = viewer.layers["detection"]
+    shape = det.data.shape
+    dabs: list[float] = []
+    end = time.perf_counter() + args.seconds
+    k = 0
+    while time.perf_counter() < end:
+        wait(lambda: False, 0.5)
+        k += 1
+        coord = (0,) * (len(shape) - 2) + (20 + (7 * k) % (shape[-2] - 40), 20 + (13 * k) % (shape[-1] - 40))
+        t = time.perf_counter()
+        det.paint(coord, 2, refresh=True)
+        dabs.append(time.perf_counter() - t)
     marks["stop"] = time.perf_counter()
     steps = trainer.events_seen.count("step")
     trainer.stop()
     wait(lambda: not trainer.is_running(), 300)
     marks["idle"] = time.perf_counter()
     rec.timer.stop()
+    idle_dabs = []
+    for k in range(6):
+        wait(lambda: False, 0.2)
+        t = time.perf_counter()
+        det.paint((0,) * (len(shape) - 2) + (30 + 5 * k, 30), 2, refresh=True)
+        idle_dabs.append(time.perf_counter() - t)
 
     dock_gaps = rec.gaps_between(marks["dock"] - 0.05, marks["click"])
     start_gaps = rec.gaps_between(marks["click"] - 0.05, marks["first_step"])
@@ -194,6 +212,9 @@ def run(args) -> dict:
         "training_p99_gap_ms": round(float(np.percentile(train_gaps, 99)), 1) if len(train_gaps) else None,
         "training_longest_gap_ms": round(float(train_gaps.max(initial=0)), 1),
         "training_gaps_over_100ms": int((train_gaps > 100).sum()),
+        "brush_dab_median_ms": round(float(np.median(dabs)) * 1000, 1) if dabs else None,
+        "brush_dab_idle_median_ms": round(float(np.median(idle_dabs)) * 1000, 1),
+        "preview": bool(trainer.preview.isChecked()),
         "stop_longest_gap_ms": round(float(stop_gaps.max(initial=0)), 1),
         "status": trainer.status.text()[:160],
     }
@@ -207,6 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="training time measured after the first step")
     p.add_argument("--settle", type=float, default=3.0, help="seconds between docking the widget and Start")
     p.add_argument("--data", choices=("isbi", "synthetic"), default="isbi")
+    p.add_argument("--preview", action="store_true", help="the Train widget's preview at each new best model")
     p.add_argument("--out", help="append the JSON line to this file")
     args = p.parse_args(argv)
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):

@@ -640,18 +640,19 @@ class TrainWidget(QWidget):
 
         def done(classes):
             data = classes[None] if stacked else classes
-            translate = (idx, rows.start, cols.start) if stacked else (rows.start, cols.start)
-            classes_spec = _layers.classes_of(layer)
+            offset = (idx, rows.start, cols.start) if stacked else (rows.start, cols.start)
+            geometry = _layers.geometry_kwargs(layer, ndim=data.ndim, offset=offset)
             kwargs = {
                 "name": f"{layer.name} preview",
                 "opacity": 0.45,
-                "translate": translate,
                 "metadata": {_layers.META: {"prediction": "preview", "image": layer.name}},
+                **_preview_display(_layers.classes_of(layer)),
+                **geometry,
             }
-            if classes_spec is not None:
-                kwargs["colormap"] = _layers.prediction_colormap(classes_spec)
-            (ly,) = _layers.upsert_layers(self.viewer, [(data, kwargs, "labels")])
-            ly.translate = translate
+            # An Image layer: adding one costs the event loop a third of a Labels layer's
+            # (no paint overlays); later previews update it in place.
+            (ly,) = _layers.upsert_layers(self.viewer, [(data, kwargs, "image")])
+            ly.translate = geometry["translate"]
 
         def finished():
             self.preview_worker = None
@@ -705,6 +706,26 @@ class TrainWidget(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Save the model into a folder")
         if path:
             self.save_model(path)
+
+
+def _preview_display(classes) -> dict:
+    """Image-layer kwargs that show a class map ``(..., H, W)`` of ``classes`` in the class
+    colours, background transparent: a stepwise colormap with class ``k`` at the centre of
+    its step (``contrast_limits (-0.5, n - 0.5)``), safe from rounding at the steps' edges."""
+    import numpy as np
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from ..core.labels import ClassSpec
+
+    colors = _layers.class_colors(classes or ClassSpec())
+    n = len(colors)
+    rgba = [[0.0, 0.0, 0.0, 0.0]] + [list(map(float, transform_color(c)[0])) for c in colors[1:]]
+    cmap = Colormap(
+        colors=rgba, controls=np.linspace(0.0, 1.0, n + 1), interpolation="zero",
+        name="lazylabels preview " + " ".join(colors[1:]),
+    )
+    return {"colormap": cmap, "contrast_limits": (-0.5, n - 0.5), "blending": "translucent"}
 
 
 def _clip_span(span: slice, size: int) -> slice:
