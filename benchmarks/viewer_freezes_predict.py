@@ -28,6 +28,7 @@ prints foreground dice, object F1 and seconds for each (headless, no viewer):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -104,6 +105,16 @@ def cmd_gaps(a: argparse.Namespace) -> dict:
 
     def one_run(stop_after: float | None) -> dict:
         ticks: list[tuple[float, str]] = []
+        collections: list[tuple[int, float]] = []  # (generation, seconds) of each garbage collection
+        gc_start = [0.0]
+
+        def on_gc(phase, info):
+            if phase == "start":
+                gc_start[0] = time.perf_counter()
+            else:
+                collections.append((info["generation"], time.perf_counter() - gc_start[0]))
+
+        gc.callbacks.append(on_gc)
         timer = QTimer()
         timer.setInterval(10)
         timer.timeout.connect(lambda: ticks.append((time.perf_counter(), pw.status.text())))
@@ -125,6 +136,8 @@ def cmd_gaps(a: argparse.Namespace) -> dict:
         if ended is None:
             ended = time.perf_counter()
         timer.stop()
+        gc.callbacks.remove(on_gc)
+        full = [d for g, d in collections if g == 2]
         t = np.array([x[0] for x in ticks])
         gaps = np.diff(t) * 1000
         i = int(np.argmax(gaps)) if len(gaps) else 0
@@ -138,6 +151,8 @@ def cmd_gaps(a: argparse.Namespace) -> dict:
             "ticks": len(ticks),
             "gaps_over_100ms": int((gaps > 100).sum()),
             "status": pw.status.text(),
+            "gc_full_collections": len(full),
+            "gc_full_max_ms": round(1000 * max(full, default=0.0), 1),
         }
         worst = sorted(range(len(gaps)), key=lambda j: -gaps[j])[:5]
         row["worst"] = [(round(float(gaps[j]), 1), ticks[j][1]) for j in sorted(worst)]

@@ -3,6 +3,7 @@ and pushed without one long pause (GUI tests under Xvfb)."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -68,7 +69,9 @@ def test_progress_names_every_phase_and_layers_are_updated_in_place(make_napari_
     pw.set_chosen(["im"])
     seen = _statuses(pw)
     pw.run()
+    assert gc.get_freeze_count() > 0  # full collections skip the viewer's objects meanwhile
     qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert gc.get_freeze_count() == 0
     phases = [s.split(": ", 1)[1].rsplit(" ", 1)[0] for s in seen if s.startswith("im: ")]
     assert phases[0] == "loading" and phases[1].startswith("tiles (1 orientation")
     after_tiles = phases[[i for i, p in enumerate(phases) if p.startswith("tiles")][-1] + 1 :]

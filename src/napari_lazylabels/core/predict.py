@@ -255,8 +255,7 @@ def iter_sliding_window(
     weight_t: dict[torch.device, torch.Tensor] = {cpu: torch.from_numpy(weight)}
     outputs = {} if outputs is None else outputs
     views: dict[str, np.ndarray] = {}  # (K, H, W) views of outputs
-    # The accumulators are CPU tensors (their adds and divisions use every thread); the band's
-    # shift goes through numpy, whose assignment handles the overlapping rows.
+    # The accumulators are CPU tensors (their adds and divisions use every thread).
     sums: dict[str, torch.Tensor] = {}  # (K, cap, wp) weighted sums
     wsum = torch.zeros((cap, wp), dtype=torch.float32)
     band_y0 = 0
@@ -274,10 +273,13 @@ def iter_sliding_window(
             for name, acc in sums.items():
                 torch.div(acc[:, : hi - lo, :w], wrow, out=torch.from_numpy(views[name][:, lo:hi]))
         keep = cap - n
-        for acc in [*(a.numpy() for a in sums.values()), wsum.numpy()[None]]:
+        # torch ops, which release the interpreter lock (numpy's fill of a 4096-wide band of
+        # 1920 rows held it long enough to pause a viewer's main thread); the kept rows are
+        # cloned first, as source and destination may overlap.
+        for acc in [*sums.values(), wsum[None]]:
             if keep > 0:
-                acc[:, :keep] = acc[:, n:cap]
-            acc[:, max(keep, 0) :] = 0
+                acc[:, :keep] = acc[:, n:cap].clone()
+            acc[:, max(keep, 0) :].zero_()
         band_y0 = upto
 
     done = 0
