@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,6 +169,8 @@ class TrainWidget(QWidget):
         self.events_seen: list = []
         self._stop_requested = False
         self._pbar = None
+        self._pbar_shown = 0.0
+        self._steps = 0
         self._used_layers: list = []
         self._predictor_runner = None
         self._finished_flag = False
@@ -438,9 +441,11 @@ class TrainWidget(QWidget):
         self.warnings = []
         self._used_layers = used
         self.events_seen = []
+        self._steps = 0
         self.plot.clear()
         total = cfg.iterations if cfg.iterations is not None else int(cfg.time_budget)
         self._pbar = progress(total=total, desc="Training")
+        self._pbar_shown = 0.0
         self._budget_seconds = cfg.iterations is None
 
         worker = quiet_worker(
@@ -485,13 +490,18 @@ class TrainWidget(QWidget):
     def _on_event(self, ev) -> None:
         self.events_seen.append(ev.kind)
         if ev.kind == "step":
+            self._steps += 1
             self.plot.add(ev.iteration, ev.loss)
             pbar = self._pbar
-            if pbar is not None:
-                delta = min(int(ev.elapsed), pbar.total) - pbar.n if self._budget_seconds else 1
+            now = time.perf_counter()
+            # napari's progress bar processes events in setValue (~15 ms): twice a second is enough
+            if pbar is not None and now - self._pbar_shown >= 0.5:
+                done = int(ev.elapsed) if self._budget_seconds else self._steps
+                delta = min(done, pbar.total) - pbar.n
                 if delta > 0:
+                    self._pbar_shown = now
                     pbar.update(delta)
-            if self.events_seen.count("step") % 5 == 1 and not self._stop_requested:
+            if self._steps % 5 == 1 and not self._stop_requested:
                 pps = f", {ev.patches_per_s:.0f} patches/s" if ev.patches_per_s else ""
                 score = f"\n{self._score_text}" if self._score_text else ""
                 self.status.setText(f"iteration {ev.iteration}, loss {ev.loss:.4f}{pps}, {ev.elapsed:.0f} s{score}")
@@ -582,7 +592,7 @@ class TrainWidget(QWidget):
             self._predict_started = self._failed is not None or self._quit_requested
             return
         self._predict_started = True
-        if self.last_result_dir is None or not (self.last_result_dir / BEST).exists() or not self.events_seen.count("step"):
+        if self.last_result_dir is None or not (self.last_result_dir / BEST).exists() or not self._steps:
             self.status.setText(
                 "Stopped before the first training step: there is no model to predict with. "
                 "Press Train & predict again and let it train (watch the loss curve fall)."
