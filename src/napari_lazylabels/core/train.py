@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_mod
+from . import quality
 from .allocator import cpu_allocation_cache
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
@@ -196,7 +197,10 @@ class TrainConfig:
 class TrainEvent:
     """One thing that happened in training, yielded by :func:`train_iter`.
 
-    ``kind`` is ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"`` or ``"done"``.
+    ``kind`` is ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"``, ``"warning"`` or
+    ``"done"``. Validation metrics are :func:`napari_lazylabels.core.quality.summarize`'s
+    (``dice``, ``n``, ``measure``, ``trivial``, ``foreground``); a warning's ``message`` is one
+    line saying what to do.
     """
 
     kind: str
@@ -223,6 +227,10 @@ class TrainResult:
     stopped: bool
     interface_threshold: float | None = None
     """The best model's interface threshold (tuned when training ended), ``None`` if not tuned."""
+    warnings: list[str] = field(default_factory=list)
+    """One-line warnings about the model (:func:`napari_lazylabels.core.quality.warnings_for`)."""
+    best_metrics: dict = field(default_factory=dict)
+    """Validation metrics of the best model (:func:`napari_lazylabels.core.quality.summarize`)."""
 
 
 SAVE_COST_FACTOR = 20
@@ -286,7 +294,8 @@ def infer_model_config(
     if kwargs.get("object_diameter") is None and diameter is not None:
         kwargs["object_diameter"] = round(diameter, 2)
     if kwargs.get("scale") is None:
-        kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"])
+        side = float(np.median([min(s.shape) for s in dataset])) if len(dataset) else None
+        kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"], side)
         if kwargs["scale"] != 1:
             log.info("Objects are large (median %.0f px): working at scale %g.", diameter, kwargs["scale"])
     return ModelConfig.named(
@@ -317,22 +326,9 @@ def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> flo
     """Mean dice over foreground classes on a sample's annotated pixels.
 
     Uses the exact masks when the sample has them (then it is the paper's dice), otherwise the
-    detection marks and background scribbles.
+    detection marks and background scribbles (:func:`napari_lazylabels.core.quality.score_sample`).
     """
-    ref = sample.segmentation if sample.segmentation is not None and np.any(sample.segmentation) else sample.detection
-    if ref is None:
-        return float("nan")
-    m = ref > 0
-    truth = ref[m].astype(np.int64) - 1
-    pred = classes[m].astype(np.int64)
-    scores = []
-    for c in range(1, n_classes):
-        t, p = truth == c, pred == c
-        denom = t.sum() + p.sum()
-        if t.sum() == 0:
-            continue
-        scores.append(2.0 * np.logical_and(t, p).sum() / denom)
-    return float(np.mean(scores)) if scores else float("nan")
+    return quality.score_sample(classes, sample, n_classes)["dice"]
 
 
 def _validate(model, model_config, samples, device) -> dict:
@@ -346,10 +342,9 @@ def _validate(model, model_config, samples, device) -> dict:
     scores = []
     for s in samples:
         pred = predictor.predict(s.image, instances=False)
-        scores.append(validation_score(pred.classes, s, model_config.n_classes))
+        scores.append(quality.score_sample(pred.classes, s, model_config.n_classes))
     model.train()
-    valid = [x for x in scores if not math.isnan(x)]
-    return {"dice": float(np.mean(valid)) if valid else float("nan"), "n": len(valid)}
+    return quality.summarize(scores)
 
 
 def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelConfig:
@@ -434,6 +429,7 @@ def _train_iter(
 ) -> Iterator[TrainEvent]:
     """:func:`train_iter`'s work, with the config resolved for ``device``."""
     dataset.validate()
+    quality.check_trainable(dataset)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -534,14 +530,19 @@ def _train_iter(
 
     t0 = time.perf_counter()
     total = cfg.iterations
+    best_metrics: dict = {}
+    last_metrics: dict = {}
+
     def validate(iteration: int) -> Iterator[TrainEvent]:
-        nonlocal best_metric
+        nonlocal best_metric, best_metrics, last_metrics
         metrics = _validate(model, model_config, val_samples, device)
+        last_metrics = metrics
         history["validation"].append([iteration, metrics["dice"]])
         yield TrainEvent("validation", iteration, total, time.perf_counter() - t0, metrics=metrics)
         score = metrics["dice"]
         if best_metric is None or (not math.isnan(score) and score > best_metric):
             best_metric = None if math.isnan(score) else score
+            best_metrics = metrics
             p = save(ckpt_mod.BEST, iteration, metrics)
             yield TrainEvent("checkpoint", iteration, total, time.perf_counter() - t0, path=p, metrics=metrics)
 
@@ -603,7 +604,7 @@ def _train_iter(
 
     if it > 0 and last_val_it != it and val_samples:
         yield from validate(start_iteration + it)
-    final_metrics = {"dice": history["validation"][-1][1]} if history["validation"] else {}
+    final_metrics = dict(last_metrics)
     tune = cfg.tune_instances and it > 0 and SEPARATION in model_config.tasks
     if tune:
         # Images held out from training (validation) first: their masks were not learned.
@@ -620,10 +621,18 @@ def _train_iter(
         tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, tune_samples, device)
         threshold = tuned.interface_threshold
         ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=threshold))
-    result = TrainResult(out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold)
+    warnings = quality.warnings_for({**best_metrics, "best_metric": best_metric}, start_iteration + it)
+    for w in warnings:
+        log.warning(w)
+        yield TrainEvent("warning", start_iteration + it, total, time.perf_counter() - t0, message=w)
+    result = TrainResult(
+        out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold, warnings,
+        dict(best_metrics),
+    )
     yield TrainEvent(
         "done", start_iteration + it, total, time.perf_counter() - t0, path=best,
-        metrics={"best_metric": best_metric, "stopped": stopped, "interface_threshold": threshold},
+        metrics={"best_metric": best_metric, "stopped": stopped, "interface_threshold": threshold,
+                 "best": dict(best_metrics), "warnings": warnings},
         message="stopped" if stopped else "finished",
     )
     return result
