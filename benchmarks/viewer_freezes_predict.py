@@ -76,6 +76,25 @@ def mosaic(folder: Path, side: int, first: int = 0, masks: bool = False) -> np.n
     return out
 
 
+def idle_gaps(app, seconds: float) -> dict:
+    """Gaps between 10 ms ticks of a QTimer for ``seconds`` with the viewer idle."""
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.002)
+    timer.stop()
+    gaps = np.diff(ticks) * 1000
+    return {"seconds": seconds, "longest_gap_ms": round(float(gaps.max()), 1), "p99_ms": round(float(np.percentile(gaps, 99)), 1),
+            "gaps_over_100ms": int((gaps > 100).sum()), "ticks": len(ticks)}
+
+
 def cmd_gaps(a: argparse.Namespace) -> dict:
     import napari
     from napari.qt import get_qapp
@@ -161,7 +180,10 @@ def cmd_gaps(a: argparse.Namespace) -> dict:
         return row
 
     out = {"side": a.side, "model": str(a.model), "cpus": os.cpu_count(), "plugin_load_s": round(load_s, 2),
-           "first": one_run(a.stop_after)}
+           "load_average": os.getloadavg()[0]}
+    if a.idle:  # the same timer with nothing running: what the machine's load alone gives
+        out["idle"] = idle_gaps(app, a.idle)
+    out["first"] = one_run(a.stop_after)
     if a.repeat:
         layers = {ly.name: ly for ly in viewer.layers}
         out["second"] = one_run(None)
@@ -214,6 +236,7 @@ def main(argv=None) -> int:
     g.add_argument("--stop-after", type=float, help="press Stop this many seconds after Predict")
     g.add_argument("--repeat", action="store_true", help="predict a second time (layers updated in place)")
     g.add_argument("--timeout", type=float, default=900.0)
+    g.add_argument("--idle", type=float, default=0.0, help="first measure the gaps this many seconds idle")
     o.add_argument("--tta-list", default="1,2,4")
     o.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     a = ap.parse_args(argv)
