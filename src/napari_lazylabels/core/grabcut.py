@@ -75,9 +75,19 @@ class GrabCutConfig:
         iterations: GrabCut iterations per object.
         probable_radius: least width in pixels of the probable-foreground band around a mark.
         probable_fraction: the band is at least this fraction of the mark's extent wide.
-        border_background: window edges inside the image are sure background (the object is
-            assumed to fit in the window).
-        keep_connected: keep only the foreground 8-connected to the mark.
+        like_mark: a window pixel whose smoothed colour lies within this many standard
+            deviations (Mahalanobis distance) of its mark's colours starts as probable
+            foreground, every other pixel as probable background; so GrabCut's background
+            model learns what separates objects (membranes, stroma, dark background), not the
+            colours of neighbouring objects that fill a window in a dense image.
+        smooth: Gaussian sigma in pixels of the smoothing before that colour test (texture).
+        keep_connected: keep only the foreground 8-connected to the mark, after cutting
+            bridges narrower than ``2 neck + 1`` pixels (leaks through gaps in a membrane or
+            into a touching neighbour).
+        neck: half-width in pixels of the bridges cut (0 = none).
+        background_ratio: a pixel is confident background when GrabCut leaves it out and its
+            colour is at least this many times likelier under GrabCut's background model
+            than under the foreground model (5 x 5 mean of the log ratio).
         fill_holes: fill holes of an object's foreground (never over background scribbles
             or other objects' marks).
         percentiles: low and high intensity percentiles mapped to 0 and 255 when the image
@@ -93,10 +103,18 @@ class GrabCutConfig:
     probable_radius: int = 2
     probable_fraction: float = 0.25
     border_background: bool = True
+    like_mark: float = 2.0
+    enclosed_edge: float = 0.05
+    grow_window: int = 2
+    fill_region: bool = True
+    smooth: float = 1.5
     keep_connected: bool = True
+    neck: int = 2
+    neck_fraction: float = 0.15
     fill_holes: bool = True
     percentiles: tuple[float, float] = (1.0, 99.8)
     seed: int | None = 0
+    background_ratio: float = 20.0
 
     def __post_init__(self) -> None:
         if self.margin < 1:
@@ -107,6 +125,10 @@ class GrabCutConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}.")
         if self.probable_radius < 0 or self.probable_fraction < 0:
             raise ValueError("probable_radius and probable_fraction must be >= 0.")
+        if self.like_mark <= 0 or self.smooth < 0 or self.neck < 0:
+            raise ValueError("like_mark must be > 0; smooth and neck must be >= 0.")
+        if self.background_ratio < 1:
+            raise ValueError(f"background_ratio must be >= 1, got {self.background_ratio}.")
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(
@@ -218,49 +240,150 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def _grabcut_object(
-    rgb: np.ndarray,
+def _log_likelihood(model: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Log-density of ``(N, 3)`` float pixels under one of GrabCut's 5-component GMMs.
+
+    ``model`` is OpenCV's ``(1, 65)`` layout: 5 weights, 5 means (3 each), 5 covariances
+    (3 x 3 each). Components with no weight are skipped.
+    """
+    k = _GMM_COMPONENTS
+    weights = model[0, :k]
+    means = model[0, k : 4 * k].reshape(k, 3)
+    covs = model[0, 4 * k :].reshape(k, 3, 3)
+    out = np.full(len(pixels), -np.inf)
+    for w, mu, cov in zip(weights, means, covs, strict=True):
+        if w <= 0:
+            continue
+        cov = cov + np.eye(3) * 0.01  # OpenCV regularises singular covariances the same way
+        inv = np.linalg.inv(cov)
+        d = pixels - mu
+        m2 = np.einsum("ni,ij,nj->n", d, inv, d)
+        logp = np.log(w) - 0.5 * (m2 + np.log(np.linalg.det(cov)) + 3 * np.log(2 * np.pi))
+        out = np.logaddexp(out, logp)
+    return out
+
+
+def _like_mark(smooth: np.ndarray, mark: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels whose smoothed colour lies within ``threshold`` standard deviations of the mark's.
+
+    Args:
+        smooth: ``(h, w, 3)`` float32 smoothed window.
+        mark: ``(h, w)`` bool, the object's mark.
+        threshold: Mahalanobis distance in units of the mark's colour spread.
+
+    Returns:
+        ``(h, w)`` bool.
+    """
+    px = smooth[mark].astype(np.float64)
+    mu = px.mean(axis=0)
+    cov = np.cov(px, rowvar=False) if len(px) > 1 else np.zeros((3, 3))
+    # A small mark (a click) shows little of its object's spread: up to half the window's
+    # spread for marks of at most 100 pixels, less for larger marks; at least 6 gray levels.
+    share = 0.25 * min(1.0, 100.0 / max(1, len(px)))
+    floor = max(36.0, share * float(smooth.reshape(-1, 3).var(axis=0).mean()))
+    cov = np.atleast_2d(cov) + np.eye(3) * floor
+    d = smooth.reshape(-1, 3).astype(np.float64) - mu
+    m2 = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+    return (m2 < threshold**2).reshape(mark.shape)
+
+
+def _keep_with_mark(fg: np.ndarray, mark: np.ndarray, neck: int) -> np.ndarray:
+    """The part of ``fg`` 8-connected to ``mark`` once bridges narrower than ``2 neck + 1`` px
+    are cut (``fg`` and ``mark`` ``(h, w)`` bool; the mark is always kept)."""
+    core = fg
+    if neck > 0:
+        core = cv2.erode(fg.astype(np.uint8), _disk(neck)).astype(bool) | mark
+    _, comp = cv2.connectedComponents(core.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    keep = np.unique(comp[mark])
+    core = np.isin(comp, keep[keep > 0])
+    if neck > 0:
+        core = (cv2.dilate(core.astype(np.uint8), _disk(neck)).astype(bool) & fg) | mark
+        _, comp = cv2.connectedComponents(core.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        keep = np.unique(comp[mark])
+        core = np.isin(comp, keep[keep > 0])
+    return core
+
+
+def _edges(window: tuple[slice, slice], image_shape: tuple[int, ...]) -> np.ndarray:
+    """``(h, w)`` bool: the window's edges that lie inside the image (not on its border)."""
+    rows, cols = window
+    edge = np.zeros((rows.stop - rows.start, cols.stop - cols.start), bool)
+    if rows.start > 0:
+        edge[0, :] = True
+    if rows.stop < image_shape[0]:
+        edge[-1, :] = True
+    if cols.start > 0:
+        edge[:, 0] = True
+    if cols.stop < image_shape[1]:
+        edge[:, -1] = True
+    return edge
+
+
+def _object_region(
+    smooth: np.ndarray,
     mark: np.ndarray,
     sure_bg: np.ndarray,
+    edge: np.ndarray,
     obj: MarkObject,
-    window: tuple[slice, slice],
-    image_shape: tuple[int, int],
     config: GrabCutConfig,
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
+    """The part of a window like the object's mark and connected to it, and whether it is
+    *enclosed*: it stays off the window's inner edges (a cell within its membranes, a nucleus
+    on dark background), unlike a region that spreads through the window (a gland in stroma
+    of similar colours, or a window too small for the object).
+
+    Returns:
+        ``(h, w)`` bool region (contains ``mark``), and ``enclosed``.
+    """
+    neck = max(int(config.neck), int(config.neck_fraction * obj.extent))
+    like = _like_mark(smooth, mark, config.like_mark) & ~sure_bg
+    region = _keep_with_mark(like, mark, neck)
+    enclosed = (
+        int((region & edge).sum()) <= config.enclosed_edge * max(1, int(edge.sum()))
+        and region.sum() < 0.7 * region.size
+    )
+    return region, bool(enclosed)
+
+
+def _grabcut_object(
+    rgb: np.ndarray,
+    smooth: np.ndarray,
+    mark: np.ndarray,
+    sure_bg: np.ndarray,
+    region: np.ndarray,
+    enclosed: bool,
+    edge: np.ndarray,
+    obj: MarkObject,
+    config: GrabCutConfig,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run GrabCut for one object in its window.
 
     Args:
         rgb: ``(h, w, 3)`` ``uint8`` window of the image.
+        smooth: ``(h, w, 3)`` float32 window of the smoothed image.
         mark: ``(h, w)`` bool, the object's mark.
         sure_bg: ``(h, w)`` bool, background scribbles and other objects' marks.
+        region, enclosed: from :func:`_object_region`.
+        edge: ``(h, w)`` bool, the window's edges inside the image.
         obj: the object.
-        window: the window's ``(rows, cols)`` slices in the image.
-        image_shape: the image's ``(H, W)``.
         config: settings.
 
     Returns:
-        ``(h, w)`` bool foreground of the object (always contains ``mark``).
+        ``(fg, confident_bg)``, ``(h, w)`` bool each: the object's foreground (always contains
+        ``mark``) and the pixels this window is confident are background.
     """
     h, w = mark.shape
     radius = config.band_radius(obj.extent)
+    band = cv2.dilate(mark.astype(np.uint8), _disk(radius)).astype(bool) if radius else mark
     mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
-    if config.border_background:
-        rows, cols = window
-        edge = np.zeros((h, w), bool)
-        if rows.start > 0:
-            edge[0, :] = True
-        if rows.stop < image_shape[0]:
-            edge[-1, :] = True
-        if cols.start > 0:
-            edge[:, 0] = True
-        if cols.stop < image_shape[1]:
-            edge[:, -1] = True
+    if enclosed:
+        mask[region] = cv2.GC_PR_FGD
+    elif config.border_background:
         mask[edge] = cv2.GC_BGD
-    if radius > 0:
-        band = cv2.dilate(mark.astype(np.uint8), _disk(radius)).astype(bool)
-        mask[band] = cv2.GC_PR_FGD
+    mask[band] = cv2.GC_PR_FGD
     mask[sure_bg] = cv2.GC_BGD
     mask[mark] = cv2.GC_FGD
+    nothing = np.zeros((h, w), bool)
 
     is_fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     n_fg = int(is_fg.sum())
@@ -268,13 +391,13 @@ def _grabcut_object(
     if n_fg < _GMM_COMPONENTS or n_bg < _GMM_COMPONENTS:
         log.debug(
             "Object %d (value %d): too few foreground (%d) or background (%d) samples for "
-            "GrabCut; keeping its mark.",
+            "GrabCut; keeping the part of its window like its mark.",
             obj.index,
             obj.value,
             n_fg,
             n_bg,
         )
-        return mark.copy()
+        return (region if enclosed else mark.copy()), nothing
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
     if config.seed is not None:
@@ -290,17 +413,40 @@ def _grabcut_object(
             obj.value,
             exc,
         )
-        return mark.copy()
-    fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)) & ~sure_bg
-    fg |= mark
+        return mark.copy(), nothing
+    cut = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    fg = (cut & ~sure_bg) | mark
+    if enclosed:  # GrabCut does not run past the region's outline (a membrane, an edge)
+        fg &= cv2.dilate((region | band).astype(np.uint8), _disk(2)).astype(bool)
+        if config.fill_region:
+            fg |= region
     if config.keep_connected:
-        _, comp = cv2.connectedComponents(fg.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        keep = np.unique(comp[mark])
-        fg = np.isin(comp, keep[keep > 0])
+        fg = _keep_with_mark(fg, mark, config.neck)
     if config.fill_holes:
         fg = ndi.binary_fill_holes(fg) & ~sure_bg
         fg |= mark
-    return fg
+    # Confident background: GrabCut's background whose colour the background model explains
+    # much better than the foreground model (averaged over a small neighbourhood, so that
+    # dark specks inside other objects do not count).
+    px = rgb.reshape(-1, 3).astype(np.float64)
+    llr = (_log_likelihood(bgd_model, px) - _log_likelihood(fgd_model, px)).reshape(h, w)
+    llr = cv2.blur(np.clip(llr, -50, 50).astype(np.float32), (5, 5))
+    unlike = ~_like_mark(smooth, mark, 2 * config.like_mark)
+    confident = ~cut & ~fg & unlike & (llr > np.log(config.background_ratio))
+    return fg, confident
+
+
+def _window(
+    obj: MarkObject, shape: tuple[int, ...], config: GrabCutConfig, margin: int | None = None
+) -> tuple[slice, slice]:
+    """``(rows, cols)`` slices of an object's window: its mark's bounding box grown by
+    ``margin`` (default :meth:`GrabCutConfig.window_margin`), clipped to the image."""
+    r0, c0, r1, c1 = obj.bbox
+    m = config.window_margin(obj.extent) if margin is None else int(margin)
+    return (
+        slice(max(0, r0 - m), min(shape[0], r1 + m)),
+        slice(max(0, c0 - m), min(shape[1], c1 + m)),
+    )
 
 
 def _select(
@@ -404,47 +550,55 @@ def refine_iter(
     dtype = np.uint8 if needed < 256 else np.uint16
     if existing is not None:
         out = existing.astype(dtype, copy=True)
-    elif restricted:
-        out = np.full(shape, UNLABELLED, dtype)
     else:
-        out = np.full(shape, BACKGROUND, dtype)
+        out = np.full(shape, UNLABELLED, dtype)
 
     log.info(
         "GrabCut refinement of %d of %d objects on a %dx%d image.", total, len(all_objects), *shape
     )
     yield (0, total)
     if total == 0:
+        if not restricted:
+            out[detection == BACKGROUND] = BACKGROUND
         return out
 
     rgb = to_uint8_rgb(image, config.percentiles)
+    smooth = rgb.astype(np.float32)
+    if config.smooth > 0:
+        smooth = cv2.GaussianBlur(smooth, (0, 0), float(config.smooth))
     values = np.zeros(len(all_objects) + 1, dtype)
     for o in all_objects:
         values[o.index + 1] = o.value
+    scribbles = detection == BACKGROUND
 
     fg_owner = np.zeros(shape, np.int32)  # object index + 1 owning a foreground pixel
     fg_dist = np.full(shape, np.inf, np.float32)  # distance to that owner's mark
     ref_dist = np.full(shape, np.inf, np.float32)  # distance to the nearest chosen mark
+    bg_vote = np.zeros(shape, bool)  # some window is confident the pixel is background
+    bg_veto = np.zeros(shape, bool)  # some window is not
     windows: list[tuple[slice, slice]] = []
     processed = np.zeros(len(all_objects) + 1, bool)  # by object index + 1
 
     for done, obj in enumerate(chosen, start=1):
         if should_stop is not None and should_stop():
             log.info("GrabCut refinement stopped after %d of %d objects.", done - 1, total)
-            if existing is None and not restricted:
-                # Objects not done must not come out as background: only the windows of the
-                # objects done are annotated.
-                out[:] = UNLABELLED
             break
-        r0, c0, r1, c1 = obj.bbox
-        m = config.window_margin(obj.extent)
-        win = (
-            slice(max(0, r0 - m), min(shape[0], r1 + m)),
-            slice(max(0, c0 - m), min(shape[1], c1 + m)),
+        # The window grows (up to config.grow_window times) until the region like the mark
+        # fits in it: a click in a large cell needs a window larger than the click.
+        margin = config.window_margin(obj.extent)
+        for attempt in range(int(config.grow_window) + 1):
+            win = _window(obj, shape, config, margin)
+            ids_w = ids[win]
+            mark = ids_w == obj.index + 1
+            sure_bg = ((ids_w > 0) & ~mark) | scribbles[win]
+            edge = _edges(win, shape)
+            region, enclosed = _object_region(smooth[win], mark, sure_bg, edge, obj, config)
+            if enclosed or not edge.any() or attempt == config.grow_window:
+                break
+            margin *= 2
+        fg, confident = _grabcut_object(
+            rgb[win], smooth[win], mark, sure_bg, region, enclosed, edge, obj, config
         )
-        ids_w = ids[win]
-        mark = ids_w == obj.index + 1
-        sure_bg = ((ids_w > 0) & ~mark) | (detection[win] == BACKGROUND)
-        fg = _grabcut_object(rgb[win], mark, sure_bg, obj, win, shape, config)
 
         dist = cv2.distanceTransform((~mark).astype(np.uint8), cv2.DIST_L2, 3)
         fd, fo = fg_dist[win], fg_owner[win]
@@ -452,9 +606,19 @@ def refine_iter(
         fo[take] = obj.index + 1
         fd[take] = dist[take]
         np.minimum(ref_dist[win], dist, out=ref_dist[win])
+        bg_vote[win] |= confident
+        bg_veto[win] |= ~confident
         windows.append(win)
         processed[obj.index + 1] = True
         yield (done, total)
+
+    # Background needs every window over the pixel to agree, and is never written on a mark
+    # or inside the window of an object not refined now (its own run decides there).
+    background = bg_vote & ~bg_veto & (ids == 0)
+    for o in all_objects:
+        if not processed[o.index + 1]:
+            background[_window(o, shape, config)] = False
+    background |= scribbles
 
     # Write the processed windows into the map.
     for win in windows:
@@ -470,8 +634,13 @@ def refine_iter(
         cls = values[owner]
         cur = out[win]
         claim = is_fg & (near | (cur <= BACKGROUND))
-        cur[near & ~is_fg] = BACKGROUND
+        # A stale object label of an earlier run near a refined mark goes; earlier background
+        # stays unless this run is confident it is part of an object.
+        cur[near & ~is_fg & (cur > BACKGROUND)] = UNLABELLED
+        cur[near & ~is_fg & background[win]] = BACKGROUND
         cur[claim] = cls[claim]
+    if not restricted:
+        out[scribbles & (fg_owner == 0)] = BACKGROUND
     return out
 
 
