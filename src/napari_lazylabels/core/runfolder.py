@@ -71,7 +71,8 @@ def check_writable(folder: str | os.PathLike, option: str = "--out") -> Path:
         os.write(fd, b"0")
     finally:
         os.close(fd)
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # a lock holder may have swept it
+            os.unlink(tmp)
     return p
 
 
