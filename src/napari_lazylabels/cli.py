@@ -296,6 +296,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     files = list_images(a.images)
     _refuse_same_stems(files)
     out = Path(a.out)
+    _warn_other_models_outputs(out, a.model, files)
     n, failed, written = 0, [], {}
     with folder_lock(out, "predict"):
         for f in _tqdm(iterable=files, desc="predict", unit="file"):
@@ -321,6 +322,30 @@ def cmd_predict(a: argparse.Namespace) -> int:
                   ", ".join(str(f) for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
         return 1
     return 0
+
+
+def _warn_other_models_outputs(out: Path, model: str, files: list[Path]) -> None:
+    """Say when ``out`` keeps another model's predictions of images this run does not redo:
+    ``lazylabels instances`` would cut them with this model's settings."""
+    import json
+
+    from .core.predict import PREDICTION_SETTINGS
+
+    try:
+        before = json.loads((out / PREDICTION_SETTINGS).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before is None or Path(before).resolve() == Path(model).resolve():
+        return
+    redone = {f.stem for f in files}
+    names = (p.name[: -len("_classes.png")] for p in out.glob("*_classes.png"))
+    others = sorted(n for n in names if n not in redone and not any(n.startswith(f"{s}_z") for s in redone))
+    if others:
+        log.warning(
+            "%s also holds predictions of %d other images by another model (%s), e.g. %s: predict "
+            "them again with this model, or use another --out, before `lazylabels instances`.",
+            out, len(others), before, others[0],
+        )
 
 
 def _refuse_same_stems(files: list[Path]) -> None:
