@@ -50,9 +50,11 @@ LARGE_TTA_ITEMS = ("1", "2", "4", "same")
 
 
 def warm_imports() -> None:
-    """Import what a prediction needs on the calling (main) thread, once: the first import of
-    torch, scipy, scikit-image and the engine holds the interpreter lock for seconds, which
-    froze the viewer when it happened in the worker on the first Predict."""
+    """Import what a prediction needs on the calling (main) thread, once, when the widget is
+    created: importing torch off the main thread still holds the interpreter lock in long
+    stretches (a 1.9 s main-thread gap in a background thread), and napari imports its labels
+    machinery (pandas among it, 1.5-2 s) when the first Labels layer is made, which the first
+    Predict did on the main thread."""
     global _WARMED
     if _WARMED:
         return
