@@ -49,7 +49,10 @@ class GrabCutWidget(QWidget):
             "canvas; selected label: marks of the detection layer's selected label (class)."
         )
         self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Refine", self.run, self.stop)
-        self.status = QLabel("Marks of the detection layer become masks in the segmentation layer (undo with Ctrl+Z).")
+        self.status = QLabel(
+            "Marks of the detection layer become masks in the segmentation layer (undo with Ctrl+Z); "
+            "background only where GrabCut is sure, the rest stays unlabelled."
+        )
         self.status.setWordWrap(True)
         form = QFormLayout()
         form.addRow("image", self.image_combo)
@@ -111,7 +114,11 @@ class GrabCutWidget(QWidget):
         except Exception as e:  # noqa: BLE001
             show_error(f"Could not write the masks: {e}")
             return
-        self.status.setText(f"GrabCut changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it).")
+        self.status.setText(
+            f"GrabCut changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it). "
+            "Background is written only where GrabCut is sure; unsure pixels and unmarked "
+            "objects stay unlabelled."
+        )
 
     def stop(self, *_) -> None:
         if self.worker is not None:

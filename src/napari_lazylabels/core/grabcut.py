@@ -5,22 +5,38 @@ Each *object* is one 8-connected component of the marks of one foreground class 
 2004, OpenCV's :func:`cv2.grabCut`) runs once per object in a local window around its mark,
 so the cost grows with the number and size of the objects, not with the image size.
 
-GrabCut's initial mask in an object's window (the window is the mark's bounding box grown by
-``max(margin, margin_fraction * mark extent)`` pixels, clipped to the image):
+Each object's window is the mark's bounding box grown by ``max(margin, margin_fraction * mark
+extent)`` pixels, clipped to the image. In a dense image (EM, crowded nuclei) that window is
+full of *other* objects of the object's own colour, so it cannot serve as GrabCut's background
+sample; instead each object first gets its *region*: the window pixels whose smoothed colour is
+like its mark's (:class:`GrabCutConfig` ``like_mark``) and that are connected to the mark once
+bridges narrower than the neck are cut. The region is *enclosed* when it stays off the
+window's edges (a cell within its membranes, a nucleus on dark background); if it is not, the
+window grows (``grow_window`` times, doubling its margin) in case it was too small for the
+object (a click in a large cell). GrabCut's initial mask:
 
 * the object's own mark: sure foreground (``GC_FGD``);
-* a band of ``max(probable_radius, probable_fraction * mark extent)`` pixels around the mark:
-  probable foreground (``GC_PR_FGD``);
+* a band of ``max(probable_radius, probable_fraction * mark extent)`` pixels around the mark,
+  and an enclosed region: probable foreground (``GC_PR_FGD``);
 * marks of other objects (any class) and background scribbles (value 1): sure background
   (``GC_BGD``);
-* window edges that lie inside the image (not on the image border): sure background, except
-  where the mark or its band reaches them;
-* everything else: probable background (``GC_PR_BGD``).
+* when the region is not enclosed (an object among similar colours, e.g. a gland in stroma):
+  window edges inside the image are sure background, as in the classic setting;
+* everything else: probable background (``GC_PR_BGD``), which then holds what separates
+  objects (membranes, dark background, stroma).
 
-GrabCut's foreground is reduced to the part 8-connected to the mark (an unmarked neighbour of
-the same colour in the window is not taken), its holes are filled, and the mark is always part
+An enclosed object's foreground is GrabCut's, kept within 2 px of the region, plus the region
+(GrabCut alone shrinks towards a small mark). The foreground is then reduced to the part
+8-connected to the mark past the neck cut, its holes are filled, and the mark is always part
 of it. Where the foregrounds of several objects overlap, a pixel goes to the object whose mark
 is nearest; every mark stays its own object's.
+
+Background (value 1) is written only where GrabCut is *confident*: a pixel that every
+refined window over it leaves out, whose colour is unlike that window's mark and far likelier under
+GrabCut's background model than its foreground model, that is no object's mark or foreground
+and lies in no window of an object not refined in this run. Everything else that is not an
+object stays 0 (not annotated), so an unmarked neighbouring cell never becomes background; the
+user's background scribbles are always background.
 
 As the paper notes, GrabCut works well on isolated objects and less well on touching objects
 with inhomogeneous boundaries; the result is meant to be corrected by hand.
@@ -76,18 +92,29 @@ class GrabCutConfig:
         probable_radius: least width in pixels of the probable-foreground band around a mark.
         probable_fraction: the band is at least this fraction of the mark's extent wide.
         like_mark: a window pixel whose smoothed colour lies within this many standard
-            deviations (Mahalanobis distance) of its mark's colours starts as probable
-            foreground, every other pixel as probable background; so GrabCut's background
-            model learns what separates objects (membranes, stroma, dark background), not the
-            colours of neighbouring objects that fill a window in a dense image.
-        smooth: Gaussian sigma in pixels of the smoothing before that colour test (texture).
+            deviations (Mahalanobis distance) of its mark's colours is *like* the mark; the
+            like pixels connected to the mark form the object's region (module docstring).
+            The spread of a mark of at most 100 pixels counts as at least half the window's
+            (a click shows little of its object's texture).
+        enclosed_edge: the region is enclosed when at most this share of the window's inner
+            edge pixels belong to it (and it covers under 70% of the window).
+        grow_window: how many times the window's margin doubles while the region is not
+            enclosed.
+        fill_region: an enclosed object's foreground includes its whole region (else only
+            GrabCut's foreground within 2 px of it).
+        border_background: window edges inside the image are sure background when the
+            region is not enclosed (the object is assumed to fit in the window).
+        smooth: Gaussian sigma in pixels of the smoothing before the colour test (texture).
         keep_connected: keep only the foreground 8-connected to the mark, after cutting
             bridges narrower than ``2 neck + 1`` pixels (leaks through gaps in a membrane or
             into a touching neighbour).
         neck: half-width in pixels of the bridges cut (0 = none).
-        background_ratio: a pixel is confident background when GrabCut leaves it out and its
-            colour is at least this many times likelier under GrabCut's background model
-            than under the foreground model (5 x 5 mean of the log ratio).
+        neck_fraction: the region's bridges are cut with a half-width of at least this
+            fraction of the mark's extent (``neck`` at least).
+        background_ratio: a pixel is confident background when GrabCut leaves it out, its
+            colour is unlike the mark's (twice ``like_mark``) and at least this many times
+            likelier under GrabCut's background model than under its foreground model
+            (5 x 5 mean of the log ratio).
         fill_holes: fill holes of an object's foreground (never over background scribbles
             or other objects' marks).
         percentiles: low and high intensity percentiles mapped to 0 and 255 when the image
@@ -125,8 +152,10 @@ class GrabCutConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}.")
         if self.probable_radius < 0 or self.probable_fraction < 0:
             raise ValueError("probable_radius and probable_fraction must be >= 0.")
-        if self.like_mark <= 0 or self.smooth < 0 or self.neck < 0:
-            raise ValueError("like_mark must be > 0; smooth and neck must be >= 0.")
+        if self.like_mark <= 0 or self.smooth < 0 or self.neck < 0 or self.neck_fraction < 0:
+            raise ValueError("like_mark must be > 0; smooth, neck and neck_fraction >= 0.")
+        if not 0 <= self.enclosed_edge <= 1 or self.grow_window < 0:
+            raise ValueError("enclosed_edge must lie in [0, 1] and grow_window be >= 0.")
         if self.background_ratio < 1:
             raise ValueError(f"background_ratio must be >= 1, got {self.background_ratio}.")
         lo, hi = self.percentiles
@@ -508,15 +537,16 @@ def refine_iter(
         label_value: refine only marks of this label value (class ``label_value - 1``).
 
     Returns:
-        ``(H, W)`` ``uint8`` (``uint16`` if values need it) task-3 map: 1 = background,
-        ``c + 1`` = class ``c``. Unrestricted (no ``objects``, ``region``, ``label_value``):
-        every object's window is written (foreground and background) and pixels outside
-        all windows are background, or keep ``existing``'s values when it is given.
-        Restricted: the map starts from ``existing`` (or all 0 = not annotated) and only the
-        chosen objects' windows are written; there, a pixel nearer to an untouched object's
+        ``(H, W)`` ``uint8`` (``uint16`` if values need it) task-3 map: 0 = not annotated
+        (GrabCut is not sure), 1 = background (confident, see the module docstring, or a
+        background scribble), ``c + 1`` = class ``c``. The map starts from ``existing`` (or
+        all 0) and only the chosen objects' windows are written (unrestricted, i.e. no
+        ``objects``, ``region``, ``label_value``: every object is chosen, and every
+        background scribble is written too); there, a pixel nearer to an untouched object's
         mark than to a chosen one keeps its value, unless it was 0 or 1 and a chosen object's
-        foreground covers it. Stale pixels of a chosen object's earlier result (nearer to its
-        mark) are overwritten.
+        foreground covers it. Nearer to a chosen mark, a pixel becomes that object's class,
+        or background where confident; an earlier object label there (a stale result) becomes
+        0 and an earlier background stays.
 
     Raises:
         ValueError: shapes of ``image``, ``detection`` and ``existing`` disagree, bad dtypes
@@ -661,7 +691,8 @@ def refine(
     called with ``done = 0`` first and after each object.
 
     Returns:
-        ``(H, W)`` ``uint8`` or ``uint16`` task-3 map: 1 = background, ``c + 1`` = class ``c``.
+        ``(H, W)`` ``uint8`` or ``uint16`` task-3 map: 0 = not annotated, 1 = background,
+        ``c + 1`` = class ``c``.
     """
     gen = refine_iter(
         image,
