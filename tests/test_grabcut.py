@@ -397,3 +397,24 @@ def test_restricted_run_writes_no_background_in_untouched_windows():
         assert not np.any(seg[win] == 1)
     assert np.all(seg[det >= 2][seg[det >= 2] != 0] == 2)
     assert np.any(seg == 2)
+
+
+@pytest.mark.shared_data
+def test_isbi_clicked_cells_grow_without_background_on_cells(shared_data: Path):
+    """A person clicks 10 cells of an EM slice: masks grow to the cells, no cell becomes background."""
+    from napari_lazylabels.core.io import read_image, read_label
+
+    folder = shared_data / "isbi2012-dev"
+    if not (folder / "images" / "slice_00.png").is_file():
+        pytest.skip(f"ISBI slices not found in {folder}")
+    for stem in ("slice_00", "slice_10"):
+        img = read_image(folder / "images" / f"{stem}.png")[:256, :256]
+        inst = read_label(folder / "masks" / f"{stem}.png").astype(np.int32)[:256, :256]
+        sizes = np.bincount(inst.ravel())
+        ids = [i for i in np.unique(inst) if i and sizes[i] > 300]
+        ids = list(np.random.default_rng(0).choice(ids, 10, replace=False))
+        seg = refine(img, dots(inst, ids))
+        scores = [territory_iou(seg, inst, i) for i in ids]
+        assert np.median(scores) > 0.3, (stem, scores)  # old code: 0.03-0.04
+        bg = seg == 1
+        assert (bg & deep_inside(inst)).sum() < 0.25 * bg.sum(), stem  # old code: 65-70%
