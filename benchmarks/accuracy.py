@@ -38,7 +38,9 @@ Methods:
 * ``random-forest``: scikit-image multi-scale features + scikit-learn random forest (100
   trees) on the same scribbles and exact masks (needs scikit-learn).
 
-Tiers: ``quick`` (strong fraction 0.094, seed 0, every method and dataset, CPU, the CPU default size ``tiny``),
+Tiers: ``product`` (what a user runs: the console script with defaults and a time budget,
+every dataset, 3 draws, 2 budgets; ``benchmarks/product_path.py``, which takes its own options),
+``quick`` (strong fraction 0.094, seed 0, every method and dataset, CPU, the CPU default size ``tiny``),
 ``full`` (fractions 0.024, 0.047, 0.094, 1.0, seeds 0-2), ``gpu`` (as full, size paper on
 CUDA, network methods only).
 
@@ -760,6 +762,16 @@ def write_table(results: Path, path: Path) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--tier=product" in argv or any(a == "--tier" and b == "product" for a, b in zip(argv, argv[1:], strict=False)):
+        # The product-path tier runs the console script as a user does (benchmarks/product_path.py).
+        import product_path
+
+        rest = [a for a in argv if a != "--tier=product"]
+        if "--tier" in rest:
+            i = rest.index("--tier")
+            del rest[i:i + 2]
+        return product_path.main(rest)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tier", choices=tuple(TIERS), default="quick")
     ap.add_argument("--dataset", action="append", choices=DATASETS)

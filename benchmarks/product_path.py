@@ -1,0 +1,248 @@
+"""Product-path accuracy: exactly what a user runs, as subprocesses of the console script.
+
+For each dataset under the shared development data, each draw of which images carry exact
+masks (``lazylabels simulate --seed``) and each time budget::
+
+    lazylabels simulate <train split>/masks --images <train split>/images --out ds --strong-fraction 0.094 --seed S
+    lazylabels train ds --out model --minutes M                  # defaults only
+    lazylabels predict model <validation images> --out pred      # defaults
+    lazylabels evaluate pred <validation masks> --json scores.json
+
+The train/validation splits are those of ``accuracy.py`` (GlaS: held-out patients; ISBI:
+slices 15-19; DSB: every 5th image), so no validation image is simulated, trained on or used
+to choose a checkpoint. Each finished run writes one JSON record to
+``benchmarks/results/product/<dataset>/<run-id>.json`` (commands, stdout lines of train and
+predict, iterations reached, the score the product showed, its warnings, the scores, the
+machine); a run that fails writes nothing and running again skips finished runs.
+
+A run given ``--train-arg`` pins a setting the user does not pin: it is an *experiment*, its
+run id says ``exp-...`` and the table marks it so; only runs without them are the product's
+figures.
+
+    python benchmarks/product_path.py --list                           # what is missing
+    python benchmarks/product_path.py --dataset dsb --budget 3         # seeds 0-2
+    python benchmarks/product_path.py --table                          # docs/benchmarks-product.md
+    python benchmarks/accuracy.py --tier product ...                   # the same
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import accuracy  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "product"
+WORK = REPO / "benchmarks" / "work" / "product"
+TABLE = REPO / "docs" / "benchmarks-product.md"
+RECORD_FORMAT = "napari-lazylabels product-path record"
+DATASETS = ("glas", "isbi", "dsb")
+SEEDS = (0, 1, 2)
+#: the one-click default (the Train & predict widget's budget) and 10 minutes
+BUDGETS = (3.0, 10.0)
+STRONG_FRACTION = 0.094
+
+
+def lazylabels() -> str:
+    """The installed console script beside this interpreter (the user's command)."""
+    exe = Path(sys.executable).with_name("lazylabels")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("lazylabels")
+    if not found:
+        raise SystemExit("The `lazylabels` console script is not installed: pip install -e . first.")
+    return found
+
+
+def run_id(dataset: str, seed: int, budget: float, train_args: list[str]) -> str:
+    base = f"{dataset}_f{STRONG_FRACTION:g}_s{seed}_{budget:g}min"
+    if not train_args:
+        return base
+    tag = re.sub(r"[^A-Za-z0-9.=-]+", "", "_".join(a.lstrip("-") for a in train_args))[:40]
+    digest = hashlib.sha1(" ".join(train_args).encode()).hexdigest()[:6]
+    return f"{base}_exp-{tag}-{digest}"
+
+
+def _link_split(src: Path, stems: list[str], dest: Path) -> None:
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            f = next((src / sub).glob(f"{stem}.*"))
+            link = dest / sub / f.name
+            if not link.exists():
+                link.symlink_to(f)
+
+
+def _run(cmd: list[str], log_path: Path, timeout: float) -> list[str]:
+    """Run a command, keep its output in ``log_path``, return its stdout lines; raise on failure."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    log_path.write_text(
+        f"$ {' '.join(cmd)}\n# exit {proc.returncode} after {time.perf_counter() - t0:.1f} s\n"
+        f"## stdout\n{proc.stdout}\n## stderr\n{proc.stderr[-20000:]}\n"
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[1]} failed (exit {proc.returncode}); see {log_path}")
+    return proc.stdout.splitlines()
+
+
+def execute(dataset: str, seed: int, budget: float, train_args: list[str], root: Path) -> dict:
+    """One product-path run; returns its record (also written to RESULTS)."""
+    rid = run_id(dataset, seed, budget, train_args)
+    work = WORK / rid
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    train, val = accuracy.split(dataset, root)
+    src = root / accuracy.FOLDERS[dataset]
+    _link_split(src, train, work / "train-gt")
+    _link_split(src, val, work / "val")
+    exe = lazylabels()
+    cmds = {
+        "simulate": [exe, "simulate", str(work / "train-gt" / "masks"), "--images", str(work / "train-gt" / "images"),
+                     "--out", str(work / "ds"), "--strong-fraction", str(STRONG_FRACTION), "--seed", str(seed)],
+        "train": [exe, "train", str(work / "ds"), "--out", str(work / "model"), "--minutes", f"{budget:g}", *train_args],
+        "predict": [exe, "predict", str(work / "model"), str(work / "val" / "images"), "--out", str(work / "pred")],
+        "evaluate": [exe, "evaluate", str(work / "pred"), str(work / "val" / "masks"), "--json", str(work / "scores.json")],
+    }
+    out, times = {}, {}
+    for step, cmd in cmds.items():
+        t0 = time.perf_counter()
+        out[step] = _run(cmd, work / f"{step}.log", timeout=budget * 60 * 3 + 1800)
+        times[step] = round(time.perf_counter() - t0, 1)
+    scores = json.loads((work / "scores.json").read_text())
+    trained = next((ln for ln in out["train"] if ln.startswith("trained ")), "")
+    m = re.match(r"trained (\d+) iterations", trained)
+    record = {
+        "format": RECORD_FORMAT,
+        "run_id": rid,
+        "dataset": dataset,
+        "seed": seed,
+        "strong_fraction": STRONG_FRACTION,
+        "budget_minutes": budget,
+        "experiment": bool(train_args),
+        "train_args": train_args,
+        "commands": {k: " ".join(Path(c).name if i == 0 else c for i, c in enumerate(v)) for k, v in cmds.items()},
+        "iterations": int(m.group(1)) if m else None,
+        "train_stdout": out["train"],
+        "predict_stdout": out["predict"][:5],
+        "warnings": [ln for ln in out["train"] if ln.startswith("warning:")],
+        "seconds": times,
+        "summary": scores["summary"],
+        "per_image": {k: {"dice": v.get("dice"), "object_f1": v.get("object_f1")} for k, v in scores["images"].items()},
+        "machine": accuracy.machine(),
+        "versions": accuracy.all_versions(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = RESULTS / dataset / f"{rid}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    shutil.rmtree(work / "pred", ignore_errors=True)
+    return record
+
+
+def load_records() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/*.json"))]
+
+
+def _machine_tag(rec: dict) -> str:
+    m = rec["machine"]
+    return f"{m.get('cpu', '?')} ({'bf16' if m.get('cpu_native_bf16') else 'float32'})"
+
+
+def write_table(path: Path = TABLE) -> str:
+    """docs/benchmarks-product.md: per dataset and budget, mean and worst draw (product runs),
+    then every run (experiments marked)."""
+    recs = load_records()
+    lines = [
+        "# Product-path accuracy (generated by `python benchmarks/product_path.py --table`)",
+        "",
+        "What a user gets: `lazylabels simulate` (9.4% exact masks, seed = draw) -> `lazylabels train "
+        "--minutes M` with defaults -> `lazylabels predict` -> `lazylabels evaluate` on the held-out "
+        "validation images (see benchmarks/product_path.py). Dice = foreground dice per image, averaged; "
+        "F1 = object F1 at IoU > 0.5. Rows marked *experiment* pin a setting the user does not pin.",
+        "",
+        "## Product defaults: mean and worst draw",
+        "",
+        "| dataset | budget | draws | dice mean | dice worst | F1 mean | F1 worst | iterations | machine |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict = {}
+    for r in recs:
+        if r["experiment"]:
+            continue
+        key = (r["dataset"], r["budget_minutes"], r["versions"].get("git_commit", "")[:7], _machine_tag(r))
+        groups.setdefault(key, []).append(r)
+    for (ds, budget, commit, mach), rs in sorted(groups.items()):
+        d = [r["summary"]["dice"] for r in rs]
+        f = [r["summary"].get("object_f1", float("nan")) for r in rs]
+        its = [r["iterations"] or 0 for r in rs]
+        lines.append(
+            f"| {ds} | {budget:g} min | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {np.mean(d):.3f} | "
+            f"{min(d):.3f} | {np.mean(f):.3f} | {min(f):.3f} | {min(its)}-{max(its)} | {mach}, {commit} |"
+        )
+    lines += ["", "## Every run", "", "| run | dice | F1 | iterations | warnings | machine | commit |", "|---|---|---|---|---|---|---|"]
+    for r in recs:
+        name = r["run_id"] + (" *experiment*" if r["experiment"] else "")
+        lines.append(
+            f"| {name} | {r['summary']['dice']:.3f} | {r['summary'].get('object_f1', float('nan')):.3f} | "
+            f"{r['iterations']} | {len(r['warnings'])} | {_machine_tag(r)} | {r['versions'].get('git_commit', '')[:7]} |"
+        )
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", nargs="*", choices=DATASETS, default=list(DATASETS))
+    p.add_argument("--seed", nargs="*", type=int, default=list(SEEDS))
+    p.add_argument("--budget", nargs="*", type=float, default=list(BUDGETS), help="minutes of training")
+    p.add_argument("--train-arg", action="append", default=[],
+                   help="extra `lazylabels train` argument (makes the run an experiment), e.g. --train-arg=--scale=1")
+    p.add_argument("--list", action="store_true", help="list the runs without a record and exit")
+    p.add_argument("--table", action="store_true", help="write docs/benchmarks-product.md and exit")
+    p.add_argument("--force", action="store_true", help="run again even where a record exists")
+    a = p.parse_args(argv)
+    if a.table:
+        print(write_table())
+        return 0
+    root = accuracy.shared_data()
+    todo = [(d, s, b) for b in a.budget for d in a.dataset for s in a.seed
+            if a.force or not (RESULTS / d / f"{run_id(d, s, b, a.train_arg)}.json").exists()]
+    for d, s, b in todo:
+        print(f"missing: {run_id(d, s, b, a.train_arg)}")
+    if a.list:
+        return 0
+    failed = 0
+    for d, s, b in todo:
+        t0 = time.perf_counter()
+        try:
+            rec = execute(d, s, b, a.train_arg, root)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"FAILED {run_id(d, s, b, a.train_arg)}: {e}")
+            failed += 1
+            continue
+        print(f"{rec['run_id']}: dice {rec['summary']['dice']:.3f} F1 {rec['summary'].get('object_f1', float('nan')):.3f} "
+              f"({rec['iterations']} it, {time.perf_counter() - t0:.0f} s, {len(rec['warnings'])} warnings)", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

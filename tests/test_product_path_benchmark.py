@@ -1,0 +1,57 @@
+"""benchmarks/product_path.py runs what a user runs (the console script, defaults, a time
+budget) and reports the mean and the worst draw; experiments are marked as such."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from conftest import load_benchmark
+from napari_lazylabels.core.io import write_image, write_label
+
+
+@pytest.fixture(scope="module")
+def product():
+    return load_benchmark("product_path")
+
+
+def _fake_dsb(root, n=10, size=64):
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / "dsb2018-touching-dev" / sub).mkdir(parents=True)
+    for i in range(n):
+        img = rng.normal(30, 5, (size, size))
+        gt = np.zeros((size, size), np.uint16)
+        for k in range(5):
+            rr, cc = disk((rng.integers(8, size - 8), rng.integers(8, size - 8)), 6, shape=(size, size))
+            img[rr, cc] += 120
+            gt[rr, cc] = k + 1
+        write_image(root / "dsb2018-touching-dev" / "images" / f"im{i:02d}.png", np.clip(img, 0, 255).astype(np.uint8))
+        write_label(root / "dsb2018-touching-dev" / "masks" / f"im{i:02d}.png", gt)
+
+
+def test_run_ids_mark_experiments(product):
+    assert product.run_id("glas", 1, 10.0, []) == "glas_f0.094_s1_10min"
+    exp = product.run_id("glas", 1, 10.0, ["--scale=1"])
+    assert exp.startswith("glas_f0.094_s1_10min_exp-") and exp != product.run_id("glas", 1, 10.0, ["--scale=0.5"])
+
+
+@pytest.mark.slow
+def test_one_product_run_end_to_end(product, tmp_path, monkeypatch):
+    _fake_dsb(tmp_path / "data")
+    monkeypatch.setattr(product, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(product, "WORK", tmp_path / "work")
+    rec = product.execute("dsb", 0, 0.05, [], tmp_path / "data")
+    assert not rec["experiment"] and rec["iterations"] and rec["iterations"] > 0
+    assert rec["commands"]["train"].startswith("lazylabels train") and "--minutes 0.05" in rec["commands"]["train"]
+    assert 0.0 <= rec["summary"]["dice"] <= 1.0 and len(rec["per_image"]) == 2  # every 5th image validates
+    saved = json.loads((tmp_path / "results" / "dsb" / "dsb_f0.094_s0_0.05min.json").read_text())
+    assert saved["run_id"] == rec["run_id"] and saved["machine"]["cpu"]
+    # a second draw, worse on purpose, must show as the worst
+    worse = dict(saved, seed=1, run_id="dsb_f0.094_s1_0.05min", summary=dict(saved["summary"], dice=-1.0))
+    (tmp_path / "results" / "dsb" / "dsb_f0.094_s1_0.05min.json").write_text(json.dumps(worse))
+    table = product.write_table(tmp_path / "table.md")
+    row = next(ln for ln in table.splitlines() if ln.startswith("| dsb | 0.05 min | 2"))
+    cells = [c.strip() for c in row.split("|")]
+    assert float(cells[5]) == -1.0 and float(cells[4]) == pytest.approx((rec["summary"]["dice"] - 1) / 2, abs=1e-3)
