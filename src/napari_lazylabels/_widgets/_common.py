@@ -387,12 +387,15 @@ class Session:
     busy: set = field(default_factory=set)
     listeners: list = field(default_factory=list)
     project_listeners: list = field(default_factory=list)
+    _linked: tuple = (None, None)  # (project, model) written to models/current.json last
 
     def set_model(self, path) -> None:
         self.model_dir = Path(path) if path else None
-        if self.model_dir is not None and self.project is not None and has_model(self.model_dir):
+        link = (self.project, self.model_dir)
+        if None not in link and link != self._linked and has_model(self.model_dir):
             try:
                 link_model(self.project, self.model_dir)
+                self._linked = link
             except OSError as e:
                 log.warning("could not link the model into the project: %s", e)
         _call(self.listeners, self.model_dir)
