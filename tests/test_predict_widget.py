@@ -186,3 +186,29 @@ def test_layers_are_pushed_one_per_event_loop_turn(make_napari_viewer, qtbot):
     assert [ly.name for ly in viewer.layers] == ["im", "im classes"]  # the rest on later turns
     qtbot.waitUntil(lambda: bool(results), timeout=5000)
     assert [ly.name for ly in results[0]] == ["im classes", "im instances", "im interfaces", "im probabilities"]
+
+
+def test_a_runtime_error_in_the_worker_ends_the_run_with_one_message(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """torch raises RuntimeError; superqt drops those without "finished", which left the
+    widget busy for good: the worker re-raises it as another error, shown, and the run ends."""
+    from napari_lazylabels._widgets import _common, predict
+    from napari_lazylabels.core import checkpoint
+
+    shown = []
+    monkeypatch.setattr(predict, "show_error", lambda e: shown.append(str(e)))
+    monkeypatch.setattr(_common, "show_error", lambda e: shown.append(str(e)))
+
+    def broken(path, device="cpu"):
+        raise RuntimeError("weights do not fit")
+
+    monkeypatch.setattr(checkpoint, "load_model", broken)
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_image(100), name="im")
+    pw = _widget(viewer, model_dir)
+    pw.set_chosen(["im"])
+    with qtbot.capture_exceptions() as raised:  # napari also re-raises worker errors to its handler
+        pw.run()
+        qtbot.waitUntil(lambda: not pw.is_running(), timeout=10_000)
+    assert shown == ["Prediction failed: weights do not fit"]
+    assert [type(e[1]).__name__ for e in raised] in ([], ["WorkerError"])
+    assert pw.run_btn.isEnabled()
