@@ -52,9 +52,9 @@ LARGE_TTA_ITEMS = ("1", "2", "4", "same")
 def warm_imports() -> None:
     """Import what a prediction needs on the calling (main) thread, once, when the widget is
     created: importing torch off the main thread still holds the interpreter lock in long
-    stretches (a 1.9 s main-thread gap in a background thread), and napari imports its labels
-    machinery (pandas among it, 1.5-2 s) when the first Labels layer is made, which the first
-    Predict did on the main thread."""
+    stretches, and napari imports its labels machinery (pandas among it) when the first Labels
+    layer is made, which the first Predict did on the main thread (docs/benchmarks.md,
+    "Prediction in the viewer")."""
     global _WARMED
     if _WARMED:
         return
@@ -72,18 +72,17 @@ def warm_imports() -> None:
 _WARMED = False
 
 CPU_BATCH = 2
-"""Tiles per network pass on a CPU: as fast per tile as 8 (0.10 vs 0.14 s per tile and
-orientation for "tiny", 2-core EPYC), a quarter of the activations, and a Stop waits for
-one such pass."""
+"""Tiles per network pass on a CPU: as fast per tile as 8 (docs/benchmarks.md, "Prediction
+in the viewer"), a quarter of the activations, and a Stop waits for one such pass."""
 
 
 def compact_labels(layer_data: tuple) -> tuple:
     """A Labels layer data tuple with int32 data of fewer than 65536 objects as uint16.
 
     napari shows uint8 and uint16 labels as they are, but hashes wider integers into the
-    texture's range on the main thread every time the layer is sliced (0.37 s for a 2048 x
-    2048 int32 instance map on a 2-core EPYC, three times per update), which froze the viewer
-    when predictions were pushed."""
+    texture's range on the main thread every time the layer is sliced (several times per
+    update), which froze the viewer when predictions were pushed (docs/benchmarks.md,
+    "Prediction in the viewer")."""
     data, kwargs, layer_type = layer_data
     if layer_type == "labels" and data.dtype.itemsize > 2 and int(data.max(initial=0)) < 65536 and data.min(initial=0) >= 0:
         data = data.astype(np.uint16)
@@ -310,10 +309,11 @@ class PredictionRunner:
     def _start(self, worker, what: str, desc: str) -> None:
         from napari.utils import progress
 
-        # A full garbage collection scans every tracked object (about 400,000 in a viewer with
-        # torch loaded: 0.3-0.4 s on a loaded 2-core EPYC) holding the interpreter lock, and the
-        # worker's allocations trigger them: the viewer froze that long, repeatedly, while
-        # predicting. Objects that exist now are set aside until the worker ends.
+        # A full garbage collection scans every tracked object of the viewer (hundreds of
+        # thousands with torch loaded) holding the interpreter lock, and the worker's
+        # allocations trigger them: the viewer froze that long, repeatedly, while predicting
+        # (docs/benchmarks.md, "Prediction in the viewer"). Objects that exist now are set
+        # aside until the worker ends.
         gc.freeze()
         self._frozen = True
         self._pbar = progress(total=0, desc=desc)
