@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -283,7 +283,9 @@ class TrainWidget(QWidget):
             self.status.setText(f"Model: {sess.model_dir}. Start continues training it; Predict uses it.")
         elif sess.project is not None:
             self._on_project(sess.project)
-        start_warm_up()  # torch imports off the GUI thread, before the first Start
+        # torch imports off the GUI thread, before the first Start; once the dock is drawn,
+        # so that the import does not compete with napari for the interpreter meanwhile
+        QTimer.singleShot(500, start_warm_up)
 
     # ------------------------------------------------------------------ configuration
     def train_config(self):
