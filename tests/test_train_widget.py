@@ -268,3 +268,16 @@ def test_new_model_never_overwrites_one(make_napari_viewer, qtbot, project, show
     _idle(qtbot, tw)
     assert (first / "best.pt").read_bytes() == before
     assert tw.last_result_dir == project / "models" / "model-2" and (tw.last_result_dir / "best.pt").exists()
+
+
+def test_unsaved_models_are_not_kept_in_the_temp_folder(monkeypatch):
+    import tempfile
+    from pathlib import Path
+
+    from napari_lazylabels._widgets import _common
+
+    monkeypatch.delenv("LAZYLABELS_MODEL_DIR", raising=False)
+    base = _common.temp_model_base()
+    assert Path(tempfile.gettempdir()) not in base.parents and base.name == "unsaved-models"
+    monkeypatch.setenv("LAZYLABELS_MODEL_DIR", "/somewhere/models")
+    assert _common.temp_model_base() == Path("/somewhere/models")

@@ -246,8 +246,18 @@ folder inside ``models/`` as a relative path, or a folder elsewhere as an absolu
 
 
 def temp_model_base() -> Path:
-    """Where models go when no project is known (``$LAZYLABELS_MODEL_DIR`` or the temp dir)."""
-    return Path(os.environ.get("LAZYLABELS_MODEL_DIR", Path(tempfile.gettempdir()) / "napari-lazylabels"))
+    """Where models go while no project is known: ``$LAZYLABELS_MODEL_DIR``, else the user's
+    data folder (``~/.local/share/napari-lazylabels/unsaved-models`` on Linux; it survives a
+    reboot, unlike the temp dir), else the temp dir."""
+    env = os.environ.get("LAZYLABELS_MODEL_DIR")
+    if env:
+        return Path(env)
+    try:
+        import platformdirs  # a napari dependency
+
+        return Path(platformdirs.user_data_dir("napari-lazylabels")) / "unsaved-models"
+    except ImportError:  # pragma: no cover - napari always brings it
+        return Path(tempfile.gettempdir()) / "napari-lazylabels"
 
 
 def default_model_dir() -> Path:
@@ -259,7 +269,8 @@ def default_model_dir() -> Path:
 
 
 def is_temporary(path) -> bool:
-    """Whether a model folder lies under :func:`temp_model_base` (made by the widgets)."""
+    """Whether a model folder lies under :func:`temp_model_base` (made by the widgets before
+    a project was known; it moves into the project when the project is saved)."""
     try:
         Path(path).resolve().relative_to(temp_model_base().resolve())
         return True

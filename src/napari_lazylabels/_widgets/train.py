@@ -224,7 +224,7 @@ class TrainWidget(QWidget):
             wrow.addWidget(sp)
         self.label_mode = QComboBox()
         self.label_mode.addItems(LABEL_MODES)
-        self.model_dir, mrow = path_row("(<project>/models/model once saved, else a temp folder)", self._browse_model_dir)
+        self.model_dir, mrow = path_row("(<project>/models/model once saved, else a new unsaved-models folder)", self._browse_model_dir)
         self.resume = QCheckBox("continue from the folder's latest checkpoint")
         self.resume.setChecked(True)
         self.preview = QCheckBox("preview the current view at each new best model")
