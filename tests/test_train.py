@@ -255,3 +255,34 @@ def test_a_validation_set_of_its_own_leaves_every_labelled_image_for_training(tm
     own = fit(ds, tmp_path / "b", mc, cfg, validation=blobs(1, seed=3))
     saved = ck.load_checkpoint(own.latest).train_config
     assert len(saved["train_images"]) == 6 and len(saved["val_images"]) == 1
+
+
+def _many(n, n_strong):
+    det = np.zeros((16, 16), np.uint8)
+    det[2:5, 2:5], det[10:12, 10:12] = 2, 1
+    seg = np.ones((16, 16), np.uint8)
+    seg[2:6, 2:6] = 2
+    return LazyDataset(ClassSpec(("background", "blob")), [
+        Sample(f"im{i:02d}", np.zeros((16, 16), np.uint8), detection=det, segmentation=seg if i < n_strong else None)
+        for i in range(n)
+    ])
+
+
+def test_split_keeps_the_exact_masks_for_training():
+    """Few exact masks are never held out; many give one in five to validation (a dice on
+    objects); the split's draw is apart from a simulation's with the same seed (there, seed 0
+    chose the same 4 of 38 DSB images for exact masks and for validation: all held out)."""
+    from napari_lazylabels.core.labels import SEGMENTATION
+    from napari_lazylabels.core.train import _split
+
+    for seed in range(5):
+        train, val = _split(_many(38, 4), TrainConfig(seed=seed))
+        assert len(val) == 4 and all(SEGMENTATION not in s.tasks() for s in val)
+        assert sum(SEGMENTATION in s.tasks() for s in train) == 4
+        train, val = _split(_many(65, 10), TrainConfig(seed=seed))
+        assert len(val) == 2 and all(SEGMENTATION in s.tasks() for s in val)
+        assert sum(SEGMENTATION in s.tasks() for s in train) == 8 and len(train) == 63
+    # the same seed's permutation (what `lazylabels simulate --seed 0` draws) is not the split's
+    first = set(np.random.default_rng(0).permutation(38)[:4])
+    train, val = _split(_many(38, 0), TrainConfig(seed=0))
+    assert {int(s.name[2:]) for s in val} != first

@@ -83,8 +83,10 @@ class TrainConfig:
         channels_last: channels-last memory format (faster with bf16 on CPU and GPU).
         augment: patch sampling and augmentation.
         val_fraction: share of images held out for validation when no validation set is given
-            (only when at least 5 images are labelled; otherwise validation uses the training
-            images' own labels).
+            and fewer than 5 images have exact masks (then none of those is held out); with 5
+            or more, one in 5 of the exact-mask images is held out instead (:func:`_split`).
+            Only when at least 5 images are labelled; otherwise validation uses the training
+            images' own labels.
         val_every: validate every this many iterations and at the end; 0 turns validation
             off (``best.pt`` is then the last model).
         seed: seeds the sampler, the split and torch.
@@ -307,15 +309,34 @@ def infer_model_config(
     )
 
 
+#: exact-mask images a validation split may take: one in this many (at least 1 when there are
+#: this many), so the segmentation task keeps most of the few exact masks it learns from
+EXACT_PER_HELD_OUT = 5
+#: the split's random stream is apart from the seed's other uses (an image set simulated with
+#: the same seed draws its exact-mask images from ``default_rng(seed)``)
+_SPLIT_STREAM = 0x5B17
+
+
 def _split(dataset: LazyDataset, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """``(train, validation)`` samples when no validation set is given.
+
+    With at least :data:`EXACT_PER_HELD_OUT` exact-mask images, validation holds out one in
+    that many of them (and nothing else), so the score is a dice of the objects and the
+    segmentation task keeps the rest; with fewer, ``cfg.val_fraction`` of the images without
+    exact masks are held out and scored on their marks, and every exact mask is trained on.
+    Fewer than 5 labelled images: no split (validation then reads the training images).
+    """
     labelled = [s for s in dataset if s.tasks()]
     if len(labelled) < 5 or cfg.val_fraction <= 0:
         return labelled, []
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng((cfg.seed, _SPLIT_STREAM))
     strong = [s for s in labelled if SEGMENTATION in s.tasks()]
-    # Never hold out the few exact masks: they are what the segmentation task learns from.
-    pool = [s for s in labelled if s not in strong] if len(strong) <= 3 else labelled
-    n_val = min(len(pool) - 1, max(1, round(cfg.val_fraction * len(labelled))))
+    if len(strong) >= EXACT_PER_HELD_OUT:
+        pool, n_val = strong, len(strong) // EXACT_PER_HELD_OUT
+    else:
+        names = {s.name for s in strong}
+        pool = [s for s in labelled if s.name not in names]
+        n_val = min(len(pool) - 1, max(1, round(cfg.val_fraction * len(labelled))))
     if n_val < 1:
         return labelled, []
     val_names = {pool[i].name for i in rng.permutation(len(pool))[:n_val]}
