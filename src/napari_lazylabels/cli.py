@@ -17,7 +17,7 @@ from pathlib import Path
 log = logging.getLogger("napari_lazylabels")
 
 EPILOG_SIMULATE = """examples:
-  lazylabels simulate ../shared/data/isbi2012-dev --out runs/isbi-lazy --strong-fraction 0.1 --seed 0
+  lazylabels simulate ground_truth/ --out runs/isbi-lazy --strong-fraction 0.1 --seed 0   # images/ + masks/
   lazylabels simulate masks/ --images images/ --out runs/lazy --strong-fraction 0.05
 """
 EPILOG_TRAIN = """examples:
@@ -40,7 +40,7 @@ and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network.
   lazylabels instances runs/pred --split-necks 1.5 --images im0 im1
 """
 EPILOG_EVALUATE = """examples:
-  lazylabels evaluate runs/pred ../shared/data/isbi2012-dev/masks
+  lazylabels evaluate runs/pred ground_truth/masks
   lazylabels evaluate runs/pred gt_masks/ --json runs/scores.json
 GT_DIR holds instance masks (0 = background, 1..N = objects) named like the images.
 """
