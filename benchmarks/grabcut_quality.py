@@ -130,7 +130,8 @@ def summarise(rows: list[dict]) -> str:
     unl = sum(r["unlabelled"] for r in rows)
     return (
         f"objects {len(iou):5d}  IoU mean {iou.mean():.3f} median {np.median(iou):.3f} "
-        f"p10 {np.percentile(iou, 10):.3f}  bg written {bg / px:6.1%} of image, "
+        f"p10 {np.percentile(iou, 10):.3f}  bg written {bg / max(1, len(rows)):6.0f} px/image "
+        f"({bg / px:5.1%}), "
         f"{on / max(1, bg):6.1%} on objects  unlabelled {unl / px:6.1%}"
     )
 

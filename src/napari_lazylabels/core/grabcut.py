@@ -31,12 +31,13 @@ An enclosed object's foreground is GrabCut's, kept within 2 px of the region, pl
 of it. Where the foregrounds of several objects overlap, a pixel goes to the object whose mark
 is nearest; every mark stays its own object's.
 
-Background (value 1) is written only where GrabCut is *confident*: a pixel that every
-refined window over it leaves out, whose colour is unlike that window's mark and far likelier under
-GrabCut's background model than its foreground model, that is no object's mark or foreground
-and lies in no window of an object not refined in this run. Everything else that is not an
-object stays 0 (not annotated), so an unmarked neighbouring cell never becomes background; the
-user's background scribbles are always background.
+Background (value 1) is written only where GrabCut is *confident*: a pixel that a refined
+window leaves out, whose colour is unlike that window's mark and far likelier under GrabCut's
+background model than under its foreground model; and only where no refined window's object
+may cover it (its foreground, or a colour like its mark), on no object's mark, and in no
+window of an object not refined in this run. Everything else that is not an object stays 0
+(not annotated), so an unmarked neighbouring cell of the objects' colour does not become
+background; the user's background scribbles are always background.
 
 As the paper notes, GrabCut works well on isolated objects and less well on touching objects
 with inhomogeneous boundaries; the result is meant to be corrected by hand.
@@ -398,8 +399,10 @@ def _grabcut_object(
         config: settings.
 
     Returns:
-        ``(fg, confident_bg)``, ``(h, w)`` bool each: the object's foreground (always contains
-        ``mark``) and the pixels this window is confident are background.
+        ``(fg, confident_bg, veto)``, ``(h, w)`` bool each: the object's foreground (always
+        contains ``mark``), the pixels this window is confident are background, and the
+        pixels its object may cover (its foreground and colours like its mark), where no
+        other window may write background.
     """
     h, w = mark.shape
     radius = config.band_radius(obj.extent)
@@ -426,7 +429,7 @@ def _grabcut_object(
             n_fg,
             n_bg,
         )
-        return (region if enclosed else mark.copy()), nothing
+        return (region if enclosed else mark.copy()), nothing, ~nothing
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
     if config.seed is not None:
@@ -442,7 +445,7 @@ def _grabcut_object(
             obj.value,
             exc,
         )
-        return mark.copy(), nothing
+        return mark.copy(), nothing, ~nothing
     cut = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     fg = (cut & ~sure_bg) | mark
     if enclosed:  # GrabCut does not run past the region's outline (a membrane, an edge)
@@ -462,7 +465,7 @@ def _grabcut_object(
     llr = cv2.blur(np.clip(llr, -50, 50).astype(np.float32), (5, 5))
     unlike = ~_like_mark(smooth, mark, 2 * config.like_mark)
     confident = ~cut & ~fg & unlike & (llr > np.log(config.background_ratio))
-    return fg, confident
+    return fg, confident, fg | ~unlike
 
 
 def _window(
@@ -605,7 +608,7 @@ def refine_iter(
     fg_dist = np.full(shape, np.inf, np.float32)  # distance to that owner's mark
     ref_dist = np.full(shape, np.inf, np.float32)  # distance to the nearest chosen mark
     bg_vote = np.zeros(shape, bool)  # some window is confident the pixel is background
-    bg_veto = np.zeros(shape, bool)  # some window is not
+    bg_veto = np.zeros(shape, bool)  # some window's object may cover it
     windows: list[tuple[slice, slice]] = []
     processed = np.zeros(len(all_objects) + 1, bool)  # by object index + 1
 
@@ -626,7 +629,7 @@ def refine_iter(
             if enclosed or not edge.any() or attempt == config.grow_window:
                 break
             margin *= 2
-        fg, confident = _grabcut_object(
+        fg, confident, veto = _grabcut_object(
             rgb[win], smooth[win], mark, sure_bg, region, enclosed, edge, obj, config
         )
 
@@ -637,12 +640,13 @@ def refine_iter(
         fd[take] = dist[take]
         np.minimum(ref_dist[win], dist, out=ref_dist[win])
         bg_vote[win] |= confident
-        bg_veto[win] |= ~confident
+        bg_veto[win] |= veto
         windows.append(win)
         processed[obj.index + 1] = True
         yield (done, total)
 
-    # Background needs every window over the pixel to agree, and is never written on a mark
+    # Background needs a confident window and no window whose object may cover the pixel
+    # (its foreground, or a colour like its mark), and is never written on a mark
     # or inside the window of an object not refined now (its own run decides there).
     background = bg_vote & ~bg_veto & (ids == 0)
     for o in all_objects:
