@@ -1168,6 +1168,7 @@ class Predictor:
                     yield from _iter_resize_maps(arr, dst if dst.ndim == 3 else dst[None])
                 del small, arr
             result = outputs
+        del src  # the normalised input (4 bytes per pixel) is not needed after the tiles
         probs = result[PROBABILITIES]
         classes = yield from _iter_argmax_rows(probs)
         interfaces = result.get(INTERFACES)
