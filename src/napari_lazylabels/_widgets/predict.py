@@ -12,10 +12,11 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -30,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import _layers
+from . import _common, _layers
 from ._common import (
     limit_torch_threads,
     notify_errors,
@@ -45,27 +46,96 @@ log = logging.getLogger(__name__)
 
 # PredictConfig.tta choices (the default, 4, is preselected; kept equal by a test).
 TTA_ITEMS = ("1 (off)", "2", "4", "8")
-# PredictConfig.large_image_tta choices ("same": the orientations above for every size).
+# PredictConfig.large_image_tta choices ("same": the orientations above for every size), its
+# default and PredictConfig.large_image_pixels (the engine's, kept equal by a test: importing
+# the engine here would import torch on the GUI thread when the widget is created).
 LARGE_TTA_ITEMS = ("1", "2", "4", "same")
+LARGE_IMAGE_TTA = 2
+LARGE_TTA_PIXELS = 2048 * 2048
+
+
+def _import_post_processing() -> None:
+    """The imports a prediction needs beyond torch and the engine: the instance step's
+    scikit-image parts and what napari imports for its first Labels layer (pandas, scipy and
+    scikit-image modules)."""
+    import pandas  # noqa: F401
+    import skimage.color  # noqa: F401
+    import skimage.exposure  # noqa: F401
+    from skimage.morphology import h_maxima  # noqa: F401 - imported lazily by the instance step
+    from skimage.segmentation import watershed  # noqa: F401
+
+
+def _warm_post_processing() -> None:
+    """Background thread: after the shared warm-up (torch and the engine), the imports of
+    :func:`_import_post_processing`, with the collector off (importing creates many objects
+    and full collections would hold the interpreter lock)."""
+    from ._common import _WARM
+
+    _WARM.wait()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _import_post_processing()
+    except BaseException as e:  # noqa: BLE001 - the main-thread warm-up imports again and reports
+        log.warning("warming up the prediction imports failed: %s", e)
+    finally:
+        if was_enabled:
+            gc.enable()
+        _POST_WARM.set()
+
+
+_POST_WARM = threading.Event()
+_POST_WARM_LOCK = threading.Lock()
+_POST_WARM_STARTED = False
+
+
+def start_warm_up() -> None:
+    """Start importing everything a prediction needs in background threads, once per process
+    (the widget calls it when the viewer has drawn it): torch and the engine
+    (:func:`._common.start_warm_up`, shared with the Train widget), then the post-processing
+    and napari's Labels imports. Imports on the main thread froze the viewer for seconds."""
+    global _POST_WARM_STARTED
+    _common.start_warm_up()
+    with _POST_WARM_LOCK:
+        if _POST_WARM_STARTED:
+            return
+        _POST_WARM_STARTED = True
+    threading.Thread(target=_warm_post_processing, name="lazylabels-predict-warm-up", daemon=True).start()
+
+
+def when_warm(callback, poll_ms: int = 30) -> None:
+    """Call ``callback()`` on the main thread once :func:`start_warm_up` has finished, without
+    blocking the event loop meanwhile."""
+    from qtpy.QtCore import QTimer
+
+    start_warm_up()
+    if _POST_WARM.is_set():
+        callback()
+        return
+
+    def poll():
+        if _POST_WARM.is_set():
+            callback()
+        else:
+            QTimer.singleShot(poll_ms, poll)
+
+    QTimer.singleShot(poll_ms, poll)
 
 
 def warm_imports() -> None:
-    """Import what a prediction needs on the calling (main) thread, once, when the widget is
-    created: importing torch off the main thread still holds the interpreter lock in long
-    stretches, and napari imports its labels machinery (pandas among it) when the first Labels
-    layer is made, which the first Predict did on the main thread (docs/benchmarks.md,
-    "Prediction in the viewer")."""
+    """Everything a prediction needs, imported on the calling thread if the background warm-up
+    has not done it yet, and napari's first Labels layer made (the first one imports the rest
+    of napari's labels machinery: made here, not when the first prediction is pushed)."""
     global _WARMED
     if _WARMED:
         return
     import torch  # noqa: F401
     from napari.layers import Labels
-    from skimage.morphology import h_maxima  # noqa: F401 - imported lazily by the instance step
-    from skimage.segmentation import watershed  # noqa: F401
 
     from ..core import checkpoint, predict  # noqa: F401
 
-    Labels(np.zeros((2, 2), np.uint8))  # napari imports the labels machinery on the first one
+    _import_post_processing()
+    Labels(np.zeros((2, 2), np.uint8))
     _WARMED = True
 
 
@@ -251,7 +321,7 @@ class PredictionRunner:
         self._pending: list = []  # ("layer", layer data tuple) to push, ("done", on_result) marks
         self._batch: list = []  # the layers pushed since the last mark
         self._worker_done = False
-        self._frozen = False
+        self.waiting = False  # run() was called; the worker starts when the imports are warm
 
     def run(self, image_layers, model_path) -> None:
         """Start predicting ``image_layers`` with the model at ``model_path``."""
@@ -265,12 +335,33 @@ class PredictionRunner:
         ]
         if not jobs:
             raise ValueError("Choose at least one image layer to predict.")
-        warm_imports()
-        limit_torch_threads()
-        worker = thread_worker(_predict_worker_fn, start_thread=False)(
-            str(model_path), self.device, self.tile, jobs, self.post, self.tta, self.large_tta, self._stop.is_set
-        )
-        self._start(worker, "Prediction", "Predicting")
+
+        def launch():
+            self.waiting = False
+            if self._stop.is_set():  # stopped before it started
+                self.stopped = True
+                if self.on_stopped is not None:
+                    self.on_stopped(jobs[0][0])
+                self._finish_now()
+                return
+            try:
+                warm_imports()  # the rest, if the background warm-up failed
+                limit_torch_threads()
+                worker = thread_worker(_predict_worker_fn, start_thread=False)(
+                    str(model_path), self.device, self.tile, jobs, self.post, self.tta, self.large_tta,
+                    self._stop.is_set,
+                )
+                self._start(worker, "Prediction", "Predicting")
+            except Exception as e:  # noqa: BLE001 - every error must reach the user
+                log.exception("starting the prediction failed")
+                show_error(f"Prediction failed: {e}")
+                self._finish_now()
+
+        # The first Predict of a session waits for the background imports without blocking.
+        self.waiting = True
+        if self.on_progress is not None and not _POST_WARM.is_set():
+            self.on_progress(jobs[0][0], "importing torch and scikit-image", 0, 1)
+        when_warm(launch)
 
     def resplit(self, image_names, settings: dict) -> None:
         """Instances again for ``image_names`` from their ``"<image> classes"`` and
@@ -313,9 +404,8 @@ class PredictionRunner:
         # thousands with torch loaded) holding the interpreter lock, and the worker's
         # allocations trigger them: the viewer froze that long, repeatedly, while predicting
         # (docs/benchmarks.md, "Prediction in the viewer"). Objects that exist now are set
-        # aside until the worker ends.
+        # aside for good, as the shared warm-up does (unfreezing would hand its objects back).
         gc.freeze()
-        self._frozen = True
         self._pbar = progress(total=0, desc=desc)
         worker.yielded.connect(self._on_yield)
         worker.errored.connect(lambda e: show_error(f"{what} failed: {e}"))
@@ -327,8 +417,12 @@ class PredictionRunner:
     def stop(self) -> None:
         """Ask the worker to stop: it checks between the network passes of a batch of tiles
         (one orientation of at most a few tiles) and in every step after the tiles."""
-        if self.worker is not None:
+        if self.worker is not None or self.waiting:
             self._stop.set()
+
+    def is_busy(self) -> bool:
+        """Waiting for the imports, predicting, or pushing layers."""
+        return self.waiting or self.worker is not None
 
     def _on_yield(self, item) -> None:
         kind = item[0]
@@ -394,15 +488,11 @@ class PredictionRunner:
     def _finish_now(self) -> None:
         """The worker has ended and its layers are pushed: ``worker`` becomes ``None``."""
         self.worker = None
-        if self._frozen:
-            gc.unfreeze()
-            self._frozen = False
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
             pbar.close()
         if self.on_finished is not None:
             self.on_finished()
-
 
 
 class PredictWidget(QWidget):
@@ -429,9 +519,6 @@ class PredictWidget(QWidget):
             "class probabilities are averaged. More orientations: somewhat more accurate, "
             "proportionally slower (1 = off, fastest)."
         )
-        from ..core.predict import LARGE_IMAGE_TTA, LARGE_TTA_PIXELS
-
-        self.large_pixels = LARGE_TTA_PIXELS
         self.large_tta = QComboBox()
         self.large_tta.addItems(LARGE_TTA_ITEMS)
         self.large_tta.setCurrentText(str(LARGE_IMAGE_TTA))
@@ -495,8 +582,10 @@ class PredictWidget(QWidget):
         lay.addStretch(1)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed, napari_viewer.layers.events.changed):
             ev.connect(self.refresh)
-        warm_imports()  # here, at the plugin's load, rather than in the first Predict's worker
+        # imports off the GUI thread before the first Predict, once the dock is drawn
+        QTimer.singleShot(500, start_warm_up)
         self._started = 0.0
+        self._waiting = False  # Predict pressed, waiting for the warm-up
         sess = session(napari_viewer)
         sess.listeners.append(self._on_model)
         if sess.model_dir is not None:
@@ -535,7 +624,7 @@ class PredictWidget(QWidget):
     @notify_errors
     def run(self, *_) -> None:
         """Predict the checked images in the background."""
-        if self.runner is not None and self.runner.worker is not None:
+        if self.is_running():
             show_info("A prediction is already running.")
             return
         path = self.model_dir.text().strip() or None
@@ -597,7 +686,7 @@ class PredictWidget(QWidget):
             self.runner.stop()
 
     def is_running(self) -> bool:
-        return self.runner is not None and self.runner.worker is not None
+        return self.runner is not None and self.runner.is_busy()
 
     def _stopped(self, name: str) -> None:
         last = self.runner.last_progress if self.runner is not None else None
