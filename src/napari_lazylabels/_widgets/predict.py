@@ -273,10 +273,11 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
 class PredictionRunner:
     """Runs a prediction worker for some image layers and pushes the layers back.
 
-    Everything slow runs in the worker: imports are warmed when the widget is created
-    (:func:`warm_imports`), the model loads, tiles, post-processing and the layer data (the
-    arrays shown) are made there; the main thread only adds the layers the first time and
-    swaps their data afterwards (the same layer objects), one layer per turn of the event loop.
+    Everything slow runs off the GUI thread: imports in the warm-up threads
+    (:func:`start_warm_up`; :meth:`run` waits for them without blocking), and in the worker:
+    loading the model, the tiles, post-processing and the layer data (the arrays shown). The
+    main thread only adds the layers the first time and swaps their data afterwards (the same
+    layer objects), one layer per turn of the event loop.
 
     Args:
         viewer: the napari viewer.
@@ -585,7 +586,6 @@ class PredictWidget(QWidget):
         # imports off the GUI thread before the first Predict, once the dock is drawn
         QTimer.singleShot(500, start_warm_up)
         self._started = 0.0
-        self._waiting = False  # Predict pressed, waiting for the warm-up
         sess = session(napari_viewer)
         sess.listeners.append(self._on_model)
         if sess.model_dir is not None:
