@@ -638,10 +638,15 @@ class PredictWidget(QWidget):
 
         layers = self.chosen_layers()
         self.runner = self._runner()
-        self.runner.run(layers, path)
-        self._busy(True)
         self._started = time.perf_counter()
         self.status.setText(f"Predicting {len(layers)} image layer(s)…")
+        self._busy(True)
+        try:
+            self.runner.run(layers, path)  # the first of a session may say "importing ..." first
+        except Exception:
+            self._busy(False)
+            self.runner = None
+            raise
 
     def instance_settings(self) -> dict:
         """The instance settings of the form (``None`` for auto)."""
