@@ -73,6 +73,7 @@ def test_progress_names_every_phase_and_layers_are_updated_in_place(make_napari_
     qtbot.waitUntil(lambda: pw.runner.worker is not None, timeout=60_000)
     assert gc.get_freeze_count() > frozen  # full collections skip the viewer's objects
     qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert gc.get_freeze_count() == 0  # and collect them again afterwards
     phases = [s.split(": ", 1)[1].rsplit(" ", 1)[0] for s in seen if s.startswith("im: ")]
     phases = [p for p in phases if not p.startswith("importing")]  # the first Predict of a session
     assert phases[0] == "loading" and phases[1].startswith("tiles (1 orientation")

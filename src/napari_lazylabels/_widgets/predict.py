@@ -79,6 +79,10 @@ def _warm_post_processing() -> None:
     except BaseException as e:  # noqa: BLE001 - the main-thread warm-up imports again and reports
         log.warning("warming up the prediction imports failed: %s", e)
     finally:
+        # the imported objects straight to the oldest generation, as the shared warm-up does:
+        # the young collections would otherwise walk them all, holding the interpreter lock
+        gc.freeze()
+        gc.unfreeze()
         if was_enabled:
             gc.enable()
         _POST_WARM.set()
@@ -322,6 +326,7 @@ class PredictionRunner:
         self._pending: list = []  # ("layer", layer data tuple) to push, ("done", on_result) marks
         self._batch: list = []  # the layers pushed since the last mark
         self._worker_done = False
+        self._frozen = False
         self.waiting = False  # run() was called; the worker starts when the imports are warm
 
     def run(self, image_layers, model_path) -> None:
@@ -405,8 +410,10 @@ class PredictionRunner:
         # thousands with torch loaded) holding the interpreter lock, and the worker's
         # allocations trigger them: the viewer froze that long, repeatedly, while predicting
         # (docs/benchmarks.md, "Prediction in the viewer"). Objects that exist now are set
-        # aside for good, as the shared warm-up does (unfreezing would hand its objects back).
+        # aside until the run ends (for good, a removed layer in a reference cycle could never
+        # be freed).
         gc.freeze()
+        self._frozen = True
         self._pbar = progress(total=0, desc=desc)
         worker.yielded.connect(self._on_yield)
         worker.errored.connect(lambda e: show_error(f"{what} failed: {e}"))
@@ -489,6 +496,9 @@ class PredictionRunner:
     def _finish_now(self) -> None:
         """The worker has ended and its layers are pushed: ``worker`` becomes ``None``."""
         self.worker = None
+        if self._frozen:
+            gc.unfreeze()  # into the oldest generation, collected again from now on
+            self._frozen = False
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
             pbar.close()
