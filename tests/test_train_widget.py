@@ -281,3 +281,31 @@ def test_unsaved_models_are_not_kept_in_the_temp_folder(monkeypatch):
     assert Path(tempfile.gettempdir()) not in base.parents and base.name == "unsaved-models"
     monkeypatch.setenv("LAZYLABELS_MODEL_DIR", "/somewhere/models")
     assert _common.temp_model_base() == Path("/somewhere/models")
+
+
+@pytest.mark.gui
+def test_file_save_with_the_plugin_writer_moves_the_model(make_napari_viewer, qtbot, tmp_path, shown, monkeypatch):
+    """File > Save (napari's writer path) takes the model into the saved project too."""
+    from pathlib import Path
+
+    from napari_lazylabels._widgets import _common
+    from napari_lazylabels._widgets.annotate import AnnotationWidget
+    from napari_lazylabels._widgets.train import TrainWidget
+
+    monkeypatch.setenv("LAZYLABELS_MODEL_DIR", str(tmp_path / "unsaved"))
+    viewer = make_napari_viewer(show=True)
+    s = make_sample("cells")
+    viewer.add_image(s.image, name="cells")
+    tasks = AnnotationWidget(viewer).create_layers()
+    rr, cc = np.nonzero(s.detection)
+    tasks["detection"].data_setitem((rr, cc), s.detection[rr, cc])
+    tw = TrainWidget(viewer)
+    _tiny(tw, iterations=2)
+    tw.start()
+    _idle(qtbot, tw)
+    assert _common.is_temporary(tw.last_result_dir)
+    viewer.layers.select_all()
+    (saved,) = viewer.layers.save(str(tmp_path / "proj"), selected=True, plugin="napari-lazylabels")
+    model = Path(saved) / "models" / "model"
+    assert (model / "best.pt").exists() and tw.model_dir.text() == str(model)
+    assert not any((tmp_path / "unsaved").iterdir())
