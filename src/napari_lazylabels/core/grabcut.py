@@ -33,7 +33,9 @@ is nearest; every mark stays its own object's.
 
 Background (value 1) is written only where GrabCut is *confident*: a pixel that a refined
 window leaves out, whose colour is unlike that window's mark and far likelier under GrabCut's
-background model than under its foreground model; and only where no refined window's object
+background model than under its foreground model (in a *dense* window, one filled with other
+objects of the mark's colour, only in a ring around the object); and only where no refined
+window's object
 may cover it (its foreground, or a colour like its mark), on no object's mark, and in no
 window of an object not refined in this run. Everything else that is not an object stays 0
 (not annotated), so an unmarked neighbouring cell of the objects' colour does not become
@@ -116,6 +118,10 @@ class GrabCutConfig:
             colour is unlike the mark's (twice ``like_mark``) and at least this many times
             likelier under GrabCut's background model than under its foreground model
             (5 x 5 mean of the log ratio).
+        dense_share: a window is *dense* when more than this share of it, outside the
+            object, is coloured like the mark (twice ``like_mark``): other objects fill it.
+        dense_ring: in a dense window, confident background only within this many pixels
+            of the object's foreground (its membrane or outline).
         fill_holes: fill holes of an object's foreground (never over background scribbles
             or other objects' marks).
         percentiles: low and high intensity percentiles mapped to 0 and 255 when the image
@@ -143,6 +149,8 @@ class GrabCutConfig:
     percentiles: tuple[float, float] = (1.0, 99.8)
     seed: int | None = 0
     background_ratio: float = 20.0
+    dense_share: float = 0.25
+    dense_ring: int = 6
 
     def __post_init__(self) -> None:
         if self.margin < 1:
@@ -155,6 +163,8 @@ class GrabCutConfig:
             raise ValueError("probable_radius and probable_fraction must be >= 0.")
         if self.like_mark <= 0 or self.smooth < 0 or self.neck < 0 or self.neck_fraction < 0:
             raise ValueError("like_mark must be > 0; smooth, neck and neck_fraction >= 0.")
+        if not 0 <= self.dense_share <= 1 or self.dense_ring < 1:
+            raise ValueError("dense_share must lie in [0, 1] and dense_ring be >= 1 pixel.")
         if not 0 <= self.enclosed_edge <= 1 or self.grow_window < 0:
             raise ValueError("enclosed_edge must lie in [0, 1] and grow_window be >= 0.")
         if self.background_ratio < 1:
@@ -465,6 +475,11 @@ def _grabcut_object(
     llr = cv2.blur(np.clip(llr, -50, 50).astype(np.float32), (5, 5))
     unlike = ~_like_mark(smooth, mark, 2 * config.like_mark)
     confident = ~cut & ~fg & unlike & (llr > np.log(config.background_ratio))
+    # In a dense window (much of it coloured like the mark: other cells), what lies beyond the
+    # object's own outline is other objects as likely as background; keep only the ring of
+    # ``dense_ring`` px around the object's foreground (its membrane).
+    if (~unlike & ~fg).sum() > config.dense_share * unlike.size:
+        confident &= cv2.dilate(fg.astype(np.uint8), _disk(config.dense_ring)).astype(bool)
     return fg, confident, fg | ~unlike
 
 
