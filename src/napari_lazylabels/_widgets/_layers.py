@@ -744,6 +744,17 @@ def _with_image_geometry(viewer, data, kwargs: dict, layer_type: str) -> dict:
     return {**kwargs, **geometry_kwargs(image, ndim=ndim)}
 
 
+def _same(current, wanted) -> bool:
+    """A layer property equals a wanted value (arrays element-wise, units by their names)."""
+    try:
+        if isinstance(wanted, (str, bytes)) or any(isinstance(v, str) for v in np.ravel(np.asarray(wanted, object))):
+            return tuple(str(u) for u in np.ravel(np.asarray(current, object))) == tuple(
+                str(u) for u in np.ravel(np.asarray(wanted, object)))
+        return np.allclose(np.asarray(current, float), np.asarray(wanted, float))
+    except (TypeError, ValueError):
+        return False
+
+
 def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
     """Add layers, or update the existing layer of the same name and type in place.
 
@@ -761,10 +772,13 @@ def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
         name = kwargs.get("name")
         existing = viewer.layers[name] if name in viewer.layers else None
         if existing is not None and existing.__class__.__name__.lower() == layer_type and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
-            existing.data = data
-            for key in ("scale", "translate", "units", "features"):
-                if key in kwargs and hasattr(existing, key):
+            # geometry first and only where it differs: each change redraws the layer
+            for key in ("scale", "translate", "units"):
+                if key in kwargs and hasattr(existing, key) and not _same(getattr(existing, key), kwargs[key]):
                     setattr(existing, key, kwargs[key])
+            existing.data = data
+            if "features" in kwargs and hasattr(existing, "features"):
+                existing.features = kwargs["features"]
             if "metadata" in kwargs:
                 existing.metadata.update(kwargs["metadata"])
             out.append(existing)
