@@ -226,3 +226,28 @@ def test_the_form_shows_the_engines_large_image_rule_without_importing_it(make_n
     assert predict.LARGE_TTA_PIXELS == PredictConfig().large_image_pixels
     pw = predict.PredictWidget(make_napari_viewer(show=True))
     assert pw.large_tta.currentText() == str(PredictConfig().large_image_tta)
+
+
+def test_the_model_says_what_it_is_worth(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Predict shows the model's stored validation score and its warnings, once each as a
+    notification: here an RGB model never trained (0 iterations) meets a gray image."""
+    import napari.utils.notifications as notifications
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=3, n_classes=2, widths=(4, 8), size="custom")
+    save_checkpoint(tmp_path / "rgb" / "best.pt", build_model(cfg), cfg, ClassSpec(names=("background", "cell")),
+                    iteration=0, metrics={"best_metric": 0.41, "dice": 0.41, "n": 2, "measure": "exact masks",
+                                          "trivial": 0.2, "foreground": 0.3})
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_image(96), name="gray")
+    pw = _widget(viewer, tmp_path / "rgb")
+    for _ in range(2):
+        pw.run()
+        qtbot.waitUntil(lambda: pw.runner.worker is not None, timeout=60_000)
+        qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    text = pw.model_info.text()
+    assert "Model: 0 iterations, best validation dice 0.410 on exact masks of 2 images" in text
+    assert "weak" in text and "colour (RGB)" in text and "only 0 iterations" in text
+    assert len(shown) == 3 and len(set(shown)) == 3  # once each, not again on the second run

@@ -208,6 +208,7 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
             extra["batch_size"] = CPU_BATCH
         predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
         settings = predictor.instance_settings()
+        yield ("model", *_model_report(ck, jobs))
         for name, planes in jobs:
             preds = []
             for i, plane in enumerate(planes):
@@ -233,6 +234,22 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
         yield ("stopped", name)
     except RuntimeError as e:  # superqt drops a worker's RuntimeError without "finished"
         raise WorkerError(str(e)) from e
+
+
+def _model_report(ck, jobs) -> tuple[str, list[str]]:
+    """``(one line on what the model is worth, [warnings])`` for a loaded checkpoint and the
+    ``jobs`` about to be predicted (a colour model on gray images is named: it runs, on
+    three equal channels it never saw)."""
+    from ..core.quality import describe_score, warnings_for
+
+    notes = list(warnings_for(ck.metrics, ck.iteration))
+    gray = [name for name, planes in jobs if planes and planes[0].ndim == 2]
+    if ck.model_config.in_channels == 3 and gray:
+        notes.append(
+            f"The model was trained on colour (RGB) images; {', '.join(gray)} is gray, so each pixel is "
+            "repeated into three equal channels the model never saw. Train a model on gray images for it."
+        )
+    return f"Model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}", notes
 
 
 class WorkerError(Exception):
@@ -297,13 +314,15 @@ class PredictionRunner:
             ``"classes"``, ``"instances"``, ...
         on_result: called with the list of layers pushed for one image.
         on_stopped: called with ``(image name)`` when a Stop ended the worker.
+        on_model: called with ``(line, [warnings])`` once the model is loaded: what its
+            validation score measures and what is wrong with it, if anything.
         post: instance settings (:class:`PredictConfig` fields ``interface_threshold``,
             ``min_object_size``, ``neck_depth``); default: the model's defaults.
     """
 
     def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None,
                  on_result=None, post: dict | None = None, tta: int | None = None, large_tta="default",
-                 on_stopped=None) -> None:
+                 on_stopped=None, on_model=None) -> None:
         import threading
 
         self.viewer = viewer
@@ -316,6 +335,7 @@ class PredictionRunner:
         self.on_progress = on_progress
         self.on_result = on_result
         self.on_stopped = on_stopped
+        self.on_model = on_model
         self.worker = None
         self.pushed: list[str] = []
         self.stopped = False
@@ -454,6 +474,10 @@ class PredictionRunner:
                 if done != pbar.n:
                     pbar.update(done - pbar.n)
             return
+        if kind == "model":
+            if self.on_model is not None:
+                self.on_model(item[1], item[2])
+            return
         if kind == "stopped":
             self.stopped = True
             if self.on_stopped is not None:
@@ -574,6 +598,9 @@ class PredictWidget(QWidget):
         self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Predict", self.run, self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.model_info = QLabel("")  # what the model is worth (its validation score, warnings)
+        self.model_info.setWordWrap(True)
+        self._warned: set = set()
         form = QFormLayout()
         form.addRow("model", mrow)
         form.addRow("device", self.device)
@@ -589,6 +616,7 @@ class PredictWidget(QWidget):
         lay.addWidget(self.images)
         lay.addLayout(form)
         lay.addLayout(self._run_row)
+        lay.addWidget(self.model_info)
         lay.addWidget(self.status)
         lay.addStretch(1)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed, napari_viewer.layers.events.changed):
@@ -686,10 +714,21 @@ class PredictWidget(QWidget):
             self.viewer, self.device.currentText(), self.tile.value(), on_finished=self._finished,
             on_progress=lambda n, ph, d, t: self.status.setText(_status(n, ph, d, t)),
             on_result=lambda layers: self.status.setText("Updated: " + ", ".join(ly.name for ly in layers)),
-            on_stopped=self._stopped,
+            on_stopped=self._stopped, on_model=self._model_report,
             post=self.instance_settings(), tta=int(self.tta.currentText().split()[0]),
             large_tta=None if self.large_tta.currentText() == "same" else int(self.large_tta.currentText()),
         )
+
+    def _model_report(self, line: str, warnings: list[str]) -> None:
+        """Show what the model is worth; each warning once per model as a notification."""
+        from napari.utils.notifications import show_warning
+
+        self.model_info.setText("\n".join([line, *(f"Warning: {w}" for w in warnings)]))
+        key = self.model_dir.text()
+        for w in warnings:
+            if (key, w) not in self._warned:
+                self._warned.add((key, w))
+                show_warning(w)
 
     def _busy(self, busy: bool) -> None:
         self.run_btn.setEnabled(not busy)
