@@ -118,8 +118,9 @@ class GrabCutConfig:
             colour is unlike the mark's (twice ``like_mark``) and at least this many times
             likelier under GrabCut's background model than under its foreground model
             (5 x 5 mean of the log ratio).
-        dense_share: a window is *dense* when more than this share of it, outside the
-            object, is coloured like the mark (twice ``like_mark``): other objects fill it.
+        dense_share: a window is *dense* when more than this share of its pixels outside
+            the object's foreground are coloured like the mark (twice ``like_mark``): other
+            objects fill it.
         dense_ring: in a dense window, confident background only within this many pixels
             of the object's foreground (its membrane or outline).
         fill_holes: fill holes of an object's foreground (never over background scribbles
@@ -478,7 +479,7 @@ def _grabcut_object(
     # In a dense window (much of it coloured like the mark: other cells), what lies beyond the
     # object's own outline is other objects as likely as background; keep only the ring of
     # ``dense_ring`` px around the object's foreground (its membrane).
-    if (~unlike & ~fg).sum() > config.dense_share * unlike.size:
+    if (~unlike & ~fg).sum() > config.dense_share * max(1, int((~fg).sum())):
         confident &= cv2.dilate(fg.astype(np.uint8), _disk(config.dense_ring)).astype(bool)
     return fg, confident, fg | ~unlike
 
