@@ -25,8 +25,12 @@ def test_score_on_marks_says_so_and_gives_the_trivial_score():
     everything_object = np.ones((20, 20), np.uint8)
     s = quality.score_sample(everything_object, _sample(det=det), 2)
     assert not s["exact"]
-    # dice of "all object" on the marks: 2 * 16 / (16 + 20)
-    assert s["dice"] == pytest.approx(32 / 36) and s["trivial"] == pytest.approx(32 / 36)
+    # on marks every marked class counts, background too: "all object" scores
+    # (0 + 2 * 16 / (16 + 20)) / 2, not the 0.89 of the object class alone
+    assert s["dice"] == pytest.approx(16 / 36) and s["trivial"] == pytest.approx(16 / 36)
+    good = np.zeros((20, 20), np.uint8)
+    good[2:6, 2:6] = 1
+    assert quality.score_sample(good, _sample(det=det), 2)["dice"] == pytest.approx(1.0)
     m = quality.summarize([s])
     assert m["measure"] == quality.MARKS
     text = quality.describe_score(m)
