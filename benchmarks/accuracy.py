@@ -526,8 +526,10 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         if run.architecture == "multitask":
             balance["balance_smoothing"] = run.balance_smoothing
             balance["task_weights"] = {**dict.fromkeys(TASKS, 1.0), **dict(run.task_weights)}
+        # The method tables keep the optimiser their records were made with (the paper's
+        # constant 2e-4); product_path.py measures the product's defaults.
         cfg = TrainConfig(
-            **balance,
+            **balance, learning_rate=2e-4, lr_schedule="constant",
             iterations=run.iterations, batch_size=BATCH_SIZE, label_mode=mode, device=run.device,
             val_fraction=0.0, val_every=0, seed=run.seed, num_threads=threads,
             augment=AugmentConfig(**augment),

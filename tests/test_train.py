@@ -286,3 +286,18 @@ def test_split_keeps_the_exact_masks_for_training():
     first = set(np.random.default_rng(0).permutation(38)[:4])
     train, val = _split(_many(38, 0), TrainConfig(seed=0))
     assert {int(s.name[2:]) for s in val} != first
+
+
+def test_optimiser_defaults_by_device():
+    """A CPU budget gets Adam 1e-3 decayed over the budget, a GPU the paper's constant 2e-4;
+    what the user sets is kept, and the resolved values are what a checkpoint records."""
+    from napari_lazylabels.core.train import resolve_for_device
+
+    cpu = resolve_for_device(TrainConfig(), "cpu")
+    assert (cpu.learning_rate, cpu.lr_schedule) == (1e-3, "cosine")
+    gpu = resolve_for_device(TrainConfig(), "cuda")
+    assert (gpu.learning_rate, gpu.lr_schedule) == (2e-4, "constant")
+    mine = resolve_for_device(TrainConfig(learning_rate=5e-4, lr_schedule="constant"), "cpu")
+    assert (mine.learning_rate, mine.lr_schedule) == (5e-4, "constant")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=0)

@@ -558,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mask-share", type=float,
                    help="share of each batch drawn from the images with exact masks, when only some "
                         "have them (default 0.5)")
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument("--lr", type=float, help="Adam's learning rate (default: 1e-3 on a CPU, 2e-4 on a GPU)")
+    t.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="default: cosine decay over the budget on a CPU, constant on a GPU")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--no-amp", action="store_true",
                    help="train in float32 (no bf16 autocast; autocast is used on CUDA and on CPUs with native bf16)")
