@@ -130,8 +130,10 @@ def test_training_on_the_cpu_keeps_memory_until_it_ends(tmp_path, fake_libc):
     cfg = ModelConfig(widths=(4, 8), tasks=("detection", "segmentation"))
     fast = dict(iterations=3, batch_size=2, val_every=0, augment={"patch_size": 32}, device="cpu")
 
+    runs = iter(range(100))
+
     def calls_during_and_after(train_config, close_early=False):
-        gen = train_iter(ds, tmp_path / "m", cfg, train_config)
+        gen = train_iter(ds, tmp_path / f"m{next(runs)}", cfg, train_config)  # a new folder each
         for ev in gen:
             if ev.kind == "step":
                 during = list(fake_libc.calls)

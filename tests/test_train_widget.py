@@ -187,6 +187,8 @@ def test_one_click_stop_before_a_model_pushes_nothing_silently(make_napari_viewe
     viewer.open(str(project), plugin="napari-lazylabels")
     w = OneClickWidget(viewer)
     _tiny(w.trainer)
+    if _common._WARM_THREAD is not None:  # a warm-up of an earlier widget must not end it now
+        _common._WARM_THREAD.join(timeout=60)
     _common._WARM.clear()  # as if torch were still being imported
     try:
         w.run()
