@@ -266,3 +266,24 @@ def test_view_region_uses_public_api_only(make_napari_viewer, qtbot):
     # canvas pixels / zoom = world units; / scale 0.5 = image pixels
     assert abs((rows.stop - rows.start) - h / 4.0 / 0.5) <= 2 and abs((rows.start + rows.stop) / 2 - 300) <= 1
     assert abs((cols.stop - cols.start) - w / 4.0 / 0.5) <= 2 and abs((cols.start + cols.stop) / 2 - 250) <= 1
+
+
+@pytest.mark.gui
+def test_grabcut_makes_its_segmentation_layer_on_the_image(make_napari_viewer, qtbot):
+    """GrabCut on an image that has detection marks but no segmentation layer yet: the layer
+    it creates lies over the image (scale, translate, units), like the annotation widget's."""
+    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets.grabcut import GrabCutWidget
+
+    viewer = make_napari_viewer(show=True)
+    image = _scaled_image(viewer)
+    det = np.zeros(image.data.shape, np.uint8)
+    det[100:110, 100:110], det[300:304, 300:304] = 2, 1
+    classes = ClassSpec(("background", "cell"))
+    viewer.add_labels(det, **_layers.labels_layer_kwargs("detection", image.name, classes, geometry=image))
+    gc = GrabCutWidget(viewer)
+    gc.image_combo.refresh()
+    gc.run()
+    qtbot.waitUntil(lambda: gc.worker is None, timeout=60_000)
+    seg = [ly for ly in viewer.layers if ly.name.startswith("segmentation")]
+    assert len(seg) == 1 and _geometry(seg[0]) == _geometry(image)

@@ -20,7 +20,14 @@ from qtpy.QtWidgets import (
 
 from ..core.labels import DETECTION, SEGMENTATION
 from . import _layers
-from ._common import LayerCombo, notify_errors, run_stop_buttons, show_error, show_info
+from ._common import (
+    LayerCombo,
+    notify_errors,
+    quiet_worker,
+    run_stop_buttons,
+    show_error,
+    show_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,6 @@ class GrabCutWidget(QWidget):
         if self.worker is not None:
             show_info("GrabCut is already running.")
             return
-        from napari.qt.threading import thread_worker
-
         layer = self.image_combo.layer()
         if layer is None:
             raise ValueError("Open an image first (File > Open), then paint detection marks.")
@@ -86,7 +91,10 @@ class GrabCutWidget(QWidget):
             classes = _layers.classes_of(layer, det)
             from ..core.labels import ClassSpec
 
-            kwargs = _layers.labels_layer_kwargs(SEGMENTATION, layer.name, classes or ClassSpec())
+            kwargs = _layers.labels_layer_kwargs(
+                SEGMENTATION, layer.name, classes or ClassSpec(), geometry=layer,
+                background=_layers.background_color(layer),
+            )
             seg = self.viewer.add_labels(_layers.empty_labels(layer), **kwargs)
         idx = _layers.current_index(self.viewer, layer)
         scope = self.scope.currentText()
@@ -96,10 +104,11 @@ class GrabCutWidget(QWidget):
         detection = _layers.label_plane(det, idx).copy()
         existing = _layers.label_plane(seg, idx).copy()
 
-        worker = thread_worker(_refine_worker_fn, start_thread=False)(image, detection, existing, region, label_value)
+        worker = quiet_worker(
+            _refine_worker_fn, image, detection, existing, region, label_value, error_prefix="GrabCut failed"
+        )
         worker.yielded.connect(lambda p: self.status.setText(f"GrabCut: {p[0]}/{p[1]} objects"))
         worker.returned.connect(lambda result: self._apply(seg, idx, result))
-        worker.errored.connect(lambda e: show_error(f"GrabCut failed: {e}"))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.run_btn.setEnabled(False)
