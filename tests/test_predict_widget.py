@@ -250,4 +250,5 @@ def test_the_model_says_what_it_is_worth(make_napari_viewer, qtbot, tmp_path, mo
     text = pw.model_info.text()
     assert "Model: 0 iterations, best validation dice 0.410 on exact masks of 2 images" in text
     assert "weak" in text and "colour (RGB)" in text and "only 0 iterations" in text
+    assert "Classes:" in text and "1 = cell" in text  # the class map's legend
     assert len(shown) == 3 and len(set(shown)) == 3  # once each, not again on the second run

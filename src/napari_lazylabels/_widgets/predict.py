@@ -10,6 +10,7 @@ already there, without running the network again.
 from __future__ import annotations
 
 import gc
+import html
 import logging
 import math
 import threading
@@ -249,7 +250,8 @@ def _model_report(ck, jobs) -> tuple[str, list[str]]:
             f"The model was trained on colour (RGB) images; {', '.join(gray)} is gray, so each pixel is "
             "repeated into three equal channels the model never saw. Train a model on gray images for it."
         )
-    return f"Model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}", notes
+    legend = _layers.legend_html("prediction", ck.classes)
+    return f"Model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}<br>Classes: {legend}", notes
 
 
 class WorkerError(Exception):
@@ -598,8 +600,9 @@ class PredictWidget(QWidget):
         self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Predict", self.run, self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.model_info = QLabel("")  # what the model is worth (its validation score, warnings)
+        self.model_info = QLabel("")  # what the model is worth (its score, warnings), its classes
         self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.TextFormat.RichText)
         self._warned: set = set()
         form = QFormLayout()
         form.addRow("model", mrow)
@@ -723,7 +726,7 @@ class PredictWidget(QWidget):
         """Show what the model is worth; each warning once per model as a notification."""
         from napari.utils.notifications import show_warning
 
-        self.model_info.setText("\n".join([line, *(f"Warning: {w}" for w in warnings)]))
+        self.model_info.setText("<br>".join([line, *(f"Warning: {html.escape(w)}" for w in warnings)]))
         key = self.model_dir.text()
         for w in warnings:
             if (key, w) not in self._warned:
