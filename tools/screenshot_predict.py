@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     ds = load_dataset(dataset_dir)
     model_dir = Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "model"
     cfg = infer_model_config(ds, resolve_device("auto"))
-    fit(ds, model_dir, cfg, TrainConfig(iterations=None, time_budget=args.seconds, val_every=0))
+    fit(ds, model_dir, cfg, TrainConfig(iterations=None, time_budget=args.seconds))
 
     app = get_qapp()
     viewer = napari.Viewer(show=True)
