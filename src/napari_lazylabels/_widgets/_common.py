@@ -177,18 +177,21 @@ def is_warm() -> bool:
     return _WARM.is_set()
 
 
-def when_warm(callback, poll_ms: int = 30) -> None:
+def when_warm(callback, poll_ms: int = 30, done: threading.Event | None = None, start=None) -> None:
     """Call ``callback()`` on the main thread once the warm-up has finished, without blocking
-    the event loop meanwhile (a single-shot timer polls)."""
+    the event loop meanwhile (a single-shot timer polls). ``start`` begins a warm-up (default
+    :func:`start_warm_up`) and ``done`` says when it has finished (default its event): a
+    widget with more to import passes its own."""
     from qtpy.QtCore import QTimer
 
-    start_warm_up()
-    if _WARM.is_set():
+    (start or start_warm_up)()
+    done = done or _WARM
+    if done.is_set():
         callback()
         return
 
     def poll():
-        if _WARM.is_set():
+        if done.is_set():
             callback()
         else:
             QTimer.singleShot(poll_ms, poll)

@@ -111,20 +111,7 @@ def start_warm_up() -> None:
 def when_warm(callback, poll_ms: int = 30) -> None:
     """Call ``callback()`` on the main thread once :func:`start_warm_up` has finished, without
     blocking the event loop meanwhile."""
-    from qtpy.QtCore import QTimer
-
-    start_warm_up()
-    if _POST_WARM.is_set():
-        callback()
-        return
-
-    def poll():
-        if _POST_WARM.is_set():
-            callback()
-        else:
-            QTimer.singleShot(poll_ms, poll)
-
-    QTimer.singleShot(poll_ms, poll)
+    _common.when_warm(callback, poll_ms, done=_POST_WARM, start=start_warm_up)
 
 
 def warm_imports() -> None:
