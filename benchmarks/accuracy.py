@@ -75,7 +75,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from napari_lazylabels.core import baselines, io, metrics, simulate  # noqa: E402
+import baselines  # noqa: E402
+from napari_lazylabels.core import io, metrics, simulate  # noqa: E402
 from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config, versions  # noqa: E402
 from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
 from napari_lazylabels.core.io import LazyDataset  # noqa: E402

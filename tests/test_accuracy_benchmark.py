@@ -2,15 +2,8 @@
 new run ids instead of colliding with the records made under the old one."""
 
 
-import pytest
-
-from conftest import load_benchmark
+import accuracy
 from napari_lazylabels.core.train import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def accuracy():
-    return load_benchmark("accuracy")
 
 
 def _record(run, smoothing=None):
@@ -20,7 +13,7 @@ def _record(run, smoothing=None):
                        "interface_threshold": 0.5, "tta": 4}}
 
 
-def test_balance_smoothing_in_run_ids_and_labels(accuracy):
+def test_balance_smoothing_in_run_ids_and_labels():
     Run = accuracy.Run
     plain = Run("glas", "multitask-ignore", 0.094, 0, "tiny", 1700, "cpu", balance_smoothing=0.0)
     smooth = Run("glas", "multitask-ignore", 0.094, 0, "tiny", 1700, "cpu", balance_smoothing=0.001)

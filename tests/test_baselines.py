@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_lazylabels.core import baselines
+import baselines
 from test_train import blobs
 
 

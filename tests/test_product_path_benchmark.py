@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from conftest import load_benchmark
+import product_path as product
 from napari_lazylabels.core.io import write_image, write_label
-
-
-@pytest.fixture(scope="module")
-def product():
-    return load_benchmark("product_path")
 
 
 def _fake_dsb(root, n=10, size=64):
@@ -31,14 +26,14 @@ def _fake_dsb(root, n=10, size=64):
         write_label(root / "dsb2018-touching-dev" / "masks" / f"im{i:02d}.png", gt)
 
 
-def test_run_ids_mark_experiments(product):
+def test_run_ids_mark_experiments():
     assert product.run_id("glas", 1, 10.0, []) == "glas_f0.094_s1_10min"
     exp = product.run_id("glas", 1, 10.0, ["--scale=1"])
     assert exp.startswith("glas_f0.094_s1_10min_exp-") and exp != product.run_id("glas", 1, 10.0, ["--scale=0.5"])
 
 
 @pytest.mark.slow
-def test_one_product_run_end_to_end(product, tmp_path, monkeypatch):
+def test_one_product_run_end_to_end(tmp_path, monkeypatch):
     _fake_dsb(tmp_path / "data")
     monkeypatch.setattr(product, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(product, "WORK", tmp_path / "work")

@@ -4,12 +4,7 @@ import json
 
 import pytest
 
-from conftest import load_benchmark
-
-
-@pytest.fixture(scope="module")
-def speed():
-    return load_benchmark("speed")
+import speed
 
 
 def record(date, cpu="Xeon", ours=10.0, per_flop=1.0, predict=2.0, over_mb=300.0):
@@ -24,7 +19,7 @@ def record(date, cpu="Xeon", ours=10.0, per_flop=1.0, predict=2.0, over_mb=300.0
     }
 
 
-def test_slower_figures_are_flagged_and_noise_is_not(speed):
+def test_slower_figures_are_flagged_and_noise_is_not():
     rows = {r["figure"]: r for r in speed.compare_records(
         record("b", ours=8.9, per_flop=0.7, predict=2.1, over_mb=420.0), record("a"))}
     assert not rows["train tiny bf16 channels_last: ours patches/s"]["flag"]  # 0.89: within noise
@@ -35,7 +30,7 @@ def test_slower_figures_are_flagged_and_noise_is_not(speed):
     assert rows["memory 4096^2: MB beyond outputs"]["change"] == pytest.approx(1.4)
 
 
-def test_the_previous_record_is_the_newest_from_the_same_kind_of_machine(speed, tmp_path):
+def test_the_previous_record_is_the_newest_from_the_same_kind_of_machine(tmp_path):
     for name, rec in {"20261201-a.json": record("1"), "20261202-b.json": record("2"),
                       "20261203-c.json": record("3", cpu="EPYC")}.items():
         (tmp_path / name).write_text(json.dumps(rec))

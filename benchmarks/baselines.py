@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import normalize
-from .grabcut import GrabCutConfig, refine
-from .io import LazyDataset, Sample
-from .labels import BACKGROUND, UNLABELLED
+from napari_lazylabels.core.data import normalize
+from napari_lazylabels.core.grabcut import GrabCutConfig, refine
+from napari_lazylabels.core.io import LazyDataset, Sample
+from napari_lazylabels.core.labels import BACKGROUND, UNLABELLED
 
 log = logging.getLogger(__name__)
 
