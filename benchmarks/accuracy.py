@@ -56,12 +56,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as _dt
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -72,31 +70,28 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-import baselines  # noqa: E402
-from napari_lazylabels.core import io, metrics, simulate  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config, versions  # noqa: E402
-from napari_lazylabels.core.data import AugmentConfig, object_size  # noqa: E402
-from napari_lazylabels.core.io import LazyDataset  # noqa: E402
-from napari_lazylabels.core.labels import DEFAULT_TASK_WEIGHTS, TASKS  # noqa: E402
-from napari_lazylabels.core.model import (  # noqa: E402
+import baselines
+from _common import FOLDERS, REPO, machine, shared_data, utc_now, versions
+from napari_lazylabels.core import io, metrics, simulate
+from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config
+from napari_lazylabels.core.data import AugmentConfig, object_size
+from napari_lazylabels.core.io import LazyDataset
+from napari_lazylabels.core.labels import DEFAULT_TASK_WEIGHTS, TASKS
+from napari_lazylabels.core.model import (
     CPU_DEFAULT_SIZE,
     ModelConfig,
     autocast_dtype,
-    cpu_bf16_supported,
     precision_name,
     resolve_device,
 )
-from napari_lazylabels.core.predict import (  # noqa: E402
+from napari_lazylabels.core.predict import (
     PredictConfig,
     Predictor,
     auto_min_object_size,
     instances_from_prediction,
     separating_interfaces,
 )
-from napari_lazylabels.core.train import (  # noqa: E402
+from napari_lazylabels.core.train import (
     TrainConfig,
     device_defaults,
     fit,
@@ -159,22 +154,6 @@ GLAS_VAL_PATIENTS = ("3", "4", "7", "11")
 
 
 # --------------------------------------------------------------------------- data
-def shared_data() -> Path:
-    env = os.environ.get("LAZYLABELS_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "data", REPO / ".." / ".." / "shared" / "data"]
-    for c in candidates:
-        if (c / "isbi2012-dev").is_dir() or (c / "glas-train").is_dir():
-            return c.resolve()
-    raise SystemExit(
-        "Shared data not found: set LAZYLABELS_SHARED_DATA to the folder holding glas-train/, "
-        "isbi2012-dev/ and dsb2018-touching-dev/."
-    )
-
-
-FOLDERS = {"glas": "glas-train", "isbi": "isbi2012-dev", "dsb": "dsb2018-touching-dev"}
-
-
 def split(dataset: str, root: Path) -> tuple[list[str], list[str]]:
     """Fixed (train stems, validation stems) of a dataset."""
     folder = root / FOLDERS[dataset]
@@ -382,51 +361,6 @@ def pseudo_labels(lazy: LazyDataset, cache_key: str) -> LazyDataset:
     return ds
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    # bf16 autocast only where the CPU has it natively (model.autocast_dtype) since 2026-12-02
-    # noon; records made before then trained in bf16 on every CPU (emulated where this is False).
-    info["cpu_native_bf16"] = cpu_bf16_supported()
-    return info
-
-
-def all_versions() -> dict:
-    v = versions()
-    import cv2
-    import skimage
-
-    v["scikit-image"] = skimage.__version__
-    v["opencv"] = cv2.__version__
-    with contextlib.suppress(ImportError):
-        import sklearn
-
-        v["scikit-learn"] = sklearn.__version__
-    with contextlib.suppress(Exception):
-        import subprocess
-
-        v["git_commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    return v
-
-
 def score(val, predict_one) -> tuple[dict, list[dict]]:
     per_image = []
     for stem, image, gt in val:
@@ -488,8 +422,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             "folder": FOLDERS[run.dataset], "n_train": len(lazy), "n_val": len(val),
             "val_images": [v[0] for v in val], "simulation": sim,
         },
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": all_versions(),
+        "started": utc_now(),
+        "versions": versions(),
         "machine": machine(),
     }
     min_size = speck_filter(lazy)
@@ -603,8 +537,8 @@ def rescore(path: Path, root: Path) -> dict | None:
     predict_one = network_predictor(ck, device, min_size)
     summary, per_image = score(validation_set(c["dataset"], root), predict_one)
     record.setdefault("rescored", []).append({
-        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": all_versions().get("git_commit"), "previous_metrics": record["metrics"],
+        "at": utc_now(),
+        "git_commit": versions().get("git_commit"), "previous_metrics": record["metrics"],
     })
     record["config"]["min_object_size"] = min_size
     record["config"]["interface_threshold"] = ck.model_config.interface_threshold

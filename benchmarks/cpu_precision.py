@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
-import json
 import logging
 import os
 import sys
@@ -24,12 +22,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from accuracy import machine  # noqa: E402
-from napari_lazylabels.core.model import (  # noqa: E402
+from _common import RESULTS, append_jsonl, machine, utc_now
+from napari_lazylabels.core.model import (
     ModelConfig,
     autocast_dtype,
     build_model,
@@ -37,7 +31,7 @@ from napari_lazylabels.core.model import (  # noqa: E402
 )
 
 log = logging.getLogger("cpu_precision")
-OUT = REPO / "benchmarks" / "results" / "speed" / "cpu-precision.jsonl"
+OUT = RESULTS / "speed" / "cpu-precision.jsonl"
 
 
 def step_time(arch: str, size: str, bf16: bool, channels_last: bool, batch: int, patch: int, steps: int) -> float:
@@ -87,16 +81,14 @@ def main() -> int:
                          "channels_last" if cl else "NCHW", s)
     choice = precision_name(autocast_dtype(torch.device("cpu")))
     record = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),  # CPU name, cpu_native_bf16, threads, load average
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "library_choice": choice, "torch": torch.__version__, "threads": args.threads,
         "size": args.size, "batch": args.batch, "patch": args.patch, "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(args.out, record)
     log.info("library choice on this CPU: %s; appended to %s", choice, args.out)
     return 0
 

@@ -38,13 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from napari_lazylabels.cli import main  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_checkpoint, read_history  # noqa: E402
-from napari_lazylabels.core.io import load_dataset, read_label, write_image, write_label  # noqa: E402
-from napari_lazylabels.core.runfolder import LOCK_NAME  # noqa: E402
+from _common import RESULTS
+from napari_lazylabels.cli import main
+from napari_lazylabels.core.checkpoint import load_checkpoint, read_history
+from napari_lazylabels.core.io import load_dataset, read_label, write_image, write_label
+from napari_lazylabels.core.runfolder import LOCK_NAME
 
 TINY = ["--size", "tiny", "--batch-size", "2", "--patch-size", "64", "--threads", "1", "--device", "cpu"]
 CHILD = (
@@ -121,7 +119,7 @@ def main_(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fault_injection")
+    ap.add_argument("--out", type=Path, default=RESULTS / "fault_injection")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)
     rng = np.random.default_rng(a.seed)

@@ -21,7 +21,6 @@ Writes ``benchmarks/results/first_model/<device>-<date>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import logging
 import sys
@@ -31,19 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from napari_lazylabels.core import io  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_model, versions  # noqa: E402
-from napari_lazylabels.core.io import Sample  # noqa: E402
-from napari_lazylabels.core.model import resolve_device  # noqa: E402
-from napari_lazylabels.core.predict import PredictConfig, Predictor  # noqa: E402
-from napari_lazylabels.core.train import TrainConfig, fit  # noqa: E402
-from napari_lazylabels.sample_data import sample_paths  # noqa: E402
+from _common import FOLDERS, RESULTS, machine, shared_data, utc_now, versions
+from napari_lazylabels.core import io
+from napari_lazylabels.core.checkpoint import load_model
+from napari_lazylabels.core.io import Sample
+from napari_lazylabels.core.model import resolve_device
+from napari_lazylabels.core.predict import PredictConfig, Predictor
+from napari_lazylabels.core.train import TrainConfig, fit
+from napari_lazylabels.sample_data import sample_paths
 
 log = logging.getLogger("first_model")
-RESULTS = REPO / "benchmarks" / "results" / "first_model"
+OUT = RESULTS / "first_model"
 
 
 def held_out() -> list[Sample]:
@@ -58,10 +55,7 @@ def held_out() -> list[Sample]:
 
 def more_heldout(n: int) -> list[Sample]:
     """``n`` DSB images with exact masks from the shared data, none of the bundled sample's."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from accuracy import FOLDERS, shared_data  # exits with a message where the data is absent
-
-    root = shared_data() / FOLDERS["dsb"]
+    root = shared_data() / FOLDERS["dsb"]  # exits with a message where the data is absent
     used = {p.stem.removeprefix("dsb_") for d in ("dataset", "test_images") for p in
             (Path(sample_paths()[d]) / ("images" if d == "dataset" else "")).iterdir()}
     files = [f for f in sorted((root / "images").iterdir()) if not any(f.stem.startswith(u) for u in used)]
@@ -130,10 +124,8 @@ def main(argv=None) -> int:
 
     final = float(np.mean([c["dice"] for c in curve[-3:]]))
     first = next((c for c in curve if c["dice"] >= final - args.tolerance), None)
-    from accuracy import machine
-
     record = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": str(device),
         "start": state.get("start"),
         "model_config": ck.model_config.to_dict(),
@@ -151,9 +143,9 @@ def main(argv=None) -> int:
         "predict_sample_mp": round(pixels / 1e6, 3),
         "curve": curve,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     tag = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))
-    path = RESULTS / f"{device.type}-{record['date'][:10]}{'_it' + str(args.iterations) if args.iterations else ''}{tag}.json"
+    path = OUT / f"{device.type}-{record['date'][:10]}{'_it' + str(args.iterations) if args.iterations else ''}{tag}.json"
     io.atomic_write_json(path, record)
     sys.stdout.write(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1) + "\n")
     sys.stdout.write(f"wrote {path}\n")

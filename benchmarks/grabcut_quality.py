@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from _common import FOLDERS, shared_data
 from napari_lazylabels.core.io import read_image, read_label
 from napari_lazylabels.core.simulate import simulate_sample
 
-SETS = {"isbi": "isbi2012-dev", "dsb": "dsb2018-touching-dev", "glas": "glas-train"}
 SCHEMES = ("sim0", "sim1", "sparse10", "dots10", "shrunk")
 SCOPES = ("all", "view")
 
@@ -156,8 +156,9 @@ def load_refine(module: str | None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap.add_argument("--sets", nargs="+", default=["isbi", "dsb"], choices=sorted(SETS))
+    ap.add_argument("--shared", help="the development data folder (default: $LAZYLABELS_SHARED_DATA or "
+                    "../shared/data)")
+    ap.add_argument("--sets", nargs="+", default=["isbi", "dsb"], choices=sorted(FOLDERS))
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
     ap.add_argument("--scopes", nargs="+", default=list(SCOPES), choices=SCOPES)
     ap.add_argument("--images", type=int, default=10, help="first N images of each set (0 = all)")
@@ -168,7 +169,7 @@ def main() -> None:
     refine = load_refine(a.module)
     record: dict = {}
     for name in a.sets:
-        folder = Path(a.shared) / SETS[name]
+        folder = Path(a.shared or shared_data()) / FOLDERS[name]
         paths = sorted((folder / "images").glob("*.png"))
         if a.images:
             paths = paths[: a.images]

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import accuracy  # noqa: E402
-from napari_lazylabels.core import io  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_lazylabels.core.model import resolve_device  # noqa: E402
-from napari_lazylabels.core.predict import (  # noqa: E402
+import accuracy
+from _common import RESULTS, shared_data
+from napari_lazylabels.core import io
+from napari_lazylabels.core.checkpoint import load_checkpoint
+from napari_lazylabels.core.model import resolve_device
+from napari_lazylabels.core.predict import (
     PredictConfig,
     Predictor,
     instances_from_prediction,
@@ -38,7 +38,7 @@ from napari_lazylabels.core.predict import (  # noqa: E402
 )
 
 log = logging.getLogger("heads")
-OUT = accuracy.REPO / "benchmarks" / "results" / "heads"
+OUT = RESULTS / "heads"
 
 
 def main(argv=None) -> int:
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     if not model.exists():
         log.error("no kept model at %s: run accuracy.py with --keep-models first", model)
         return 2
-    root = accuracy.shared_data()
+    root = shared_data()
     lazy, _ = accuracy.lazy_dataset(c["dataset"], root, c["strong_fraction"], record["seed"])
     min_size = accuracy.speck_filter(lazy)
     ck = load_checkpoint(model)

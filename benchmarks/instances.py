@@ -36,21 +36,18 @@ import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from accuracy import lazy_dataset, shared_data, validation_set  # noqa: E402
-from napari_lazylabels.core import metrics  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_model  # noqa: E402
-from napari_lazylabels.core.data import object_size  # noqa: E402
-from napari_lazylabels.core.predict import (  # noqa: E402
+from _common import shared_data
+from accuracy import lazy_dataset, validation_set
+from napari_lazylabels.core import metrics
+from napari_lazylabels.core.checkpoint import load_model
+from napari_lazylabels.core.data import object_size
+from napari_lazylabels.core.predict import (
     PredictConfig,
     Predictor,
     instances_from_prediction,
     separating_interfaces,
 )
-from napari_lazylabels.core.simulate import interface_mask  # noqa: E402
+from napari_lazylabels.core.simulate import interface_mask
 
 
 def _near(mask: np.ndarray, px: float = 2) -> np.ndarray:

@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import accuracy  # noqa: E402  (splits and the shared data)
-from napari_lazylabels.core import io  # noqa: E402
-from napari_lazylabels.core.metrics import interface_scores  # noqa: E402
-from napari_lazylabels.core.predict import separating_interfaces  # noqa: E402
-from napari_lazylabels.core.simulate import interface_mask  # noqa: E402
+import accuracy  # the splits
+from _common import FOLDERS, shared_data
+from napari_lazylabels.core import io
+from napari_lazylabels.core.metrics import interface_scores
+from napari_lazylabels.core.predict import separating_interfaces
+from napari_lazylabels.core.simulate import interface_mask
 
 log = logging.getLogger("interface_width")
 
@@ -37,9 +35,9 @@ def main() -> int:
     ap.add_argument("--max-dilation", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = accuracy.shared_data()
+    root = shared_data()
     _, val = accuracy.split(args.dataset, root)
-    masks = root / accuracy.FOLDERS[args.dataset] / "masks"
+    masks = root / FOLDERS[args.dataset] / "masks"
     gts = [io.read_label(next(masks.glob(f"{stem}.*"))) for stem in val]
     for r in range(args.max_dilation + 1):
         precisions = []

@@ -17,8 +17,6 @@ and without the interface map (``PredictConfig.keep_interfaces``). Appends one J
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import logging
 import statistics
 import sys
@@ -29,16 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from accuracy import machine  # noqa: E402
-from napari_lazylabels.core.model import ModelConfig, build_model, precision_name  # noqa: E402
-from napari_lazylabels.core.predict import PredictConfig, Predictor  # noqa: E402
+from _common import RESULTS, append_jsonl, machine, utc_now
+from napari_lazylabels.core.model import ModelConfig, build_model, precision_name
+from napari_lazylabels.core.predict import PredictConfig, Predictor
 
 log = logging.getLogger("predict_heads")
-OUT = REPO / "benchmarks" / "results" / "speed" / "predict-heads.jsonl"
+OUT = RESULTS / "speed" / "predict-heads.jsonl"
 
 
 class EveryHead(torch.nn.Module):
@@ -101,12 +95,10 @@ def main(argv=None) -> int:
                      row["speedup"], row["mp_per_s"]["class map only"],
                      row["mp_per_s"]["class map, with interfaces"], row["class_map_speedup"], diff)
             rows.append(row)
-    record = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    record = {"date": utc_now(),
               "command": "python benchmarks/predict_heads.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "torch": torch.__version__, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(args.out, record)
     log.info("record appended to %s", args.out)
     return 0
 

@@ -31,7 +31,6 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -41,14 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+import _common
+import accuracy
+from _common import FOLDERS, machine, shared_data, versions
+from napari_lazylabels.core.io import atomic_write_json
 
-import accuracy  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results" / "product"
-WORK = REPO / "benchmarks" / "work" / "product"
-TABLE = REPO / "docs" / "benchmarks-product.md"
+RESULTS = _common.RESULTS / "product"
+WORK = _common.WORK / "product"
+TABLE = _common.DOCS / "benchmarks-product.md"
 RECORD_FORMAT = "napari-lazylabels product-path record"
 DATASETS = ("glas", "isbi", "dsb")
 SEEDS = (0, 1, 2)
@@ -108,7 +107,7 @@ def execute(dataset: str, seed: int, budget: float, train_args: list[str], root:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     train, val = accuracy.split(dataset, root)
-    src = root / accuracy.FOLDERS[dataset]
+    src = root / FOLDERS[dataset]
     _link_split(src, train, work / "train-gt")
     _link_split(src, val, work / "val")
     exe = lazylabels()
@@ -144,15 +143,12 @@ def execute(dataset: str, seed: int, budget: float, train_args: list[str], root:
         "seconds": times,
         "summary": scores["summary"],
         "per_image": {k: {"dice": v.get("dice"), "object_f1": v.get("object_f1")} for k, v in scores["images"].items()},
-        "machine": accuracy.machine(),
-        "versions": accuracy.all_versions(),
+        "machine": machine(),
+        "versions": versions(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     path = RESULTS / dataset / f"{rid}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
     shutil.rmtree(work / "pred", ignore_errors=True)
     return record
 
@@ -225,7 +221,7 @@ def main(argv=None) -> int:
     if a.table:
         print(write_table())
         return 0
-    root = accuracy.shared_data()
+    root = shared_data()
     todo = [(d, s, b) for b in a.budget for d in a.dataset for s in a.seed
             if a.force or not (RESULTS / d / f"{run_id(d, s, b, a.train_arg)}.json").exists()]
     for d, s, b in todo:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import machine
 from napari_lazylabels.core.allocator import cpu_allocation_cache
 from napari_lazylabels.core.data import AugmentConfig, PatchSampler, PreparedSample
 from napari_lazylabels.core.io import Sample
@@ -102,27 +103,8 @@ class RefUNet(nn.Module):
 
 # --------------------------------------------------------------------------- helpers
 def machine_info() -> dict:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-    with contextlib.suppress(OSError):
-        load = os.getloadavg()
-        info["loadavg_at_start"] = [round(v, 2) for v in load]
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    """The benchmarks' machine description and the reference library's version."""
+    info = machine()
     with contextlib.suppress(Exception):
         import monai
 

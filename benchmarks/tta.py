@@ -14,7 +14,6 @@ decided it). One JSON line per (model, setting) goes to ``benchmarks/results/tta
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import logging
 import sys
@@ -24,13 +23,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from accuracy import DATASETS, RESULTS, all_versions, machine, score, shared_data, validation_set  # noqa: E402
-from napari_lazylabels.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_lazylabels.core.predict import (  # noqa: E402
+from _common import git_commit, machine, shared_data, utc_now
+from accuracy import DATASETS, RESULTS, score, validation_set
+from napari_lazylabels.core.checkpoint import load_checkpoint
+from napari_lazylabels.core.predict import (
     PredictConfig,
     Predictor,
     dihedral,
@@ -101,9 +97,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    stamp = {"at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    stamp = {"at": utc_now(),
              "command": "python benchmarks/tta.py " + " ".join(sys.argv[1:] if argv is None else argv),
-             "machine": machine(), "git_commit": all_versions().get("git_commit")}
+             "machine": machine(), "git_commit": git_commit()}
     with open(OUT / f"{args.dataset}.jsonl", "a") as f:
         for m in args.models:
             for row in evaluate(m, args.dataset, [int(t) for t in args.tta.split(",")], args.average_interfaces):

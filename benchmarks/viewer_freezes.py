@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LAZYLABELS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from _common import FOLDERS, shared_data
+
+SHARED = shared_data(required=False)
 
 
 def _synthetic(n: int = 2, size: int = 512):
@@ -69,7 +70,7 @@ def _isbi(n: int = 3):
     from napari_lazylabels.core.io import Sample
     from napari_lazylabels.core.simulate import simulate_sample
 
-    src = SHARED / "isbi2012-dev"
+    src = SHARED / FOLDERS["isbi"]
     stems = sorted(p.stem for p in (src / "images").glob("*.png"))[:n]
     out = []
     for k, stem in enumerate(stems):
@@ -83,7 +84,7 @@ def make_project(folder: Path, data: str) -> tuple[Path, str]:
     from napari_lazylabels.core.io import LazyDataset, save_dataset
     from napari_lazylabels.core.labels import ClassSpec
 
-    if data == "isbi" and not (SHARED / "isbi2012-dev").is_dir():
+    if data == "isbi" and not (SHARED / FOLDERS["isbi"]).is_dir():
         data = "synthetic"
     samples = _isbi() if data == "isbi" else _synthetic()
     ds = LazyDataset(classes=ClassSpec(names=("background", "cell")), samples=samples)

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LAZYLABELS_SHARED_DATA", REPO.parent / "shared" / "data"))
+from _common import FOLDERS, shared_data
+
+SHARED = shared_data(required=False)
 
 
 def peak_rss_mb() -> float:
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
     for p in (g, o):
         p.add_argument("model", type=Path, help="model folder (lazylabels train --out)")
         p.add_argument("--side", type=int, default=2048)
-        p.add_argument("--images", default=str(SHARED / "isbi2012-dev"), help="folder with images/ (and masks/)")
+        p.add_argument("--images", default=str(SHARED / FOLDERS["isbi"]), help="folder with images/ (and masks/)")
         p.add_argument("--first", type=int, default=12, help="mosaic from the FIRST-th image on (held-out slices)")
     g.add_argument("--synthetic", action="store_true", help="a random uint8 image instead of real ones")
     g.add_argument("--tta", type=int, choices=(1, 2, 4, 8), help="orientations (default: the widget's)")
