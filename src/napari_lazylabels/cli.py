@@ -368,56 +368,6 @@ def cmd_instances(a: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- evaluate
-def _find_pred(pred_dir: Path, stem: str, kind: str) -> Path | None:
-    for suf in (".png", ".tif", ".tiff"):
-        p = pred_dir / f"{stem}_{kind}{suf}"
-        if p.exists():
-            return p
-    return None
-
-
-def evaluate_folder(pred_dir: str | Path, gt_dir: str | Path) -> dict:
-    """Score predictions written by ``lazylabels predict`` against instance masks.
-
-    Interface precision is that of the predicted interface pixels that separate two predicted
-    objects (:func:`napari_lazylabels.core.predict.separating_interfaces`)."""
-    import numpy as np
-
-    from .core.io import IMAGE_SUFFIXES, read_image, read_label
-    from .core.metrics import evaluate_image, summarize
-    from .core.predict import separating_interfaces
-
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    if (gt_dir / "masks").is_dir():
-        gt_dir = gt_dir / "masks"
-    gts = sorted(p for p in gt_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    per_image = {}
-    for g in gts:
-        cls_p = _find_pred(pred_dir, g.stem, "classes")
-        if cls_p is None:
-            continue
-        gt = read_label(g)
-        classes = read_label(cls_p)
-        inst_p = _find_pred(pred_dir, g.stem, "instances")
-        itf_p = _find_pred(pred_dir, g.stem, "interfaces")
-        instances = read_label(inst_p) if inst_p else None
-        if instances is None:
-            from skimage.measure import label
-
-            instances = label(classes > 0)
-        if itf_p:
-            interfaces = separating_interfaces(read_image(itf_p), instances)
-        else:
-            interfaces = np.zeros(gt.shape, bool)
-        per_image[g.stem] = evaluate_image(classes, instances, interfaces, gt)
-    if not per_image:
-        raise FileNotFoundError(
-            f"No prediction in {pred_dir} matches a mask in {gt_dir} (expected STEM_classes.png "
-            "files from `lazylabels predict` named like the masks)."
-        )
-    return {"summary": summarize(list(per_image.values())), "images": per_image}
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -429,6 +379,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .core.evaluate import evaluate_folder
+
     res = evaluate_folder(a.pred_dir, a.gt_dir)
     for k, v in _flat(res["summary"]).items():
         _out(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
@@ -472,6 +424,7 @@ def cmd_grabcut(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- demo
 def cmd_demo(a: argparse.Namespace) -> int:
+    from .core.evaluate import evaluate_folder
     from .core.io import load_dataset
     from .core.train import TrainConfig, fit
     from .sample_data import sample_paths
@@ -512,6 +465,10 @@ def _instance_options(parser: argparse.ArgumentParser, threshold_default: str, s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.labels import LABEL_MODES
+    from .core.model import ARCHITECTURES, MODEL_SIZES
+    from .core.predict import TTA_CHOICES
+
     p = argparse.ArgumentParser(
         prog="lazylabels",
         description="Segment microscopy images from lazy labels with a multi-task U-net.",
@@ -537,15 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model folder to write (best.pt, latest.pt, config.json)")
     t.add_argument("--iterations", type=_positive_int, help="optimiser steps (default 1000 when no --minutes)")
     t.add_argument("--minutes", type=float, help="wall-clock budget")
-    t.add_argument("--size", choices=["tiny", "small", "medium", "paper"],
+    t.add_argument("--size", choices=list(MODEL_SIZES),
                    help="model size (default: paper on a GPU, tiny on a CPU)")
-    t.add_argument("--architecture", choices=["multitask", "unet"], help="network (default: multitask)")
+    t.add_argument("--architecture", choices=ARCHITECTURES, help="network (default: multitask)")
     t.add_argument("--scale", default="auto",
                    help="working scale: resize images by this factor for the network (0.5 = half size); "
                         "'auto' (default) picks 1, 0.5 or 0.25 so that a typical object spans at most "
                         "half a training patch")
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
-    t.add_argument("--label-mode", choices=["ignore", "paper"], default="ignore")
+    t.add_argument("--label-mode", choices=LABEL_MODES, default="ignore")
     t.add_argument("--marks-teach-segmentation", action="store_true",
                    help="ignore mode: the detection marks of images without exact masks also train the "
                    "segmentation head; helped with an exact mask on one image of five, unproven with "
@@ -588,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=int, default=256)
     pr.add_argument("--overlap", type=float, default=0.25)
     pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--tta", type=int, choices=(1, 2, 4, 8), metavar="N",
-                    help="test-time augmentation: predict every tile in N orientations (1, 2, 4 or 8) "
+    pr.add_argument("--tta", type=int, choices=TTA_CHOICES, metavar="N",
+                    help="test-time augmentation: predict every tile in N orientations "
+                    f"({', '.join(map(str, TTA_CHOICES[:-1]))} or {TTA_CHOICES[-1]}) "
                     "and average the class probabilities; 1 is fastest, the default 4 is more "
                     "accurate and takes 4 times as long (images above 2048x2048 px: 2 by default; "
                     "--tta sets every image's)")

@@ -1,0 +1,67 @@
+"""Scores of a folder of predictions (``lazylabels predict --out``) against instance masks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from skimage.measure import label
+
+from .io import IMAGE_SUFFIXES, read_image, read_label
+from .metrics import evaluate_image, summarize
+from .predict import separating_interfaces
+
+__all__ = ["evaluate_folder"]
+
+
+def _find_prediction(pred_dir: Path, stem: str, kind: str) -> Path | None:
+    """``<stem>_<kind>`` with the first suffix present (.png, .tif, .tiff), else None."""
+    for suf in (".png", ".tif", ".tiff"):
+        p = pred_dir / f"{stem}_{kind}{suf}"
+        if p.exists():
+            return p
+    return None
+
+
+def evaluate_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> dict:
+    """Score predictions written by ``lazylabels predict`` against instance masks.
+
+    ``gt_dir`` holds instance masks (0 = background, 1..N = objects) named like the images,
+    or a ``masks/`` folder that does. Each mask with a ``<stem>_classes`` prediction is scored
+    by :func:`~napari_lazylabels.core.metrics.evaluate_image`; the instances are
+    ``<stem>_instances`` (else the connected components of the class map). Interface
+    precision is that of the predicted interface pixels that separate two predicted objects
+    (:func:`napari_lazylabels.core.predict.separating_interfaces`).
+
+    Returns:
+        ``{"summary": summarize(...), "images": {stem: scores}}``.
+
+    Raises:
+        FileNotFoundError: no prediction matches a mask.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if (gt_dir / "masks").is_dir():
+        gt_dir = gt_dir / "masks"
+    gts = sorted(p for p in gt_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    per_image = {}
+    for g in gts:
+        cls_p = _find_prediction(pred_dir, g.stem, "classes")
+        if cls_p is None:
+            continue
+        gt = read_label(g)
+        classes = read_label(cls_p)
+        inst_p = _find_prediction(pred_dir, g.stem, "instances")
+        itf_p = _find_prediction(pred_dir, g.stem, "interfaces")
+        instances = read_label(inst_p) if inst_p else label(classes > 0)
+        if itf_p:
+            interfaces = separating_interfaces(read_image(itf_p), instances)
+        else:
+            interfaces = np.zeros(gt.shape, bool)
+        per_image[g.stem] = evaluate_image(classes, instances, interfaces, gt)
+    if not per_image:
+        raise FileNotFoundError(
+            f"No prediction in {pred_dir} matches a mask in {gt_dir} (expected STEM_classes.png "
+            "files from `lazylabels predict` named like the masks)."
+        )
+    return {"summary": summarize(list(per_image.values())), "images": per_image}
