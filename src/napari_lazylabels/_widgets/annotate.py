@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.labels import DETECTION, SEGMENTATION, SEPARATION, TASKS, ClassSpec
-from . import _layers
+from . import _colors, _layers, _viewer
 from ._common import LayerCombo, notify_errors, path_row, project_changed, show_info
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,10 @@ class AnnotationWidget(QWidget):
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
         self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["detection", "separation", "segmentation"])
+        # short headers: the dock is narrow and the image names take the row headers' width
+        self.table.setHorizontalHeaderLabels(["detect", "separ", "segm"])
+        for col, task in enumerate(("detection", "separation", "segmentation")):
+            self.table.horizontalHeaderItem(col).setToolTip(f"{task} labels painted on this image")
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(120)
         self.table.cellDoubleClicked.connect(self._goto_row)
@@ -161,7 +164,7 @@ class AnnotationWidget(QWidget):
         """Colour of background marks that stands out on the chosen image (None: no image)."""
         layer = self.image_layer()
         try:
-            return _layers.background_color(layer) if layer is not None else None
+            return _viewer.image_background_color(layer) if layer is not None else None
         except ValueError:
             return None
 
@@ -173,8 +176,8 @@ class AnnotationWidget(QWidget):
             return
         background = self._background()
         self.legend.setText(
-            "detection / segmentation labels: " + _layers.legend_html(DETECTION, classes, background)
-            + "<br>separation: " + _layers.legend_html(SEPARATION, classes, background)
+            "detection / segmentation labels: " + _colors.legend_html(DETECTION, classes, background)
+            + "<br>separation: " + _colors.legend_html(SEPARATION, classes, background)
         )
 
     # ------------------------------------------------------------------ layers
@@ -193,7 +196,7 @@ class AnnotationWidget(QWidget):
         others = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and ly.name != layer.name
                   and not ly.metadata.get(_layers.META, {}).get("prediction")]
         geometry = _layers.geometry_kwargs(layer)
-        background = _layers.background_color(layer)
+        background = _viewer.image_background_color(layer)
         for task in TASKS:
             ly = tasks[task]
             if ly is None:
@@ -209,8 +212,8 @@ class AnnotationWidget(QWidget):
             else:
                 from napari.utils.colormaps import DirectLabelColormap
 
-                ly.colormap = DirectLabelColormap(color_dict=_layers.task_colormap(task, classes, background))
-                ly.features = _layers.class_features(task, classes)
+                ly.colormap = DirectLabelColormap(color_dict=_colors.task_colormap(task, classes, background))
+                ly.features = _colors.class_features(task, classes)
                 for key, value in geometry.items():  # the image may have moved or been rescaled
                     setattr(ly, key, value)
                 ly.metadata.setdefault(_layers.META, {}).update(
@@ -300,7 +303,7 @@ class AnnotationWidget(QWidget):
         if not path:
             raise ValueError("Choose a dataset folder to load (…).")
         dataset = load_dataset(path)
-        layers = _layers.upsert_layers(self.viewer, _layers.dataset_to_layer_data(dataset, source=str(path)))
+        layers = _viewer.upsert_layers(self.viewer, _layers.dataset_to_layer_data(dataset, source=str(path)))
         self.project.setText(str(path))
         project_changed(self.viewer, path)  # restores the project's model (train/predict widgets)
         image = next(ly for ly in layers if ly.__class__.__name__ == "Image")

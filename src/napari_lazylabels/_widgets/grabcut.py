@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.labels import DETECTION, SEGMENTATION
-from . import _layers
+from . import _layers, _viewer
 from ._common import (
     LayerCombo,
     notify_errors,
@@ -93,12 +93,12 @@ class GrabCutWidget(QWidget):
 
             kwargs = _layers.labels_layer_kwargs(
                 SEGMENTATION, layer.name, classes or ClassSpec(), geometry=layer,
-                background=_layers.background_color(layer),
+                background=_viewer.image_background_color(layer),
             )
             seg = self.viewer.add_labels(_layers.empty_labels(layer), **kwargs)
-        idx = _layers.current_index(self.viewer, layer)
+        idx = _viewer.current_index(self.viewer, layer)
         scope = self.scope.currentText()
-        region = _layers.view_region(self.viewer, layer) if scope == "objects in view" else None
+        region = _viewer.view_region(self.viewer, layer) if scope == "objects in view" else None
         label_value = int(det.selected_label) if scope == "selected label" else None
         image = _layers.image_plane(layer, idx)
         detection = _layers.label_plane(det, idx).copy()
@@ -123,10 +123,10 @@ class GrabCutWidget(QWidget):
         except Exception as e:  # noqa: BLE001
             show_error(f"Could not write the masks: {e}")
             return
-        self.status.setText(
-            f"GrabCut changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it). "
-            "Background is written only where GrabCut is sure; unsure pixels and unmarked "
-            "objects stay unlabelled."
+        # one short line (the dock is often low); the rule it follows is in the tooltip
+        self.status.setText(f"GrabCut changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it).")
+        self.status.setToolTip(
+            "Background is written only where GrabCut is sure; unsure pixels and unmarked objects stay unlabelled."
         )
 
     def stop(self, *_) -> None:

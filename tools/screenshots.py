@@ -1,0 +1,159 @@
+"""Retake the user guide's screenshots (``docs/images/*.png``) from a real napari viewer.
+
+Each shot follows a person's path: the bundled sample opened with File > Open Sample, the
+widgets docked from the Plugins menu (``add_plugin_dock_widget``), buttons pressed through the
+widgets' own slots, and the whole window saved with ``viewer.screenshot(canvas_only=False)``.
+
+* ``annotate``: Lazy annotation and GrabCut refine docked, GrabCut run on the objects in view
+  of the sample's nuclei stack.
+* ``train``: the Train widget after a short training run (``--seconds``), with its loss curve,
+  the model's score and any warning in the status.
+* ``predict``: a default model trained for ``--seconds`` on the sample, the Predict widget
+  docked, the nuclei stack predicted, its instances shown.
+
+Needs a display: run it under Xvfb::
+
+    xvfb-run -s "-screen 0 1600x1000x24" python tools/screenshots.py annotate train predict --seconds 45
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "docs" / "images"
+PLUGIN = "napari-lazylabels"
+STACK = "images 256x256"  # the sample's stack of equally sized nuclei images
+log = logging.getLogger("screenshots")
+
+
+def _wait(busy, timeout: float) -> None:
+    """Run the event loop until ``busy()`` is False, then a second more so the layers draw."""
+    from napari.qt import get_qapp
+
+    app = get_qapp()
+    t0 = time.monotonic()
+    while busy():
+        app.processEvents()
+        time.sleep(0.05)
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError("the widget did not finish in time")
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+
+
+def _viewer_with_sample():
+    """A shown viewer with the bundled sample opened as File > Open Sample does."""
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.open_sample(PLUGIN, "lazy_labels")
+    return viewer
+
+
+def _focus(viewer, image: str, zoom: float = 1.0) -> None:
+    """Show only ``image`` and its label layers, the camera centred on it (``zoom`` > 1 shows
+    a part of it)."""
+    import numpy as np
+
+    for layer in viewer.layers:
+        layer.visible = layer.name == image or layer.name.endswith(f"[{image}]")
+    viewer.layers.selection.active = viewer.layers[image]
+    _wait(lambda: False, 1)  # the canvas takes its final size first
+    own = np.asarray(viewer.layers[image].extent.world)[:, -2:]
+    canvas = np.asarray(viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size, dtype=float)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.zoom = 0.95 * zoom * float(np.min(canvas / (own[1] - own[0])))
+    camera.center = tuple((own[0] + own[1]) / 2)
+
+
+def _save(viewer, name: str) -> None:
+    _wait(lambda: False, 5)
+    path = IMAGES / f"{name}.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    log.info("wrote %s", path)
+
+
+def shot_annotate(args) -> None:
+    """Lazy annotation with the legend and per-image table; GrabCut on the objects in view."""
+    viewer = _viewer_with_sample()
+    _, ann = viewer.window.add_plugin_dock_widget(PLUGIN, "Lazy annotation")
+    _, gc = viewer.window.add_plugin_dock_widget(PLUGIN, "GrabCut refine")
+    ann.image_combo.setCurrentText(STACK)
+    gc.image_combo.setCurrentText(STACK)
+    _focus(viewer, STACK, zoom=1.6)  # a part of the image: "objects in view" is then a real choice
+    detection = next(ly for ly in viewer.layers if ly.name.startswith("detection") and ly.visible)
+    viewer.layers.selection.active = detection
+    detection.mode = "paint"
+    gc.scope.setCurrentText("objects in view")
+    _wait(lambda: False, 2)
+    gc.run()
+    _wait(gc.is_running, 300)
+    log.info("GrabCut: %s", gc.status.text() if hasattr(gc, "status") else "done")
+    _save(viewer, "annotate")
+    viewer.close()
+
+
+def shot_train(args) -> None:
+    """The Train widget after ``--seconds`` of training on the sample (defaults otherwise)."""
+    viewer = _viewer_with_sample()
+    _, tw = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    tw.model_dir.setText(str(Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "model"))
+    tw.budget_kind.setCurrentText("seconds")
+    tw.budget.setValue(int(args.seconds))
+    _focus(viewer, STACK)
+    tw.start()
+    _wait(tw.is_running, args.seconds * 4 + 300)
+    log.info("Train status: %s", tw.status.text())
+    _save(viewer, "train")
+    viewer.close()
+
+
+def shot_predict(args) -> None:
+    """The Predict widget's result on the sample's nuclei stack with a freshly trained model."""
+    from napari_lazylabels.core.io import load_dataset
+    from napari_lazylabels.core.model import resolve_device
+    from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config
+    from napari_lazylabels.sample_data import sample_paths
+
+    ds = load_dataset(sample_paths()["dataset"])
+    model_dir = Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "model"
+    fit(ds, model_dir, infer_model_config(ds, resolve_device("auto")),
+        TrainConfig(iterations=None, time_budget=args.seconds))
+    viewer = _viewer_with_sample()
+    _, pw = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    pw.model_dir.setText(str(model_dir))
+    pw.set_chosen([STACK])
+    pw.run()
+    _wait(pw.is_running, 600)
+    log.info("Predict status: %s", pw.status.text())
+    _focus(viewer, STACK)
+    viewer.layers[f"{STACK} instances"].visible = True
+    viewer.layers.selection.active = viewer.layers[f"{STACK} instances"]
+    _save(viewer, "predict")
+    viewer.close()
+
+
+SHOTS = {"annotate": shot_annotate, "train": shot_train, "predict": shot_predict}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("shots", nargs="+", choices=sorted(SHOTS))
+    ap.add_argument("--seconds", type=float, default=45.0, help="training time of the train and predict shots")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in args.shots:
+        SHOTS[name](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
