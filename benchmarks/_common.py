@@ -4,8 +4,8 @@ machine and software a record was made with, and appending records to JSON-lines
 The scripts run as ``python benchmarks/<name>.py``, which puts this folder on ``sys.path``
 (so they import this module and each other by name), and use the installed package
 (``pip install -e .``). A sweep run from another checkout, such as a git worktree, sets
-``PYTHONPATH=<worktree>/src`` so that its scripts measure that checkout's package; importing
-this module warns when the package would come from somewhere else.
+``PYTHONPATH=<worktree>/src`` so that its scripts measure that checkout's package; a script
+started from here warns when the package would come from somewhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ FOLDERS = {"glas": "glas-train", "isbi": "isbi2012-dev", "dsb": "dsb2018-touchin
 
 
 def _warn_if_package_elsewhere() -> None:
+    if Path(sys.argv[0]).resolve().parent != REPO / "benchmarks":
+        return  # imported by the tests or another program: nothing is measured
     spec = importlib.util.find_spec("napari_lazylabels")
     if spec is None or spec.origin is None:
         return
