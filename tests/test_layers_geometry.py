@@ -96,14 +96,14 @@ def _prediction(shape, n_classes=2):
 
 @pytest.mark.gui
 def test_prediction_layers_take_the_image_geometry(make_napari_viewer):
-    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets import _layers, _viewer
 
     viewer = make_napari_viewer(show=True)
     image = _scaled_image(viewer)
     ann = _plugin_widget(viewer)
     classes = ClassSpec(names=("background", "nucleus"))
     # as the Predict widget calls it: by image name only; upsert_layers finds the image
-    layers = _layers.upsert_layers(ann.viewer, _layers.prediction_layer_data("cells", [_prediction((600, 500))], classes))
+    layers = _viewer.upsert_layers(ann.viewer, _layers.prediction_layer_data("cells", [_prediction((600, 500))], classes))
     assert [ly.name for ly in layers] == ["cells classes", "cells instances", "cells interfaces", "cells probabilities"]
     for ly in layers:
         assert _geometry(ly) == _geometry(image), ly.name
@@ -111,7 +111,7 @@ def test_prediction_layers_take_the_image_geometry(make_napari_viewer):
     image.translate = (0.0, 5.0)
     data = _layers.prediction_layer_data("cells", [_prediction((600, 500))], classes, geometry=image)
     assert all(kw["translate"] == (0.0, 5.0) and kw["scale"] == SCALE for _, kw, _ in data)
-    again = _layers.upsert_layers(ann.viewer, data)
+    again = _viewer.upsert_layers(ann.viewer, data)
     assert [ly.name for ly in again] == [ly.name for ly in layers]
     assert viewer.layers["cells classes"].translate.tolist() == [0.0, 5.0]
     inst = _layers.instances_layer_data("cells", np.zeros((600, 500), np.int32), geometry=image)
@@ -182,7 +182,7 @@ def test_sample_opens_laid_out_with_visible_background(make_napari_viewer):
         from napari_lazylabels.sample_data import sample_paths  # noqa: F401
     except ImportError:
         pytest.skip("the bundled sample folder is not there")
-    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets import _colors, _layers, _viewer
 
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-lazylabels", "lazy_labels")
@@ -197,16 +197,16 @@ def test_sample_opens_laid_out_with_visible_background(make_napari_viewer):
             assert not overlap, (images[i].name, images[j].name)
     for image in images:
         tasks = _layers.find_task_layers(viewer.layers, image)
-        mean = _layers.mean_display_color(image)
+        mean = _viewer.image_display_color(image)
         for task, ly in tasks.items():
             assert ly is not None and np.allclose(_world_box(ly), _world_box(image)), (image.name, task)
         bg = tasks["detection"].colormap.map(np.array([1]))[0]  # value 1 = background class
-        assert _layers.contrast_ratio(bg, mean) >= 3, (image.name, bg, mean)
+        assert _colors.contrast_ratio(bg, mean) >= 3, (image.name, bg, mean)
 
 
 @pytest.mark.gui
 def test_background_marks_stand_out_on_gray_and_bright_images(make_napari_viewer):
-    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets import _colors, _viewer
 
     viewer = make_napari_viewer(show=True)
     em = viewer.add_image(_image((128, 128), mean=128.0), name="em", contrast_limits=(0, 255))
@@ -214,12 +214,12 @@ def test_background_marks_stand_out_on_gray_and_bright_images(make_napari_viewer
     ann.create_layers()
     for task in ("detection", "separation", "segmentation"):
         bg = viewer.layers[task].colormap.map(np.array([1]))[0]
-        assert _layers.contrast_ratio(bg, _layers.mean_display_color(em)) >= 3, task
+        assert _colors.contrast_ratio(bg, _viewer.image_display_color(em)) >= 3, task
     bright = np.full((64, 64), 230, np.uint8)
-    assert _layers.contrast_ratio(_layers.background_color(bright, contrast_limits=(0, 255)),
-                                  _layers.mean_display_color(bright, contrast_limits=(0, 255))) >= 3
+    assert _colors.contrast_ratio(_colors.background_color(bright, contrast_limits=(0, 255)),
+                                  _colors.mean_display_color(bright, contrast_limits=(0, 255))) >= 3
     # a colour set by the project wins
-    assert _layers.task_colormap("detection", ClassSpec(("background", "x"), ("#123456", "")), "#00ffff")[1] == "#123456"
+    assert _colors.task_colormap("detection", ClassSpec(("background", "x"), ("#123456", "")), "#00ffff")[1] == "#123456"
 
 
 # --------------------------------------------------------------------------- channels
@@ -250,7 +250,7 @@ def test_two_channel_tiff_is_refused_once_and_clearly(make_napari_viewer, monkey
 # --------------------------------------------------------------------------- visible region
 @pytest.mark.gui
 def test_view_region_uses_public_api_only(make_napari_viewer, qtbot):
-    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets import _viewer
 
     viewer = make_napari_viewer(show=True)
     image = _scaled_image(viewer)
@@ -261,7 +261,7 @@ def test_view_region_uses_public_api_only(make_napari_viewer, qtbot):
     h, w = viewer.canvas.size
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows, cols = _layers.view_region(ann.viewer, ann.viewer.layers["cells"])
+        rows, cols = _viewer.view_region(ann.viewer, ann.viewer.layers["cells"])
     assert not [str(c.message) for c in caught if "Private attribute" in str(c.message)]
     # canvas pixels / zoom = world units; / scale 0.5 = image pixels
     assert abs((rows.stop - rows.start) - h / 4.0 / 0.5) <= 2 and abs((rows.start + rows.stop) / 2 - 300) <= 1

@@ -317,7 +317,8 @@ def test_resplit_applies_instance_settings_without_the_network(make_napari_viewe
     "auto" smallest object is the model's size kept on the instances layer; a huge smallest
     object drops them all; an image without a prediction gets a message."""
     from napari_lazylabels._widgets import _common
-    from napari_lazylabels._widgets._layers import META, prediction_layer_data, upsert_layers
+    from napari_lazylabels._widgets._layers import META, prediction_layer_data
+    from napari_lazylabels._widgets._viewer import upsert_layers
     from napari_lazylabels._widgets.predict import PredictWidget
     from napari_lazylabels.core.predict import Prediction
 

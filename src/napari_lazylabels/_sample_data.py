@@ -19,7 +19,7 @@ def make_sample_data() -> list[tuple]:
     images) with its detection, separation and segmentation layers, the groups side by side.
 
     The sample's stored background colour (black) is dropped, so background marks take the
-    colour that stands out on its dark fluorescence images (``_layers.background_color``).
+    colour that stands out on its dark fluorescence images (``_colors.background_color``).
     """
     from ._widgets._layers import dataset_to_layer_data
 

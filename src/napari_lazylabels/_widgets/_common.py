@@ -211,8 +211,8 @@ def quiet_worker(func, *args, error_prefix: str, on_error=None, **kwargs):
     exception once, as one line ``"<error_prefix>: <message>"``.
 
     A worker created without an ``errored`` handler re-raises its exception on the main
-    thread, where napari shows it as a notification with a traceback; with the widget's own
-    notification the user saw every error twice. The worker is made with ``ignore_errors``
+    thread, where napari shows it as a notification with a traceback: with the widget's own
+    notification the user would see every error twice. The worker is made with ``ignore_errors``
     (and napari's relay, where present, disconnected); the traceback goes to the log.
     ``on_error(exc)`` (optional) runs after, e.g. to put the line in the widget's status.
     """
@@ -234,6 +234,23 @@ def quiet_worker(func, *args, error_prefix: str, on_error=None, **kwargs):
 
     worker.errored.connect(handle)
     return worker
+
+
+def progress_to(pbar, done: int, total: int | None = None, desc: str | None = None) -> None:
+    """Move a napari progress bar to ``done`` of ``total`` (``None``: keep its total).
+
+    A new ``desc`` starts a new phase, counted from 0. napari's bar counts by increments
+    (``update``) while the workers report how far they are: this turns one into the other,
+    backwards too (the bar may process events while it updates, so a later report can be
+    shown before an earlier one).
+    """
+    if desc is not None and pbar.desc != desc:
+        pbar.set_description(desc)
+        pbar.n = 0
+    if total is not None and pbar.total != total:
+        pbar.total = total
+    if done != pbar.n:
+        pbar.update(done - pbar.n)
 
 
 def show_warning(message: str) -> None:

@@ -12,15 +12,19 @@ Conventions shared by the reader, the writer, the sample data and every widget:
   (``"detection"``, ``"separation"``, ``"segmentation"``; or ``"<task> [<image>]"`` when a
   viewer holds several projects' images) and tagged with ``metadata["lazylabels"]["task"]``
   and ``["image"]`` (the image layer's name).
-* Predictions are pushed as ``"<image> classes"``, ``"<image> instances"``,
-  ``"<image> interfaces"`` and ``"<image> probabilities"`` layers, updated in place on re-runs.
+* Predictions are ``"<image> classes"``, ``"<image> instances"``, ``"<image> interfaces"``
+  and ``"<image> probabilities"`` layers (:func:`prediction_layer_name`), updated in place on
+  re-runs; the training preview is ``"<image> preview"``.
 * Every layer made for an image carries the image layer's ``scale``, ``translate`` and
   ``units`` (:func:`geometry_kwargs`), so label pixel ``(r, c)`` covers image pixel ``(r, c)``
   and brush sizes count image pixels. A dataset folder keeps them per image
   (``Sample.geometry``); images of different sizes opened together are laid out side by side.
 
-Nothing here starts threads or shows widgets; the functions only take and return arrays and
-layer data tuples (``(data, kwargs, layer_type)``) so they are easy to test.
+Nothing here reads or changes the viewer, starts threads or shows widgets: the functions
+take layers (or layer data tuples ``(data, kwargs, layer_type)``) and return core arrays,
+samples and datasets, or the other way round, so they are easy to test and the reader and
+writer share them. Colours come from :mod:`._colors`; :mod:`._viewer` adds the layer data to
+a viewer and knows what it shows.
 """
 
 from __future__ import annotations
@@ -32,166 +36,28 @@ import numpy as np
 
 from ..core.io import MIN_IMAGE_SIDE, LazyDataset, Sample, channels_message, normalize_geometry
 from ..core.labels import (
-    BACKGROUND,
     DETECTION,
-    INTERFACE,
     SEGMENTATION,
     SEPARATION,
     SEPARATION_CLASSES,
     TASKS,
     ClassSpec,
 )
+from ._colors import (
+    background_color,
+    class_features,
+    prediction_colormap,
+    preview_display,
+    task_colormap,
+)
 
 META = "lazylabels"
 TASK_LAYER_NAMES: dict[str, str] = {DETECTION: "detection", SEPARATION: "separation", SEGMENTATION: "segmentation"}
 PREDICTION_SUFFIXES = ("classes", "instances", "interfaces", "probabilities")
-
-# Background marks: cyan where it stands out (dark to mid-gray images), else navy (bright
-# images); both reach a WCAG contrast ratio of 3 against the image's mean colour between them.
-BACKGROUND_COLOR = "#00ffff"
-BACKGROUND_CHOICES = ("#00ffff", "#000080")
-MIN_CONTRAST = 3.0
-INTERFACE_COLOR = "#ffd400"
-PALETTE = (
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
-    "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324",
-)
+"""The layers a prediction of an image is shown in; ``"preview"`` is the training preview's."""
 
 
-# --------------------------------------------------------------------------- classes, colours
-def class_colors(classes: ClassSpec, background: str | None = None) -> list[str]:
-    """One ``#rrggbb`` colour per class (background first): the project's, else ``background``
-    (see :func:`background_color`) for class 0 and a palette for the objects."""
-    out = []
-    for i in range(classes.n_classes):
-        if i < len(classes.colors) and classes.colors[i]:
-            out.append(classes.colors[i])
-        else:
-            out.append((background or BACKGROUND_COLOR) if i == 0 else PALETTE[(i - 1) % len(PALETTE)])
-    return out
-
-
-def task_colormap(task: str, classes: ClassSpec, background: str | None = None) -> dict:
-    """``{label value: colour}`` for a task's Labels layer (0 stays transparent).
-
-    ``background`` is the colour of background marks when the project sets none (default
-    :data:`BACKGROUND_COLOR`; :func:`background_color` picks one that stands out on an image).
-    """
-    background = background or BACKGROUND_COLOR
-    if task == SEPARATION:
-        return {None: "transparent", 0: "transparent", BACKGROUND: background, INTERFACE: INTERFACE_COLOR}
-    cmap: dict = {None: "transparent", 0: "transparent"}
-    for i, c in enumerate(class_colors(classes, background)):
-        cmap[i + 1] = c
-    if task == SEGMENTATION and not (classes.colors and classes.colors[0]):
-        cmap[BACKGROUND] = background + "40"  # exact masks: a faint background
-    return cmap
-
-
-def _rgb01(color) -> np.ndarray:
-    """``"#rrggbb[aa]"`` or an RGB(A) sequence in 0..1 -> ``(3,)`` float RGB in 0..1."""
-    if isinstance(color, str):
-        h = color.lstrip("#")
-        return np.array([int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4)])
-    return np.clip(np.asarray(color, dtype=float)[:3], 0.0, 1.0)
-
-
-def relative_luminance(color) -> float:
-    """WCAG 2 relative luminance (0 black .. 1 white) of an sRGB colour."""
-    c = _rgb01(color)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    return float(lin @ np.array([0.2126, 0.7152, 0.0722]))
-
-
-def contrast_ratio(a, b) -> float:
-    """WCAG 2 contrast ratio of two colours (1 = same luminance .. 21 = black on white)."""
-    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
-    return (la + 0.05) / (lb + 0.05)
-
-
-def mean_display_color(image, rgb: bool | None = None, contrast_limits=None, colormap=None) -> np.ndarray:
-    """Mean colour ``(3,)`` in 0..1 of an image as the viewer shows it.
-
-    Args:
-        image: a napari Image layer (its first plane, contrast limits and colormap are used),
-            or a ``(H, W)`` / ``(H, W, 3)`` array (shown in gray between its min and max, as
-            napari does by default).
-        rgb, contrast_limits, colormap: override the layer's (arrays: ``rgb`` defaults to a
-            last axis of 3).
-    """
-    if not isinstance(image, np.ndarray) and hasattr(image, "contrast_limits"):  # a layer
-        rgb = _is_rgb(image, rgb)
-        contrast_limits = contrast_limits if contrast_limits is not None else getattr(image, "contrast_limits", None)
-        colormap = colormap if colormap is not None else getattr(image, "colormap", None)
-        plane = image_plane(image, 0)
-    else:
-        plane = np.asarray(image)
-        rgb = plane.ndim == 3 and plane.shape[-1] == 3 if rgb is None else rgb
-    step = max(1, int(max(plane.shape[:2]) // 256))
-    sub = np.asarray(plane[::step, ::step], dtype=np.float64)
-    if contrast_limits is None:
-        lo, hi = float(sub.min()), float(sub.max())
-    else:
-        lo, hi = (float(v) for v in contrast_limits)
-    norm = np.clip((sub - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
-    if rgb:
-        return norm.reshape(-1, 3).mean(0)
-    if colormap is not None and hasattr(colormap, "map"):
-        return np.asarray(colormap.map(norm.ravel()))[:, :3].mean(0)
-    return np.repeat(norm.mean(), 3)
-
-
-def background_color(image, **display) -> str:
-    """The background-mark colour for an image: the first of :data:`BACKGROUND_CHOICES` with a
-    contrast ratio of at least :data:`MIN_CONTRAST` against the image's mean displayed colour
-    (:func:`mean_display_color`; ``display`` passes its overrides), else the best of them."""
-    mean = mean_display_color(image, **display)
-    ratios = [contrast_ratio(c, mean) for c in BACKGROUND_CHOICES]
-    for c, r in zip(BACKGROUND_CHOICES, ratios, strict=True):
-        if r >= MIN_CONTRAST:
-            return c
-    return BACKGROUND_CHOICES[int(np.argmax(ratios))]
-
-
-def class_features(task: str, classes: ClassSpec) -> dict:
-    """Labels-layer ``features`` naming each label value, so napari's status bar shows the
-    class under the cursor (the layer's legend): ``{"index": [...], "class": [...]}``.
-
-    ``task`` is a task name (values are class index + 1) or ``"prediction"`` (values are the
-    class index, 0 = background).
-    """
-    names = list(task_class_names(task, classes)) if task in TASKS else list(classes.names)
-    start = 0 if task == "prediction" else 1
-    return {"index": list(range(start, start + len(names))), "class": names}
-
-
-def legend_html(task: str, classes: ClassSpec, background: str | None = None) -> str:
-    """One line of coloured squares and names for a task's or a prediction's label values
-    (``task="prediction"``: the predicted class map), for a widget's legend label."""
-    if task == SEPARATION:
-        pairs = [(BACKGROUND, "not an interface", background or BACKGROUND_COLOR), (INTERFACE, "interface", INTERFACE_COLOR)]
-    else:
-        start = 0 if task == "prediction" else 1
-        colors = class_colors(classes, background)
-        pairs = [(i + start, n, c) for i, (n, c) in enumerate(zip(classes.names, colors, strict=False))]
-        if task == "prediction":
-            pairs = pairs[1:]  # background stays transparent in a class map
-    return ", ".join(f"<span style='color:{c}'>■</span> {v} = {n}" for v, n, c in pairs)
-
-
-def prediction_colormap(classes: ClassSpec) -> dict:
-    """``{class index: colour}`` for a predicted class map (0 = background, transparent)."""
-    cmap: dict = {None: "transparent", 0: "transparent"}
-    for i, c in enumerate(class_colors(classes)[1:], start=1):
-        cmap[i] = c
-    return cmap
-
-
-def task_class_names(task: str, classes: ClassSpec) -> tuple[str, ...]:
-    """Class names of a task, in label-value order (value ``i + 1`` = name ``i``)."""
-    return SEPARATION_CLASSES if task == SEPARATION else classes.names
-
-
+# --------------------------------------------------------------------------- classes
 def classes_of(*layers) -> ClassSpec | None:
     """The first class list found in the layers' metadata, else ``None``."""
     for layer in layers:
@@ -254,8 +120,16 @@ def label_plane(labels_layer, index: int = 0) -> np.ndarray:
 
 
 def _stem(name: str) -> str:
+    """A file stem made of a layer name (characters a file name may hold)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
     return stem or "image"
+
+
+def _plane_names(layer_name: str, n: int, stacked: bool) -> list[str]:
+    """Sample names of the ``n`` planes of a layer without stored names: the layer name's
+    stem, numbered ``_000``, ``_001``, ... when ``stacked``."""
+    stem = _stem(layer_name)
+    return [f"{stem}_{i:03d}" for i in range(n)] if stacked else [stem]
 
 
 def sample_names(image_layer) -> list[str]:
@@ -264,58 +138,7 @@ def sample_names(image_layer) -> list[str]:
     names = image_layer.metadata.get(META, {}).get("names")
     if names and len(names) == n and len(set(names)) == n:
         return list(names)
-    stem = _stem(image_layer.name)
-    if len(label_shape(image_layer)) == 2:
-        return [stem]
-    return [f"{stem}_{i:03d}" for i in range(n)]
-
-
-def current_index(viewer, layer) -> int:
-    """The stack index of ``layer`` shown in the viewer (0 for 2D layers)."""
-    shape = label_shape(layer) if layer.__class__.__name__ == "Image" else tuple(layer.data.shape)
-    if len(shape) == 2:
-        return 0
-    point = layer.world_to_data(viewer.dims.point[-layer.ndim :] if viewer.dims.ndim >= layer.ndim else viewer.dims.point)
-    return int(np.clip(round(float(point[0])), 0, shape[0] - 1))
-
-
-def view_region(viewer, layer) -> tuple[slice, slice]:
-    """The ``(rows, cols)`` part of ``layer``'s 2D planes visible in the canvas.
-
-    Uses only public napari API (the camera and ``viewer.canvas.size``), so a widget holding
-    napari's plugin viewer proxy triggers no private-attribute warning.
-    """
-    shape = tuple(layer.data.shape[-2:]) if layer.__class__.__name__ != "Image" else label_shape(layer)[-2:]
-    # napari 0.9 moved the camera to viewer.scene (viewer.camera is deprecated there).
-    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
-    cy, cx = camera.center[-2:]
-    zoom = float(camera.zoom) or 1.0
-    size = _canvas_hw(viewer)
-    if size is None:  # napari without a canvas model: the whole image
-        return slice(0, shape[0]), slice(0, shape[1])
-    cw, ch = size
-    half_h, half_w = ch / zoom / 2, cw / zoom / 2
-    pts = []
-    for y, x in ((cy - half_h, cx - half_w), (cy + half_h, cx + half_w)):
-        world = list(viewer.dims.point)
-        world[-2], world[-1] = y, x
-        pts.append(layer.world_to_data(world[-layer.ndim :])[-2:])
-    (y0, x0), (y1, x1) = np.min(pts, axis=0), np.max(pts, axis=0)
-    r0, r1 = int(np.clip(np.floor(y0), 0, shape[0])), int(np.clip(np.ceil(y1), 0, shape[0]))
-    c0, c1 = int(np.clip(np.floor(x0), 0, shape[1])), int(np.clip(np.ceil(x1), 0, shape[1]))
-    if r1 <= r0 or c1 <= c0:
-        return slice(0, 0), slice(0, 0)
-    return slice(r0, r1), slice(c0, c1)
-
-
-def _canvas_hw(viewer) -> tuple[int, int] | None:
-    """``(width, height)`` of the canvas in screen pixels (``viewer.canvas.size``, napari >= 0.6,
-    kept in sync with the window's canvas), or ``None`` without it."""
-    size = getattr(getattr(viewer, "canvas", None), "size", None)
-    if size is None or len(size) != 2:
-        return None
-    h, w = size  # (height, width), numpy order
-    return int(w), int(h)
+    return _plane_names(image_layer.name, n, stacked=len(label_shape(image_layer)) == 3)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -431,7 +254,7 @@ def labels_layer_kwargs(
     Args:
         geometry: the image layer, or its :func:`geometry_kwargs` (scale, translate, units),
             so the labels lie over the image; ``None`` leaves napari's defaults.
-        background: colour of background marks (:func:`background_color` of the image) when
+        background: colour of background marks (:func:`._viewer.image_background_color`) when
             the project sets none.
     """
     out = {
@@ -513,6 +336,51 @@ def layers_to_dataset(image_layer, task_layers: dict, classes: ClassSpec | None 
     """A core :class:`LazyDataset` of every plane of ``image_layer`` (annotated or not)."""
     classes = classes or classes_of(image_layer, *task_layers.values()) or ClassSpec()
     return LazyDataset(classes=classes, samples=layers_to_samples(image_layer, task_layers))
+
+
+def annotated_dataset(layers: Sequence) -> tuple[LazyDataset, list]:
+    """Every image layer among ``layers`` that has lazy labels, as one core dataset: the
+    planes with at least one task's labels, of every such image.
+
+    A plane whose name another image already gave gets the image layer's stem in front
+    (``"<image>_<name>"``).
+
+    Returns:
+        ``(LazyDataset, [image layers used])``.
+
+    Raises:
+        ValueError: nothing annotated, or image layers with different class lists.
+    """
+    samples, used, classes = [], [], None
+    for layer in list(layers):
+        if layer.__class__.__name__ != "Image" or layer.metadata.get(META, {}).get("prediction"):
+            continue
+        try:
+            tasks = find_task_layers(layers, layer)
+        except ValueError:
+            continue
+        if not any(tasks.values()):
+            continue
+        layer_classes = classes_of(layer, *tasks.values())
+        if classes is not None and layer_classes is not None and layer_classes.names != classes.names:
+            raise ValueError(
+                f"Image '{layer.name}' uses classes {layer_classes.names} but another image uses "
+                f"{classes.names}. Use one class list per project (Lazy annotation widget)."
+            )
+        classes = classes or layer_classes
+        names = set(s.name for s in samples)
+        for s in layers_to_samples(layer, tasks):
+            if s.tasks():
+                if s.name in names:
+                    s.name = f"{_stem(layer.name)}_{s.name}"
+                samples.append(s)
+        used.append(layer)
+    if not samples:
+        raise ValueError(
+            "No image has lazy labels yet. Open the Lazy annotation widget, create the label "
+            "layers and paint a few detection marks (and some background with label 1)."
+        )
+    return LazyDataset(classes=classes or ClassSpec(), samples=samples), used
 
 
 def annotation_table(image_layer, task_layers: dict) -> list[tuple[str, dict[str, bool]]]:
@@ -642,7 +510,7 @@ def layer_data_to_dataset(layer_data: Sequence[tuple], classes: ClassSpec | None
         stems = meta.get("names")
         n = shape[0] if len(shape) == 3 else 1
         if not stems or len(stems) != n:
-            stems = [_stem(name)] if n == 1 else [f"{_stem(name)}_{i:03d}" for i in range(n)]
+            stems = _plane_names(name, n, stacked=n > 1)
         arr = np.asarray(data)
         geometry = image_geometry(attrs)
         for i in range(n):
@@ -652,6 +520,12 @@ def layer_data_to_dataset(layer_data: Sequence[tuple], classes: ClassSpec | None
 
 
 # --------------------------------------------------------------------------- predictions
+def prediction_layer_name(image_name: str, kind: str) -> str:
+    """Name of the layer that shows ``kind`` (one of :data:`PREDICTION_SUFFIXES`, or
+    ``"preview"``) of the prediction of the image layer ``image_name``."""
+    return f"{image_name} {kind}"
+
+
 def instances_layer_data(
     image_name: str, instances: np.ndarray, settings: dict | None = None, geometry=None
 ) -> tuple:
@@ -663,13 +537,14 @@ def instances_layer_data(
         settings: how they were cut (interface threshold, smallest object, ...), kept in the
             layer's metadata so that a re-split knows the model's automatic smallest object.
         geometry: the image layer (or its :func:`layer_geometry`), whose scale, translate and
-            units the layer takes; without it :func:`upsert_layers` looks the image up by name.
+            units the layer takes; without it :func:`._viewer.upsert_layers` looks the image up
+            by name.
     """
     meta = {"prediction": "instances", "image": image_name}
     if settings is not None:
         meta["settings"] = dict(settings)
     data = np.asarray(instances, dtype=np.int32)
-    kwargs = {"name": f"{image_name} instances", "opacity": 0.5, "visible": True, "metadata": {META: meta}}
+    kwargs = {"name": prediction_layer_name(image_name, "instances"), "opacity": 0.5, "visible": True, "metadata": {META: meta}}
     if geometry is not None:
         kwargs.update(geometry_kwargs(geometry, ndim=data.ndim))
     return (data, kwargs, "labels")
@@ -690,8 +565,8 @@ def prediction_layer_data(
         classes: the model's classes (for colours and names).
         settings: the instance settings used (see :func:`instances_layer_data`).
         geometry: the image layer (or its :func:`layer_geometry`): every layer takes its
-            scale, translate and units; without it :func:`upsert_layers` looks the image up
-            by name.
+            scale, translate and units; without it :func:`._viewer.upsert_layers` looks the
+            image up by name.
 
     Returns:
         ``"<image> classes"`` (Labels, uint8 class index, 0 = background; its ``features``
@@ -709,18 +584,18 @@ def prediction_layer_data(
 
     out = []
     cls = join([np.asarray(p.classes) for p in predictions])
-    out.append((cls, {"name": f"{image_name} classes", "colormap": prediction_colormap(classes), "opacity": 0.5,
+    out.append((cls, {"name": prediction_layer_name(image_name, "classes"), "colormap": prediction_colormap(classes), "opacity": 0.5,
                       "features": class_features("prediction", classes),
                       "metadata": {META: {"prediction": "classes", "image": image_name, "classes": classes.to_dict()}}}, "labels"))
     if all(p.instances is not None for p in predictions):
         out.append(instances_layer_data(image_name, join([np.asarray(p.instances, dtype=np.int32) for p in predictions]), settings))
     if all(p.interfaces is not None for p in predictions):
         itf = join([np.asarray(p.interfaces, dtype=np.float32) for p in predictions])
-        out.append((itf, {"name": f"{image_name} interfaces", "colormap": "magma", "contrast_limits": (0.0, 1.0),
+        out.append((itf, {"name": prediction_layer_name(image_name, "interfaces"), "colormap": "magma", "contrast_limits": (0.0, 1.0),
                           "blending": "additive", "visible": False,
                           "metadata": {META: {"prediction": "interfaces", "image": image_name}}}, "image"))
     prob = join([(1.0 - np.asarray(p.probabilities[0], dtype=np.float32)) for p in predictions])
-    out.append((prob, {"name": f"{image_name} probabilities", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
+    out.append((prob, {"name": prediction_layer_name(image_name, "probabilities"), "colormap": "viridis", "contrast_limits": (0.0, 1.0),
                        "blending": "additive", "visible": False,
                        "metadata": {META: {"prediction": "probabilities", "image": image_name}}}, "image"))
     if geometry is not None:
@@ -729,63 +604,56 @@ def prediction_layer_data(
     return out
 
 
-def _with_image_geometry(viewer, data, kwargs: dict, layer_type: str) -> dict:
-    """``kwargs`` plus the geometry of the image layer named in its metadata, when it sets no
-    ``scale`` or ``translate`` of its own (layers made before the image's geometry was known)."""
-    if "scale" in kwargs or "translate" in kwargs:
-        return kwargs
-    image_name = (kwargs.get("metadata") or {}).get(META, {}).get("image")
-    if not image_name or image_name not in viewer.layers:
-        return kwargs
-    image = viewer.layers[image_name]
-    if image.__class__.__name__ != "Image":
-        return kwargs
-    ndim = np.ndim(data) - (1 if layer_type == "image" and kwargs.get("rgb") else 0)
-    return {**kwargs, **geometry_kwargs(image, ndim=ndim)}
+def prediction_maps(layers, image_name: str) -> tuple[np.ndarray, np.ndarray | None, dict] | None:
+    """The maps kept of the prediction of an image layer, for cutting its instances again
+    without the network.
 
-
-def _same(current, wanted) -> bool:
-    """A layer property equals a wanted value (arrays element-wise, units by their names)."""
-    try:
-        if isinstance(wanted, (str, bytes)) or any(isinstance(v, str) for v in np.ravel(np.asarray(wanted, object))):
-            return tuple(str(u) for u in np.ravel(np.asarray(current, object))) == tuple(
-                str(u) for u in np.ravel(np.asarray(wanted, object)))
-        return np.allclose(np.asarray(current, float), np.asarray(wanted, float))
-    except (TypeError, ValueError):
-        return False
-
-
-def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
-    """Add layers, or update the existing layer of the same name and type in place.
-
-    A layer whose kwargs set no ``scale`` / ``translate`` takes those of the image layer its
-    metadata names (``metadata["lazylabels"]["image"]``), so predictions lie over their image.
+    Args:
+        layers: the viewer's layers (``name in layers``, ``layers[name]``).
+        image_name: the image layer's name.
 
     Returns:
-        the layers, in ``layer_data`` order.
+        ``(classes, interfaces, recorded)``: the ``"<image> classes"`` map ``(N, H, W)`` (a
+        2D image gets ``N = 1``), the ``"<image> interfaces"`` map of the same shape or
+        ``None``, and the instance settings recorded on the ``"<image> instances"`` layer
+        (:func:`instances_layer_data`; ``{}`` without one); ``None`` when the image has no
+        classes layer.
     """
-    from napari.layers import Layer
+    cls_name, inst_name, itf_name = (prediction_layer_name(image_name, k) for k in ("classes", "instances", "interfaces"))
+    if cls_name not in layers:
+        return None
+    classes = np.asarray(layers[cls_name].data)
+    interfaces = np.asarray(layers[itf_name].data) if itf_name in layers else None
+    if classes.ndim == 2:
+        classes = classes[None]
+        interfaces = None if interfaces is None else interfaces[None]
+    recorded = {}
+    if inst_name in layers:
+        recorded = layers[inst_name].metadata.get(META, {}).get("settings", {})
+    return classes, interfaces, recorded
 
-    out = []
-    for data, kwargs, layer_type in layer_data:
-        kwargs = _with_image_geometry(viewer, data, kwargs, layer_type)
-        name = kwargs.get("name")
-        existing = viewer.layers[name] if name in viewer.layers else None
-        if existing is not None and existing.__class__.__name__.lower() == layer_type and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
-            # geometry first and only where it differs: each change redraws the layer
-            for key in ("scale", "translate", "units"):
-                if key in kwargs and hasattr(existing, key) and not _same(getattr(existing, key), kwargs[key]):
-                    setattr(existing, key, kwargs[key])
-            existing.data = data
-            if "features" in kwargs and hasattr(existing, "features"):
-                existing.features = kwargs["features"]
-            if "metadata" in kwargs:
-                existing.metadata.update(kwargs["metadata"])
-            out.append(existing)
-            continue
-        if existing is not None:
-            viewer.layers.remove(existing)
-        layer = Layer.create(data, dict(kwargs), layer_type)
-        viewer.add_layer(layer)
-        out.append(layer)
-    return out
+
+def preview_layer_data(image_layer, classes: np.ndarray, index: int, rows: slice, cols: slice) -> tuple:
+    """The ``"<image> preview"`` Image layer data tuple of a class map predicted for a crop.
+
+    Args:
+        image_layer: the image layer the crop was taken from (its name, classes, geometry).
+        classes: ``(h, w)`` class indices of the crop ``[rows, cols]`` of plane ``index``.
+        index: the stack plane (ignored for a 2D image).
+        rows, cols: where the crop lies in the plane.
+
+    Returns:
+        ``(data, kwargs, "image")``: the map (``(1, h, w)`` for a stack, placed at plane
+        ``index``), in the class colours (:func:`._colors.preview_display`), over the crop.
+    """
+    stacked = len(label_shape(image_layer)) == 3
+    data = classes[None] if stacked else classes
+    offset = (index, rows.start, cols.start) if stacked else (rows.start, cols.start)
+    kwargs = {
+        "name": prediction_layer_name(image_layer.name, "preview"),
+        "opacity": 0.45,
+        "metadata": {META: {"prediction": "preview", "image": image_layer.name}},
+        **preview_display(classes_of(image_layer)),
+        **geometry_kwargs(image_layer, ndim=data.ndim, offset=offset),
+    }
+    return (data, kwargs, "image")

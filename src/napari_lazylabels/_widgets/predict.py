@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import _common, _layers
+from . import _colors, _common, _layers, _viewer
 from ._common import (
     limit_torch_threads,
     notify_errors,
@@ -98,7 +98,7 @@ def start_warm_up() -> None:
     """Start importing everything a prediction needs in background threads, once per process
     (the widget calls it when the viewer has drawn it): torch and the engine
     (:func:`._common.start_warm_up`, shared with the Train widget), then the post-processing
-    and napari's Labels imports. Imports on the main thread froze the viewer for seconds."""
+    and napari's Labels imports: on the main thread they would freeze the viewer for seconds."""
     global _POST_WARM_STARTED
     _common.start_warm_up()
     with _POST_WARM_LOCK:
@@ -143,7 +143,7 @@ def compact_labels(layer_data: tuple) -> tuple:
 
     napari shows uint8 and uint16 labels as they are, but hashes wider integers into the
     texture's range on the main thread every time the layer is sliced (several times per
-    update), which froze the viewer when predictions were pushed (docs/benchmarks.md,
+    update), which freezes the viewer while predictions are pushed (docs/benchmarks.md,
     "Prediction in the viewer")."""
     data, kwargs, layer_type = layer_data
     if layer_type == "labels" and data.dtype.itemsize > 2 and int(data.max(initial=0)) < 65536 and data.min(initial=0) >= 0:
@@ -237,47 +237,66 @@ def _model_report(ck, jobs) -> tuple[str, list[str]]:
             f"The model was trained on colour (RGB) images; {', '.join(gray)} is gray, so each pixel is "
             "repeated into three equal channels the model never saw. Train a model on gray images for it."
         )
-    legend = _layers.legend_html("prediction", ck.classes)
+    legend = _colors.legend_html("prediction", ck.classes)
     return f"Model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}<br>Classes: {legend}", notes
 
 
 class WorkerError(Exception):
     """A worker's RuntimeError (e.g. from torch), re-raised as an exception superqt reports:
-    it swallows RuntimeErrors as "aborted thread" and never emits ``finished``, which left
-    the widget busy for good."""
+    it swallows RuntimeErrors as "aborted thread" and never emits ``finished``, which would
+    leave the widget busy for good."""
 
 
 def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
     """Worker generator: instances again from kept class and interface maps (no network).
 
     ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
-    min_object_size, the model's recorded "auto" values)]``. Yields ``("progress", name,
-    "instances", done, total)`` (components of a plane, as they are cut),
-    ``("instances", name, layer data tuple, settings used)`` and ``("stopped", name)``."""
-    from ..core.predict import iter_instances_from_prediction
+    min_object_size, the model's recorded "auto" values)]``. Each plane is cut by the core's
+    instance step (:func:`~napari_lazylabels.core.predict.iter_instances_from_prediction`,
+    the generator form of ``instances_from_prediction``: it reports its components and stops
+    inside a plane). Yields ``("progress", name, "instances", done, total)`` (components of a
+    plane, as they are cut), ``("instances", name, layer data tuple, settings used)`` and
+    ``("stopped", name)``."""
+    from ..core.predict import PredictionCancelled, iter_instances_from_prediction
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
         out = np.zeros(classes.shape, np.int32)
-        for i in range(classes.shape[0]):
-            gen = iter_instances_from_prediction(
-                np.asarray(classes[i]), None if interfaces is None else np.asarray(interfaces[i], np.float32),
-                threshold, min_size, neck_depth=neck_depth,
-            )
-            while True:
-                if should_stop is not None and should_stop():
-                    gen.close()
-                    yield ("stopped", name)
-                    return
-                try:
-                    ev = next(gen)
-                except StopIteration as end:
-                    out[i] = end.value
-                    break
-                label = "instances" if classes.shape[0] == 1 else f"instances (plane {i + 1}/{classes.shape[0]})"
-                yield ("progress", name, label, ev.done, ev.total)
+        n = classes.shape[0]
+        try:
+            for i in range(n):
+                job = iter_instances_from_prediction(
+                    np.asarray(classes[i]), None if interfaces is None else np.asarray(interfaces[i], np.float32),
+                    threshold, min_size, neck_depth=neck_depth,
+                )
+                phase = "instances" if n == 1 else f"instances (plane {i + 1}/{n})"
+                out[i] = yield from _phase_events(job, name, phase, should_stop)
+        except PredictionCancelled:
+            yield ("stopped", name)
+            return
         settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size, **auto}
-        layer = compact_labels(_layers.instances_layer_data(name, out if out.shape[0] > 1 else out[0], settings))
+        layer = compact_labels(_layers.instances_layer_data(name, out if n > 1 else out[0], settings))
         yield ("instances", name, layer, settings)
+
+
+def _phase_events(job, name: str, phase: str, should_stop=None):
+    """Run a core job generator of :class:`PredictPhase` events inside a worker generator:
+    each event becomes ``("progress", name, phase, done, total)``; returns the job's result
+    (``result = yield from ...``).
+
+    Raises:
+        PredictionCancelled: ``should_stop()`` turned True before a step (the job is closed).
+    """
+    from ..core.predict import PredictionCancelled
+
+    while True:
+        if should_stop is not None and should_stop():
+            job.close()
+            raise PredictionCancelled("Prediction cancelled.")
+        try:
+            ev = next(job)
+        except StopIteration as end:
+            return end.value
+        yield ("progress", name, phase, ev.done, ev.total)
 
 
 class PredictionRunner:
@@ -389,18 +408,11 @@ class PredictionRunner:
 
         jobs = []
         for name in image_names:
-            cls_name, inst_name, itf_name = (f"{name} {k}" for k in ("classes", "instances", "interfaces"))
-            if cls_name not in self.viewer.layers:
+            kept = _layers.prediction_maps(self.viewer.layers, name)
+            if kept is None:
                 raise ValueError(f"No prediction of '{name}' yet: press Predict first, then Re-split.")
-            classes = np.asarray(self.viewer.layers[cls_name].data)
-            interfaces = np.asarray(self.viewer.layers[itf_name].data) if itf_name in self.viewer.layers else None
-            if classes.ndim == 2:
-                classes = classes[None]
-                interfaces = None if interfaces is None else interfaces[None]
-            old = {}
-            if inst_name in self.viewer.layers:
-                old = self.viewer.layers[inst_name].metadata.get(_layers.META, {}).get("settings", {})
-            auto = {k: old[k] for k in ("auto_interface_threshold", "auto_min_object_size") if k in old}
+            classes, interfaces, recorded = kept
+            auto = {k: recorded[k] for k in ("auto_interface_threshold", "auto_min_object_size") if k in recorded}
             threshold, min_size = recorded_instance_settings(
                 auto, settings.get("interface_threshold"), settings.get("min_object_size")
             )
@@ -417,10 +429,10 @@ class PredictionRunner:
 
         # A full garbage collection scans every tracked object of the viewer (hundreds of
         # thousands with torch loaded) holding the interpreter lock, and the worker's
-        # allocations trigger them: the viewer froze that long, repeatedly, while predicting
-        # (docs/benchmarks.md, "Prediction in the viewer"). Objects that exist now are set
-        # aside until the run ends (for good, a removed layer in a reference cycle could never
-        # be freed).
+        # allocations trigger them: the viewer would freeze that long, repeatedly, while
+        # predicting (docs/benchmarks.md, "Prediction in the viewer"). Objects that exist now
+        # are set aside until the run ends (not for good: a removed layer in a reference cycle
+        # could then never be freed).
         gc.freeze()
         self._frozen = True
         self._pbar = progress(total=0, desc=desc)
@@ -451,17 +463,9 @@ class PredictionRunner:
                 self.on_progress(*self.last_progress)
             # napari's progress bar may process events (later items, even the end) while it
             # updates: it shows the latest item, whichever call gets here.
-            pbar = self._pbar
-            if pbar is not None:
+            if self._pbar is not None:
                 name, phase, done, total = self.last_progress
-                desc = f"{name}: {phase}"
-                if pbar.desc != desc:  # a new phase counts from 0
-                    pbar.set_description(desc)
-                    pbar.n = 0
-                if pbar.total != total:
-                    pbar.total = total
-                if done != pbar.n:
-                    pbar.update(done - pbar.n)
+                _common.progress_to(self._pbar, done, total, desc=f"{name}: {phase}")
             return
         if kind == "model":
             if self.on_model is not None:
@@ -493,7 +497,7 @@ class PredictionRunner:
             if payload is not None:
                 payload(layers)
         else:
-            layers = _layers.upsert_layers(self.viewer, [payload])
+            layers = _viewer.upsert_layers(self.viewer, [payload])
             self.pushed += [ly.name for ly in layers]
             self._batch += layers
         if self._pending:
@@ -552,38 +556,7 @@ class PredictWidget(QWidget):
             "that more orientations add does not grow with the image. 'same': the "
             "orientations above for every size."
         )
-        # How instances are cut; Re-split applies changes without predicting again.
-        self.interface_threshold = QDoubleSpinBox()
-        self.interface_threshold.setRange(0.0, 1.0)
-        self.interface_threshold.setSingleStep(0.05)
-        self.interface_threshold.setSpecialValueText("auto")
-        self.interface_threshold.setValue(0.0)
-        self.interface_threshold.setToolTip(
-            "Interface probability that cuts objects apart. auto: the model's own, chosen on your "
-            "exact masks when training ended (else 0.5). Raise it when single objects come out "
-            "cut in pieces; lower it when touching objects stay merged. Then press Re-split."
-        )
-        self.min_size = QSpinBox()
-        self.min_size.setRange(0, 100_000_000)
-        self.min_size.setSpecialValueText("auto")
-        self.min_size.setSuffix(" px")
-        self.min_size.setToolTip(
-            "Objects smaller than this are dropped as specks. auto: a tenth of the area of a "
-            "typical object of the model's training labels (at least 16 px)."
-        )
-        self.necks = QDoubleSpinBox()
-        self.necks.setRange(0.0, 100.0)
-        self.necks.setSingleStep(0.5)
-        self.necks.setSpecialValueText("off")
-        self.necks.setSuffix(" px")
-        self.necks.setToolTip(
-            "Also cut objects at necks this many pixels shallower than their centres: for round "
-            "touching objects such as nuclei (about a tenth of their radius); cuts irregular "
-            "objects apart, so off by default."
-        )
-        self.resplit_btn = QPushButton("Re-split")
-        self.resplit_btn.setToolTip("Cut the instances of the ticked images again with these settings (no network).")
-        self.resplit_btn.clicked.connect(self.resplit)
+        self._make_instance_fields()
         self.run_btn, self.stop_btn, self._run_row = run_stop_buttons("Predict", self.run, self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -619,6 +592,41 @@ class PredictWidget(QWidget):
         if sess.model_dir is not None:
             self._on_model(sess.model_dir)
         self.refresh()
+
+    def _make_instance_fields(self) -> None:
+        """The fields of how instances are cut, and Re-split, which applies them without
+        predicting again."""
+        self.interface_threshold = QDoubleSpinBox()
+        self.interface_threshold.setRange(0.0, 1.0)
+        self.interface_threshold.setSingleStep(0.05)
+        self.interface_threshold.setSpecialValueText("auto")
+        self.interface_threshold.setValue(0.0)
+        self.interface_threshold.setToolTip(
+            "Interface probability that cuts objects apart. auto: the model's own, chosen on your "
+            "exact masks when training ended (else 0.5). Raise it when single objects come out "
+            "cut in pieces; lower it when touching objects stay merged. Then press Re-split."
+        )
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 100_000_000)
+        self.min_size.setSpecialValueText("auto")
+        self.min_size.setSuffix(" px")
+        self.min_size.setToolTip(
+            "Objects smaller than this are dropped as specks. auto: a tenth of the area of a "
+            "typical object of the model's training labels (at least 16 px)."
+        )
+        self.necks = QDoubleSpinBox()
+        self.necks.setRange(0.0, 100.0)
+        self.necks.setSingleStep(0.5)
+        self.necks.setSpecialValueText("off")
+        self.necks.setSuffix(" px")
+        self.necks.setToolTip(
+            "Also cut objects at necks this many pixels shallower than their centres: for round "
+            "touching objects such as nuclei (about a tenth of their radius); cuts irregular "
+            "objects apart, so off by default."
+        )
+        self.resplit_btn = QPushButton("Re-split")
+        self.resplit_btn.setToolTip("Cut the instances of the ticked images again with these settings (no network).")
+        self.resplit_btn.clicked.connect(self.resplit)
 
     def _on_model(self, path) -> None:
         self.model_dir.setText(str(path) if path else "")

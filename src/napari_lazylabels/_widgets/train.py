@@ -47,7 +47,7 @@ from ..core.labels import (
     SEPARATION,
     TASKS,
 )
-from . import _layers
+from . import _layers, _viewer
 from ._common import (
     LayerCombo,
     LossPlot,
@@ -59,6 +59,7 @@ from ._common import (
     new_project_model_dir,
     notify_errors,
     path_row,
+    progress_to,
     quiet_worker,
     require_model,
     run_stop_buttons,
@@ -100,51 +101,6 @@ def _preview_worker_fn(checkpoint, device, crop):
     return predictor.predict(crop, instances=False).classes
 
 
-def annotated_datasets(viewer):
-    """All image layers of the viewer that have lazy labels, as one core dataset.
-
-    Returns:
-        ``(LazyDataset, [image layers used])``.
-
-    Raises:
-        ValueError: nothing annotated, or image layers with different class lists.
-    """
-    from ..core.io import LazyDataset
-
-    samples, used, classes = [], [], None
-    for layer in list(viewer.layers):
-        if layer.__class__.__name__ != "Image" or layer.metadata.get(_layers.META, {}).get("prediction"):
-            continue
-        try:
-            tasks = _layers.find_task_layers(viewer.layers, layer)
-        except ValueError:
-            continue
-        if not any(tasks.values()):
-            continue
-        layer_classes = _layers.classes_of(layer, *tasks.values())
-        if classes is not None and layer_classes is not None and layer_classes.names != classes.names:
-            raise ValueError(
-                f"Image '{layer.name}' uses classes {layer_classes.names} but another image uses "
-                f"{classes.names}. Use one class list per project (Lazy annotation widget)."
-            )
-        classes = classes or layer_classes
-        names = set(s.name for s in samples)
-        for s in _layers.layers_to_samples(layer, tasks):
-            if s.tasks():
-                if s.name in names:
-                    s.name = f"{_layers._stem(layer.name)}_{s.name}"
-                samples.append(s)
-        used.append(layer)
-    if not samples:
-        raise ValueError(
-            "No image has lazy labels yet. Open the Lazy annotation widget, create the label "
-            "layers and paint a few detection marks (and some background with label 1)."
-        )
-    from ..core.labels import ClassSpec
-
-    return LazyDataset(classes=classes or ClassSpec(), samples=samples), used
-
-
 class TrainWidget(QWidget):
     """Train the multi-task U-net on the viewer's lazy labels, in the background.
 
@@ -159,6 +115,8 @@ class TrainWidget(QWidget):
     """
 
     def __init__(self, napari_viewer, parent=None) -> None:
+        # Long but flat: the run state, then the form's fields in the order it shows them,
+        # the layout and the session hooks; splitting it would only scatter the form.
         super().__init__(parent)
         self.viewer = napari_viewer
         self.model_config = None
@@ -228,8 +186,9 @@ class TrainWidget(QWidget):
         self.resume = QCheckBox("continue from the folder's latest checkpoint")
         self.resume.setChecked(True)
         self.preview = QCheckBox("preview the current view at each new best model")
-        # Off by default: the preview predicts in a second thread beside training (2 cores:
-        # both slow down) and adding its layer holds the viewer 0.3-0.6 s once.
+        # Off by default: the preview predicts in a second thread beside training (on a few
+        # cores both slow down) and adding its layer holds the viewer once (docs/benchmarks.md,
+        # "Viewer freezes while training").
         self.preview.setChecked(False)
         self.preview.setToolTip(
             "Predict the visible region with each new best model while training runs. Costs training "
@@ -373,7 +332,7 @@ class TrainWidget(QWidget):
             return
         from ..core.quality import check_trainable
 
-        dataset, used = annotated_datasets(self.viewer)
+        dataset, used = _layers.annotated_dataset(self.viewer.layers)
         check_trainable(dataset)
         self._pending = True
         self._start_token += 1
@@ -502,13 +461,12 @@ class TrainWidget(QWidget):
             self.plot.add(ev.iteration, ev.loss)
             pbar = self._pbar
             now = time.perf_counter()
-            # napari's progress bar processes events in setValue (~15 ms): twice a second is enough
+            # napari's progress bar processes events as it moves: twice a second is enough
             if pbar is not None and now - self._pbar_shown >= 0.5:
-                done = int(ev.elapsed) if self._budget_seconds else self._steps
-                delta = min(done, pbar.total) - pbar.n
-                if delta > 0:
+                done = min(int(ev.elapsed) if self._budget_seconds else self._steps, pbar.total)
+                if done > pbar.n:
                     self._pbar_shown = now
-                    pbar.update(delta)
+                    progress_to(pbar, done)
             if self._steps % 5 == 1 and not self._stop_requested:
                 pps = f", {ev.patches_per_s:.0f} patches/s" if ev.patches_per_s else ""
                 score = f"\n{self._score_text}" if self._score_text else ""
@@ -641,8 +599,8 @@ class TrainWidget(QWidget):
         from napari.qt.threading import thread_worker
 
         try:
-            idx = _layers.current_index(self.viewer, layer)
-            rows, cols = _layers.view_region(self.viewer, layer)
+            idx = _viewer.current_index(self.viewer, layer)
+            rows, cols = _viewer.view_region(self.viewer, layer)
             # at most 512 x 512 around the view's centre: a preview, not a prediction
             rows = _clip_span(rows, 512)
             cols = _clip_span(cols, 512)
@@ -654,23 +612,12 @@ class TrainWidget(QWidget):
             return
         # a failed preview is logged, never shown: it must not interrupt training
         worker = thread_worker(_preview_worker_fn, start_thread=False, ignore_errors=True)(checkpoint, "cpu", crop)
-        stacked = len(_layers.label_shape(layer)) == 3
 
         def done(classes):
-            data = classes[None] if stacked else classes
-            offset = (idx, rows.start, cols.start) if stacked else (rows.start, cols.start)
-            geometry = _layers.geometry_kwargs(layer, ndim=data.ndim, offset=offset)
-            kwargs = {
-                "name": f"{layer.name} preview",
-                "opacity": 0.45,
-                "metadata": {_layers.META: {"prediction": "preview", "image": layer.name}},
-                **_preview_display(_layers.classes_of(layer)),
-                **geometry,
-            }
-            # An Image layer: adding one costs the event loop a third of a Labels layer's
-            # (no paint overlays); later previews update it in place.
-            (ly,) = _layers.upsert_layers(self.viewer, [(data, kwargs, "image")])
-            ly.translate = geometry["translate"]
+            # an Image layer (see _colors.preview_display); later previews update it in place
+            data, kwargs, kind = _layers.preview_layer_data(layer, classes, idx, rows, cols)
+            (ly,) = _viewer.upsert_layers(self.viewer, [(data, kwargs, kind)])
+            ly.translate = kwargs["translate"]
 
         def finished():
             self.preview_worker = None
@@ -726,27 +673,8 @@ class TrainWidget(QWidget):
             self.save_model(path)
 
 
-def _preview_display(classes) -> dict:
-    """Image-layer kwargs that show a class map ``(..., H, W)`` of ``classes`` in the class
-    colours, background transparent: a stepwise colormap with class ``k`` at the centre of
-    its step (``contrast_limits (-0.5, n - 0.5)``), safe from rounding at the steps' edges."""
-    import numpy as np
-    from napari.utils.colormaps import Colormap
-    from napari.utils.colormaps.standardize_color import transform_color
-
-    from ..core.labels import ClassSpec
-
-    colors = _layers.class_colors(classes or ClassSpec())
-    n = len(colors)
-    rgba = [[0.0, 0.0, 0.0, 0.0]] + [list(map(float, transform_color(c)[0])) for c in colors[1:]]
-    cmap = Colormap(
-        colors=rgba, controls=np.linspace(0.0, 1.0, n + 1), interpolation="zero",
-        name="lazylabels preview " + " ".join(colors[1:]),
-    )
-    return {"colormap": cmap, "contrast_limits": (-0.5, n - 0.5), "blending": "translucent"}
-
-
 def _clip_span(span: slice, size: int) -> slice:
+    """At most ``size`` of ``span``, around its middle."""
     n = span.stop - span.start
     if n <= size:
         return span
