@@ -47,8 +47,8 @@ from napari_lazylabels.core.runfolder import LOCK_NAME
 TINY = ["--size", "tiny", "--batch-size", "2", "--patch-size", "64", "--threads", "1", "--device", "cpu"]
 CHILD = (
     "import functools, sys\n"
-    "from napari_lazylabels.core import predict as P\n"
-    "P.predict_file = functools.partial(P.predict_file, large_pixels=1)  # memory-mapped maps\n"
+    "from napari_lazylabels.core import outputs, predict as P\n"
+    "P.predict_file = outputs.predict_file = functools.partial(outputs.predict_file, large_pixels=1)  # memory-mapped maps\n"
     "from napari_lazylabels.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_lazylabels.core import predict as predict_mod
+from napari_lazylabels.core import predictor as predictor_mod
 from napari_lazylabels.core.model import ModelConfig, build_model
 from napari_lazylabels.core.predict import PredictConfig, Predictor
 
@@ -56,7 +56,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.eager_limit_mb is not None:
-        predict_mod.EAGER_NORMALIZE_BYTES = int(args.eager_limit_mb * MB)
+        predictor_mod.EAGER_NORMALIZE_BYTES = int(args.eager_limit_mb * MB)
 
     side, k = args.side, args.classes
     cfg = ModelConfig(

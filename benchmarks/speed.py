@@ -60,6 +60,7 @@ from napari_lazylabels.core.labels import SEGMENTATION, TASKS
 from napari_lazylabels.core.losses import multitask_loss
 from napari_lazylabels.core.model import MODEL_SIZES, ModelConfig, autocast_dtype, build_model
 from napari_lazylabels.core.predict import PredictConfig, Predictor, sliding_window
+from napari_lazylabels.core.tiling import SIGMA_SCALE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "speed"
@@ -409,17 +410,17 @@ def bench_prediction(size: str, side: int, reps: int, log) -> dict:
             with torch.inference_mode():
                 return sliding_window_inference(
                     x, (PATCH, PATCH), pc.batch_size, forward, overlap=pc.overlap,
-                    mode="gaussian", sigma_scale=pc.sigma_scale,
+                    mode="gaussian", sigma_scale=SIGMA_SCALE,
                 )
     except ImportError:
         ref_name = "naive"
 
         def ref(forward=predictor.forward):
-            return naive_blend(x, forward, PATCH, pc.overlap, pc.batch_size, pc.sigma_scale)
+            return naive_blend(x, forward, PATCH, pc.overlap, pc.batch_size, SIGMA_SCALE)
 
     fns = {
         "ours_sliding_window": lambda: sliding_window(normed, predictor.forward, None, PATCH, pc.overlap, pc.batch_size,
-                                                      sigma_scale=pc.sigma_scale),
+                                                      sigma_scale=SIGMA_SCALE),
         "ours_predict": lambda: predictor.predict(image, instances=False),
         ref_name: ref,
         ref_name + "_unfused": lambda: ref(unfused.forward),

@@ -71,7 +71,7 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     assert main(["instances", str(tmp_path / "nowhere")]) == 2
     assert "give the --out folder of lazylabels predict" in caplog.text
     # post-processing options reach the predictor; a threshold out of range is refused
-    from napari_lazylabels.core import predict as predict_mod
+    from napari_lazylabels.core import predictor as predict_mod
 
     seen = []
     init = predict_mod.Predictor.__init__

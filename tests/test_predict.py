@@ -98,9 +98,9 @@ def test_tile_starts(length, tile, overlap):
 @pytest.mark.parametrize("band_bytes", [None, 0])  # the default band, and the smallest (shifted at every row)
 def test_sliding_window_exact(shape, tile, overlap, batch, band_bytes, monkeypatch):
     if band_bytes is not None:
-        import napari_lazylabels.core.predict as predict_module
+        import napari_lazylabels.core.tiling as tiling
 
-        monkeypatch.setattr(predict_module, "BAND_BYTES", band_bytes)
+        monkeypatch.setattr(tiling, "BAND_BYTES", band_bytes)
     rng = np.random.default_rng(0)
     image = rng.normal(size=(2, *shape)).astype(np.float32)
     seen = []
@@ -479,9 +479,9 @@ def test_predictor_at_working_scale(multitask, monkeypatch):
     assert (pred.classes[104:196, 204:396] == 1).all() and (pred.classes[:96] == 0).all()
     assert pred.instances.max() == 1
     # large images keep their working-scale maps in memory-mapped files: same result
-    import napari_lazylabels.core.predict as predict_mod
+    import napari_lazylabels.core.predictor as predictor_mod
 
-    monkeypatch.setattr(predict_mod, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(predictor_mod, "LARGE_IMAGE_PIXELS", 1000)
     again = Predictor(Spy(model), half, FAST).predict(image)
     np.testing.assert_array_equal(again.probabilities, pred.probabilities)
 
@@ -717,15 +717,15 @@ def test_post_processing_reports_its_phases_and_stops_inside_them(multitask, mon
     the instance step, per component that needs a watershed (PHASE_SECONDS = 0 here): 30
     bars, each crossed by an interface line, are 30 watershed components. Closing the
     generator in the instance step (what a worker's Stop does) leaves no Prediction."""
-    from napari_lazylabels.core import predict as predict_mod
+    from napari_lazylabels.core import instances as instances_mod
 
-    monkeypatch.setattr(predict_mod, "PHASE_SECONDS", 0.0)
+    monkeypatch.setattr(instances_mod, "PHASE_SECONDS", 0.0)
     classes = np.zeros((300, 200), np.uint8)
     interfaces = np.zeros((300, 200), np.float32)
     for i in range(30):
         classes[10 * i + 2 : 10 * i + 8, 10:190] = 1
         interfaces[10 * i + 2 : 10 * i + 8, 99:101] = 0.9
-    events = list(predict_mod.iter_instances_from_prediction(classes, interfaces, 0.5, 4))
+    events = list(instances_mod.iter_instances_from_prediction(classes, interfaces, 0.5, 4))
     assert [e.phase for e in events] == ["instances"] * len(events) and len(events) >= 30
     assert [e.done for e in events] == sorted(e.done for e in events) and events[-1] == PredictPhase("instances", 30, 30)
     inst = instances_from_prediction(classes, interfaces, 0.5, 4)

@@ -60,7 +60,7 @@ def test_progress_names_every_phase_and_layers_are_updated_in_place(make_napari_
     """The status goes through the tiles, then the post-processing phases (classes,
     instances) and the layers, and the finished prediction's four layers are the same
     objects after a second Predict (data swapped, nothing re-added)."""
-    from napari_lazylabels.core import predict as predict_mod
+    from napari_lazylabels.core import predictor as predict_mod
 
     monkeypatch.setattr(predict_mod.Predictor, "forward", _interfaces_everywhere(predict_mod.Predictor.forward))
     viewer = make_napari_viewer(show=True)
@@ -128,9 +128,9 @@ def test_stop_during_the_instance_step(make_napari_viewer, qtbot, model_dir, mon
     """Stop pressed while instances are cut (a slowed watershed) ends the worker there."""
     import skimage.segmentation
 
-    from napari_lazylabels.core import predict as predict_mod
+    from napari_lazylabels.core import instances, predictor
 
-    monkeypatch.setattr(predict_mod, "PHASE_SECONDS", 0.0)
+    monkeypatch.setattr(instances, "PHASE_SECONDS", 0.0)
     real = skimage.segmentation.watershed
 
     def slow_watershed(*a, **k):
@@ -139,7 +139,7 @@ def test_stop_during_the_instance_step(make_napari_viewer, qtbot, model_dir, mon
 
     monkeypatch.setattr(skimage.segmentation, "watershed", slow_watershed)
     # Every object holds an interface pixel, so each goes through the (slowed) watershed.
-    monkeypatch.setattr(predict_mod.Predictor, "forward", _interfaces_everywhere(predict_mod.Predictor.forward))
+    monkeypatch.setattr(predictor.Predictor, "forward", _interfaces_everywhere(predictor.Predictor.forward))
     viewer = make_napari_viewer(show=True)
     viewer.add_image(_image(300), name="im")
     pw = _widget(viewer, model_dir)

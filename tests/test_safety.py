@@ -294,8 +294,8 @@ def test_full_disk_is_one_line(tmpfs, lazy, model, caplog):
 # --------------------------------------------------------------------------- 6. temp files
 _LARGE = (
     "import functools, sys\n"
-    "from napari_lazylabels.core import predict as P\n"
-    "P.predict_file = functools.partial(P.predict_file, large_pixels=1)\n"
+    "from napari_lazylabels.core import outputs, predict as P\n"
+    "P.predict_file = outputs.predict_file = functools.partial(outputs.predict_file, large_pixels=1)\n"
     "from napari_lazylabels.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

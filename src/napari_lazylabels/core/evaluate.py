@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label
 
+from .instances import separating_interfaces
 from .io import IMAGE_SUFFIXES, read_image, read_label
 from .metrics import evaluate_image, summarize
-from .predict import separating_interfaces
 
 __all__ = ["evaluate_folder"]
 

@@ -365,7 +365,7 @@ def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> flo
 
 
 def _validate(model, model_config, samples, device) -> dict:
-    from .predict import PredictConfig, Predictor
+    from .predictor import PredictConfig, Predictor
 
     # one orientation and no interface map: validation scores the class map, picks the best
     # model and should stay quick
@@ -385,7 +385,8 @@ def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelCo
     complete exact masks best (:func:`napari_lazylabels.core.predict.tune_interface_threshold`);
     unchanged when there are too few objects to tell or the model has no separation head.
     Training does this when it ends (``TrainConfig.tune_instances``)."""
-    from .predict import PredictConfig, Predictor, tune_interface_threshold
+    from .calibrate import tune_interface_threshold
+    from .predictor import PredictConfig, Predictor
 
     # Interfaces come from one orientation whatever PredictConfig.tta says: one is enough.
     predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1))
