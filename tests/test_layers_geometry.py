@@ -81,6 +81,15 @@ def test_update_realigns_labels_after_the_image_moves(make_napari_viewer):
     ann.create_layers()  # "Create / update label layers"
     assert [ly.name for ly in viewer.layers] == ["cells", *TASK_NAMES]
     assert all(_geometry(viewer.layers[t])[:2] == ((2.0, 2.0), (0.0, 0.0)) for t in TASK_NAMES)
+    # a new class list: the layers keep their labels and take the classes' names and colours
+    det = viewer.layers["detection"]
+    det.data[5, 5] = 2
+    ann.classes_edit.setText("background, nucleus, mitosis:#123456")
+    ann.create_layers()
+    assert det.data[5, 5] == 2 and len(viewer.layers) == 1 + len(TASK_NAMES)
+    assert list(det.features["class"]) == ["background", "nucleus", "mitosis"]
+    assert det.metadata["lazylabels"]["classes"]["names"] == ["background", "nucleus", "mitosis"]
+    assert np.allclose(det.colormap.map(np.array([3]))[0][:3], [0x12 / 255, 0x34 / 255, 0x56 / 255])
 
 
 # --------------------------------------------------------------------------- predictions

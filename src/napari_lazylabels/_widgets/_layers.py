@@ -604,6 +604,19 @@ def prediction_layer_data(
     return out
 
 
+def compact_labels(layer_data: tuple) -> tuple:
+    """A Labels layer data tuple with int32 data of fewer than 65536 objects as uint16.
+
+    napari shows uint8 and uint16 labels as they are, but hashes wider integers into the
+    texture's range on the main thread every time the layer is sliced (several times per
+    update), which freezes the viewer while predictions are pushed (docs/benchmarks.md,
+    "Prediction in the viewer")."""
+    data, kwargs, layer_type = layer_data
+    if layer_type == "labels" and data.dtype.itemsize > 2 and int(data.max(initial=0)) < 65536 and data.min(initial=0) >= 0:
+        data = data.astype(np.uint16)
+    return data, kwargs, layer_type
+
+
 def prediction_maps(layers, image_name: str) -> tuple[np.ndarray, np.ndarray | None, dict] | None:
     """The maps kept of the prediction of an image layer, for cutting its instances again
     without the network.

@@ -6,7 +6,9 @@
 * :func:`current_index` and :func:`view_region`: the stack plane shown and the part of it
   visible in the canvas (GrabCut's "objects in view", the training preview).
 * :func:`upsert_layers`: add the converter's layer data tuples (:mod:`._layers`), or update
-  the layers of the same names in place, over the image they belong to.
+  the layers of the same names in place, over the image they belong to;
+  :func:`restyle_labels`: a task layer takes new classes, colours and geometry, keeping its
+  labels.
 
 Only public napari API is used (the viewer model's dims, camera and canvas size, layer
 transforms), so a widget holding napari's plugin viewer proxy triggers no private-attribute
@@ -131,6 +133,20 @@ def _same(current, wanted) -> bool:
         return np.allclose(np.asarray(current, float), np.asarray(wanted, float))
     except (TypeError, ValueError):
         return False
+
+
+def restyle_labels(layer, kwargs: dict) -> None:
+    """Give an existing Labels layer the colours, class names, geometry and metadata of
+    ``kwargs`` (:func:`._layers.labels_layer_kwargs`), keeping its name, opacity and labels:
+    the project's classes changed, or its image moved or was rescaled."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    layer.colormap = DirectLabelColormap(color_dict=kwargs["colormap"])
+    layer.features = kwargs["features"]
+    for key in ("scale", "translate", "units"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+    layer.metadata.setdefault(META, {}).update(kwargs["metadata"][META])
 
 
 def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:

@@ -199,26 +199,20 @@ class AnnotationWidget(QWidget):
         background = _viewer.image_background_color(layer)
         for task in TASKS:
             ly = tasks[task]
+            name = None
             if ly is None:
                 name = _layers.task_layer_name(task)
                 if name in self.viewer.layers or others:
                     name = _layers.task_layer_name(task, layer.name)
-                kwargs = _layers.labels_layer_kwargs(
-                    task, layer.name, classes, name, geometry=geometry, background=background
-                )
+            kwargs = _layers.labels_layer_kwargs(
+                task, layer.name, classes, name, geometry=geometry, background=background
+            )
+            if ly is None:
                 ly = self.viewer.add_labels(_layers.empty_labels(layer), **kwargs)
                 ly.selected_label = 2  # first object class / the interface label
                 tasks[task] = ly
-            else:
-                from napari.utils.colormaps import DirectLabelColormap
-
-                ly.colormap = DirectLabelColormap(color_dict=_colors.task_colormap(task, classes, background))
-                ly.features = _colors.class_features(task, classes)
-                for key, value in geometry.items():  # the image may have moved or been rescaled
-                    setattr(ly, key, value)
-                ly.metadata.setdefault(_layers.META, {}).update(
-                    {"task": task, "image": layer.name, "classes": classes.to_dict()}
-                )
+            else:  # new classes, or the image moved or was rescaled: the labels stay
+                _viewer.restyle_labels(ly, kwargs)
             ly.brush_size = self.brush.value()  # napari counts it in data pixels: image pixels
         det = tasks[DETECTION]
         self.viewer.layers.selection.active = det

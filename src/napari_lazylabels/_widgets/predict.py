@@ -138,19 +138,6 @@ CPU_BATCH = 2
 in the viewer"), a quarter of the activations, and a Stop waits for one such pass."""
 
 
-def compact_labels(layer_data: tuple) -> tuple:
-    """A Labels layer data tuple with int32 data of fewer than 65536 objects as uint16.
-
-    napari shows uint8 and uint16 labels as they are, but hashes wider integers into the
-    texture's range on the main thread every time the layer is sliced (several times per
-    update), which freezes the viewer while predictions are pushed (docs/benchmarks.md,
-    "Prediction in the viewer")."""
-    data, kwargs, layer_type = layer_data
-    if layer_type == "labels" and data.dtype.itemsize > 2 and int(data.max(initial=0)) < 65536 and data.min(initial=0) >= 0:
-        data = data.astype(np.uint16)
-    return data, kwargs, layer_type
-
-
 def _status(name: str, phase: str, done: int, total: int) -> str:
     return f"{name}: {phase} {done}/{total}"
 
@@ -215,7 +202,7 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
                     if should_stop is not None and should_stop():
                         raise PredictionCancelled("Prediction cancelled.")
             yield ("progress", name, "layers", 0, 1)
-            layer_data = [compact_labels(d) for d in _layers.prediction_layer_data(name, preds, ck.classes, settings)]
+            layer_data = [_layers.compact_labels(d) for d in _layers.prediction_layer_data(name, preds, ck.classes, settings)]
             del preds
             yield ("result", name, layer_data, settings)
     except PredictionCancelled:
@@ -274,7 +261,7 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
             yield ("stopped", name)
             return
         settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size, **auto}
-        layer = compact_labels(_layers.instances_layer_data(name, out if n > 1 else out[0], settings))
+        layer = _layers.compact_labels(_layers.instances_layer_data(name, out if n > 1 else out[0], settings))
         yield ("instances", name, layer, settings)
 
 
