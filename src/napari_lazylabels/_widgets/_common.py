@@ -101,8 +101,9 @@ _WARM_ERROR: list[BaseException] = []
 def _dlopen_torch_libraries() -> None:
     """Load torch's large shared libraries with ``dlopen`` called through ctypes, which
     releases the interpreter lock for the call (the import of ``torch._C`` holds it for the
-    whole load, 0.2-0.7 s of relocations that would freeze the viewer). The import then finds
-    them loaded. Linux only; a failure just leaves the work to the import."""
+    whole load, long enough to freeze the viewer: docs/benchmarks.md, "Viewer freezes while
+    training"). The import then finds them loaded. Linux only; a failure just leaves the work
+    to the import."""
     if not sys.platform.startswith("linux"):
         return
     spec = importlib.util.find_spec("torch")
@@ -126,7 +127,7 @@ def _warm_up() -> None:
     one Adam step (its first step imports more of torch)."""
     was_enabled = gc.isenabled()
     # Importing torch creates millions of objects: with the collector on, its full passes
-    # hold the interpreter lock for 0.1-0.5 s each (the viewer freezes) and triple the time.
+    # hold the interpreter lock long enough to freeze the viewer, many times over.
     gc.disable()
     try:
         _dlopen_torch_libraries()
@@ -149,8 +150,8 @@ def _warm_up() -> None:
     finally:
         # Move the new objects straight to the oldest generation: left in the youngest, the
         # next collections would walk the millions of them generation by generation, holding
-        # the interpreter lock 0.2-0.45 s twice. (Frozen for good they could never be freed;
-        # unfrozen at once, nothing is kept alive that a full collection would free.)
+        # the interpreter lock (the viewer freezes). Frozen for good they could never be freed;
+        # unfrozen at once, nothing is kept alive that a full collection would free.
         gc.freeze()
         gc.unfreeze()
         if was_enabled:
