@@ -66,6 +66,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,15 @@ import numpy as np
 import baselines
 from _common import FOLDERS, REPO, machine, shared_data, utc_now, versions
 from napari_lazylabels.core import io, metrics, simulate
-from napari_lazylabels.core.checkpoint import load_checkpoint, update_model_config
+from napari_lazylabels.core.checkpoint import load_checkpoint, save_calibration
 from napari_lazylabels.core.data import AugmentConfig, object_size
 from napari_lazylabels.core.io import LazyDataset
 from napari_lazylabels.core.labels import DEFAULT_TASK_WEIGHTS, TASKS
+from napari_lazylabels.core.losses import BALANCED_TASKS, masked_cross_entropy, multitask_loss
 from napari_lazylabels.core.model import (
     CPU_DEFAULT_SIZE,
     ModelConfig,
+    MultiTaskUNet,
     autocast_dtype,
     precision_name,
     resolve_device,
@@ -227,13 +230,13 @@ class Run:
     mask_share: float | None = None  # None: the product default (AugmentConfig.mask_share)
     scale: float | None = None  # None: the product default (working scale from object size)
     augment: tuple[tuple[str, float], ...] = ()  # AugmentConfig overrides for experiments
-    balance: tuple[str, ...] | None = None  # None: the product default (TrainConfig.balance_classes)
+    balance: tuple[str, ...] | None = None  # None: the product's (losses.BALANCED_TASKS)
     marks_seg: bool | None = None  # None: the product default (TrainConfig.marks_to_segmentation)
-    balance_power: float | None = None  # None: the product default (TrainConfig.balance_power)
+    balance_power: float | None = None  # None: the product's (1: classes weigh equally)
     # Multi-task alpha_k that differ from 1 (eq. 5 with every alpha = 1 is the reference of
     # the run ids): the product default's, then --task-weight overrides.
     task_weights: tuple[tuple[str, float], ...] = ()
-    sep_feedback: float | None = None  # None: the product default (ModelConfig.separation_feedback)
+    sep_feedback: float | None = None  # None: the product's network (1: the paper's)
     # Multi-task balance smoothing, resolved (the product default unless --balance-smoothing);
     # in the run id when not 0 (the runs before it existed had 0), like the task weights.
     balance_smoothing: float = 0.0
@@ -400,6 +403,23 @@ def network_predictor(ck, device, min_size: int):
     return predict_one
 
 
+def training_variants(run: Run, cfg: TrainConfig) -> tuple[dict, dict]:
+    """An experiment run's variants of the product's training, as :func:`fit`'s ``loss`` and
+    ``model_factory`` (none for the product's own), and what its record keeps of them (the
+    ``train_config`` keys the tables read: ``balance_classes``, ``balance_power``)."""
+    balance = BALANCED_TASKS if run.balance is None else tuple(run.balance)
+    power = 1.0 if run.balance_power is None else run.balance_power
+    variants = {}
+    if run.balance is not None or run.balance_power is not None:
+        variants["loss"] = partial(
+            multitask_loss, weights=dict(cfg.task_weights), balance=balance,
+            balance_smoothing=cfg.balance_smoothing, cross_entropy=partial(masked_cross_entropy, power=power),
+        )
+    if run.sep_feedback is not None:
+        variants["model_factory"] = partial(MultiTaskUNet, separation_feedback=run.sep_feedback)
+    return variants, {"balance_classes": list(balance), "balance_power": power}
+
+
 def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threads: int | None = None) -> dict:
     """Do one run and write its record; raises on failure (nothing written)."""
     t_start = time.perf_counter()
@@ -448,16 +468,13 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
         train_ds, arch, mode = training_set(run, lazy, cache_key)
         timing["prepare_s"] = time.perf_counter() - t_start
         device = resolve_device(run.device)
-        more = {} if run.sep_feedback is None else {"separation_feedback": run.sep_feedback}
-        model_config = infer_model_config(train_ds, device, run.size, architecture=arch, scale=run.scale, **more)
+        model_config = infer_model_config(train_ds, device, run.size, architecture=arch, scale=run.scale)
         augment = dict(run.augment)
         if run.mask_share is not None:
             augment["mask_share"] = run.mask_share
-        balance = {} if run.balance is None else {"balance_classes": run.balance}
+        balance = {}
         if run.marks_seg is not None:
             balance["marks_to_segmentation"] = run.marks_seg
-        if run.balance_power is not None:
-            balance["balance_power"] = run.balance_power
         if run.architecture == "multitask":
             balance["balance_smoothing"] = run.balance_smoothing
             balance["task_weights"] = {**dict.fromkeys(TASKS, 1.0), **dict(run.task_weights)}
@@ -482,7 +499,8 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
                              ev.total, ev.loss, ev.patches_per_s, ev.elapsed)
 
         t0 = time.perf_counter()
-        result = fit(train_ds, model_dir, model_config, cfg, validation=[], on_event=on_event)
+        variants, recorded = training_variants(run, cfg)
+        result = fit(train_ds, model_dir, model_config, cfg, validation=[], on_event=on_event, **variants)
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
         record["config"]["interface_threshold"] = ck.model_config.interface_threshold
@@ -501,7 +519,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
             "final_loss": result.history["steps"][-1][1] if result.history["steps"] else None,
             "mean_loss_last10": float(np.mean([s[1] for s in result.history["steps"][-10:]])) if result.history["steps"] else None,
             "median_patches_per_s": float(np.median(speeds)) if speeds else None,
-            "train_config": cfg.to_dict(),
+            "train_config": {**cfg.to_dict(), **recorded},
         }
         if not keep_model:
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -533,7 +551,7 @@ def rescore(path: Path, root: Path) -> dict | None:
         train_ds = lazy if c["method"].startswith("multitask") else None
         if train_ds is not None:
             ck.model_config = tune_instances(ck.build(device), ck.model_config, train_ds, device)
-            update_model_config(model_dir / "latest.pt", ck.model_config)
+            save_calibration(ck, interface_threshold=ck.model_config.interface_threshold)
     predict_one = network_predictor(ck, device, min_size)
     summary, per_image = score(validation_set(c["dataset"], root), predict_one)
     record.setdefault("rescored", []).append({
@@ -723,17 +741,20 @@ def main(argv=None) -> int:
     ap.add_argument("--augment", action="append", metavar="KEY=VALUE",
                     help="override an AugmentConfig field for an experiment, e.g. color=0.1 (in the run id)")
     ap.add_argument("--balance-power", type=float,
-                    help="override TrainConfig.balance_power (in the run id)")
+                    help="class-balanced tasks weigh a pixel of class c by n_c ** -P (default 1: classes "
+                         "weigh equally; in the run id)")
     ap.add_argument("--balance-smoothing", type=float,
                     help="override TrainConfig.balance_smoothing (in the run id)")
     ap.add_argument("--task-weight", action="append", metavar="TASK=W",
                     help="override alpha_k of one task of the multi-task loss, e.g. separation=0.1 (in the run id)")
     ap.add_argument("--sep-feedback", type=float,
-                    help="override ModelConfig.separation_feedback (multi-task; in the run id)")
+                    help="share of the separation gradient that reaches the shared layers (default 1, the "
+                         "paper's network; multi-task; in the run id)")
     ap.add_argument("--marks-seg", type=int, choices=(0, 1),
                     help="override TrainConfig.marks_to_segmentation (multitask-ignore; in the run id)")
     ap.add_argument("--balance", metavar="TASKS",
-                    help="override TrainConfig.balance_classes: comma list of tasks, '' for none (in the run id)")
+                    help="tasks whose loss weighs each class equally (default: separation): comma list of "
+                         "tasks, '' for none (in the run id)")
     ap.add_argument("--max-runs", type=int)
     ap.add_argument("--list", action="store_true", help="list the runs of the tier that have no record yet")
     ap.add_argument("--table", action="store_true", help=f"write {TABLE.relative_to(REPO)} from the records")

@@ -31,3 +31,26 @@ def test_balance_smoothing_in_run_ids_and_labels():
         marks_seg=None, balance_power=None, task_weight=None, sep_feedback=None, balance_smoothing=0.002)
     ids = {r.method: r.run_id for r in accuracy.runs_for("full", args)}
     assert "bsm" not in ids["unet-strong"] and "_bsm0.002_" in ids["multitask-ignore"]
+
+
+def test_experiment_variants_reach_training_as_a_loss_and_a_model_factory():
+    """The method tables' knobs that are not product settings: the product's runs pass nothing,
+    an experiment passes its loss or network, and the record names what was trained."""
+    import torch
+
+    from napari_lazylabels.core.model import ModelConfig, MultiTaskUNet
+
+    Run, cfg = accuracy.Run, TrainConfig(balance_smoothing=0.0)
+    product = Run("glas", "multitask-ignore", 0.094, 0, "tiny", 1700, "cpu")
+    variants, recorded = accuracy.training_variants(product, cfg)
+    assert variants == {} and recorded == {"balance_classes": ["separation"], "balance_power": 1.0}
+    run = Run("glas", "multitask-ignore", 0.094, 0, "tiny", 1700, "cpu", balance=("segmentation",),
+              balance_power=0.5, sep_feedback=0.25)
+    variants, recorded = accuracy.training_variants(run, cfg)
+    assert recorded == {"balance_classes": ["segmentation"], "balance_power": 0.5}
+    net = variants["model_factory"](ModelConfig(widths=(4, 8)))
+    assert isinstance(net, MultiTaskUNet) and net.separation_feedback == 0.25
+    logits = torch.zeros(1, 2, 2, 2)
+    target = torch.tensor([[[0, 0], [0, 1]]])
+    loss, parts = variants["loss"]({"segmentation": logits}, {"segmentation": target})
+    assert parts == {"segmentation": float(loss)} and abs(float(loss) - torch.log(torch.tensor(2.0))) < 1e-6

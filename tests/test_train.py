@@ -10,7 +10,13 @@ from napari_lazylabels.core.io import LazyDataset, Sample, read_image, read_labe
 from napari_lazylabels.core.labels import ClassSpec
 from napari_lazylabels.core.model import ModelConfig
 from napari_lazylabels.core.predict import PredictConfig, Predictor
-from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config, train_iter
+from napari_lazylabels.core.train import (
+    TrainConfig,
+    fit,
+    infer_model_config,
+    resolve_for_device,
+    train_iter,
+)
 
 TINY = dict(widths=(4, 8), tasks=("detection", "segmentation"))
 FAST = dict(batch_size=4, learning_rate=1e-3, val_every=0, augment={"patch_size": 32}, device="cpu")
@@ -139,15 +145,25 @@ def test_working_scale_is_chosen_from_object_size_and_saved(tmp_path):
     assert pred.classes.shape == ds[0].image.shape
 
 
-def test_balanced_classes_config_is_checked_and_saved(tmp_path):
-    with pytest.raises(ValueError, match="unknown tasks"):
-        TrainConfig(balance_classes=("interfaces",))
-    cfg = TrainConfig(iterations=2, balance_classes=["segmentation"], **FAST)
-    assert cfg.balance_classes == ("segmentation",)
+def test_train_config_is_checked_and_saved_and_experiments_pass_their_loss(tmp_path):
+    from functools import partial
+
+    from napari_lazylabels.core.losses import masked_cross_entropy, multitask_loss
+
+    cfg = TrainConfig(iterations=2, balance_smoothing=0.002, **FAST)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    res = fit(blobs(), tmp_path / "m", ModelConfig(in_channels=1, n_classes=2, **TINY), cfg)
+    calls = []
+
+    def loss(outputs, targets):  # an experiment's variant: segmentation balanced, power 0.5
+        calls.append(sorted(outputs))
+        return multitask_loss(outputs, targets, balance=("segmentation",),
+                              cross_entropy=partial(masked_cross_entropy, power=0.5))
+
+    res = fit(blobs(), tmp_path / "m", ModelConfig(in_channels=1, n_classes=2, **TINY), cfg, loss=loss)
+    assert calls == [["detection", "segmentation"]] * 2
     saved = ck.load_checkpoint(res.latest).train_config
-    assert TrainConfig.from_dict(saved).balance_classes == ("segmentation",)
+    assert TrainConfig.from_dict(saved) == resolve_for_device(cfg, "cpu")
+    assert TrainConfig.from_dict({**saved, "balance_power": 0.5}) == TrainConfig.from_dict(saved)  # old records
     for bad in (-0.1, 1.0, float("nan"), "0.1"):
         with pytest.raises(ValueError, match="balance_smoothing is a share"):
             TrainConfig(balance_smoothing=bad)
@@ -230,7 +246,10 @@ def test_interface_threshold_is_tuned_on_exact_masks_when_training_ends(tmp_path
         s.name = f"x{i}"
         s.segmentation = np.where(s.image > 60, 2, 1).astype(np.uint8)
     ds = LazyDataset(ds.classes, ds.samples + extra.samples)
-    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=3, **{**FAST, "val_every": 2}))
+    written = {}  # best.pt's bytes when each new best was announced: never rewritten after
+    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=3, **{**FAST, "val_every": 2}),
+              on_event=lambda ev: ev.kind == "checkpoint" and written.update(best=ev.path.read_bytes()))
+    assert (tmp_path / "m" / "best.pt").read_bytes() == written["best"]
     latest = ck.load_checkpoint(tmp_path / "m" / "latest.pt").model_config
     best = ck.load_checkpoint(tmp_path / "m" / "best.pt").model_config
     assert latest.interface_threshold in TUNE_THRESHOLDS and best.interface_threshold in TUNE_THRESHOLDS
@@ -301,3 +320,41 @@ def test_optimiser_defaults_by_device():
     assert (mine.learning_rate, mine.lr_schedule) == (5e-4, "constant")
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig(learning_rate=0)
+
+
+def test_calibration_is_kept_beside_a_checkpoint_for_its_weights_only(tmp_path):
+    """Settings chosen after a checkpoint was written (the interface threshold) go into
+    calibration.json; loading applies them while the file holds the same weights."""
+    from napari_lazylabels.core.model import build_model
+
+    mc = ModelConfig(in_channels=1, n_classes=2, **TINY)
+    torch.manual_seed(0)
+    path = ck.save_checkpoint(tmp_path / "best.pt", build_model(mc), mc, ClassSpec())
+    before = path.read_bytes()
+    ck.save_calibration(ck.load_checkpoint(path), interface_threshold=0.65)
+    assert path.read_bytes() == before and (tmp_path / "calibration.json").exists()
+    assert ck.load_checkpoint(path).model_config.interface_threshold == 0.65
+    assert ck.load_checkpoint(tmp_path).model_config.interface_threshold == 0.65  # the folder too
+    with pytest.raises(ValueError, match="calibrated"):
+        ck.save_calibration(ck.load_checkpoint(path), scale=0.5)
+    ck.save_checkpoint(path, build_model(mc), mc, ClassSpec())  # other weights under the same name
+    assert ck.load_checkpoint(path).model_config.interface_threshold is None
+    (tmp_path / "calibration.json").write_text("{")  # unreadable: a warning, the model still loads
+    assert ck.load_checkpoint(path).model_config == mc
+
+
+def test_plan_training_decides_device_settings_and_network():
+    from napari_lazylabels.core.train import plan_training
+
+    ds = blobs()
+    setup = plan_training(ds, TrainConfig(device="cpu"), size="tiny", scale=1.0)
+    cfg = setup.train_config
+    assert setup.device.type == "cpu" and (cfg.batch_size, cfg.augment.patch_size, cfg.lr_schedule) == (16, 128, "cosine")
+    assert setup.model_config.size == "tiny" and setup.model_config.scale == 1.0
+    custom = plan_training(ds, TrainConfig(device="cpu"), widths=(4, 8)).model_config
+    assert custom.widths == (4, 8) and custom.size == "custom" and custom.tasks == ("detection", "segmentation")
+    assert custom.object_diameter is not None
+    with pytest.raises(ValueError, match="not both"):
+        plan_training(ds, TrainConfig(device="cpu"), size="tiny", widths=(4, 8))
+    with pytest.raises(ValueError, match="already decided"):
+        plan_training(ds, TrainConfig(device="cpu"), custom, scale=0.5)

@@ -11,11 +11,10 @@ pytest.importorskip("qtpy")
 
 from napari_lazylabels.core.io import LazyDataset, load_dataset, save_dataset  # noqa: E402
 from napari_lazylabels.core.labels import ClassSpec  # noqa: E402
-from napari_lazylabels.core.model import ModelConfig  # noqa: E402
 from napari_lazylabels.core.train import TrainEvent  # noqa: E402
 from test_widgets import make_sample  # noqa: E402
 
-TINY = ModelConfig(widths=(4, 8), size="custom")
+TINY = (4, 8)  # the network's widths: a fast one for GUI tests
 
 
 @pytest.fixture
@@ -45,7 +44,7 @@ def shown(monkeypatch):
 
 
 def _tiny(widget, iterations=1000):
-    widget.model_config = TINY
+    widget.widths = TINY
     widget.device.setCurrentText("cpu")
     widget.budget_kind.setCurrentText("iterations")
     widget.budget.setValue(iterations)
@@ -165,7 +164,7 @@ def test_stop_twice_ends_in_a_final_status(make_napari_viewer, qtbot, project, s
     tw = TrainWidget(viewer)
     _tiny(tw)
     tw.start()
-    qtbot.waitUntil(lambda: tw.events_seen.count("step") >= 2, timeout=60_000)
+    qtbot.waitUntil(lambda: tw.last_event is not None and tw.last_event.iteration >= 2, timeout=60_000)
     tw.stop()
     tw.stop()
     _idle(qtbot, tw)
@@ -228,7 +227,7 @@ def test_model_moves_into_the_project_and_is_restored(make_napari_viewer, qtbot,
     _tiny(tw, iterations=3)
     tw.start()
     _idle(qtbot, tw)
-    qtbot.waitUntil(lambda: "done" in tw.events_seen, timeout=10_000)
+    qtbot.waitUntil(lambda: tw.last_event is not None and tw.last_event.kind == "done", timeout=10_000)
     temp_model = tw.last_result_dir
     assert _common.is_temporary(temp_model) and (temp_model / "best.pt").exists()
 
@@ -247,7 +246,7 @@ def test_model_moves_into_the_project_and_is_restored(make_napari_viewer, qtbot,
     assert tw2.model_dir.text() == str(model)
     assert pw2.model_dir.text() == str(model)
     _tiny(tw2, iterations=2)
-    tw2.model_config = None
+    tw2.widths = None
     tw2.start()
     _idle(qtbot, tw2)
     from napari_lazylabels.core.checkpoint import load_checkpoint

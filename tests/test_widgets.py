@@ -14,10 +14,9 @@ pytest.importorskip("qtpy")
 
 from napari_lazylabels.core.io import LazyDataset, Sample, load_dataset, save_dataset  # noqa: E402
 from napari_lazylabels.core.labels import ClassSpec  # noqa: E402
-from napari_lazylabels.core.model import ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
-TINY = ModelConfig(widths=(4, 8), size="custom")
+TINY = (4, 8)  # the network's widths: a fast one for GUI tests
 
 
 def _disk(shape, cy, cx, r):
@@ -157,7 +156,7 @@ def _wait_idle(qtbot, widget, timeout=60_000):
 
 
 def _tiny_trainer(widget, iterations=1000):
-    widget.model_config = TINY
+    widget.widths = TINY
     widget.device.setCurrentText("cpu")
     widget.budget_kind.setCurrentText("iterations")
     widget.budget.setValue(iterations)
@@ -210,10 +209,10 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     tw.model_dir.setText(str(tmp_path / "model"))
     tw.scale.setCurrentText("0.5")  # the network works at half size; layers stay full size
     tw.start()
-    qtbot.waitUntil(lambda: tw.events_seen.count("step") >= 3, timeout=30_000)
+    qtbot.waitUntil(lambda: tw.last_event is not None and tw.last_event.iteration >= 3, timeout=30_000)
     tw.stop()
     _wait_idle(qtbot, tw)
-    qtbot.waitUntil(lambda: "done" in tw.events_seen, timeout=5000)
+    qtbot.waitUntil(lambda: tw.last_event is not None and tw.last_event.kind == "done", timeout=5000)
     assert (tmp_path / "model" / "best.pt").exists() and (tmp_path / "model" / "latest.pt").exists()
     # resume: continues from latest.pt; the new best model triggers a preview of the view
     tw.budget.setValue(2)
@@ -390,16 +389,16 @@ def _measure_responsiveness(viewer, qtbot, tmp_path, configure) -> tuple[float, 
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     tw.start()  # warm-up imports happen here, before the worker and the measurement
-    qtbot.waitUntil(lambda: tw.events_seen.count("step") >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: tw.last_event is not None and tw.last_event.iteration >= 1, timeout=60_000)
     timer.start()
     _wait_idle(qtbot, tw, timeout=120_000)
     timer.stop()
     gaps = np.diff(ticks) * 1000
     worst = float(gaps.max())
     cfg = tw.train_config()
-    size = tw.model_config.widths if tw.model_config is not None else tw.size.currentText()
+    size = tw.widths if tw.widths is not None else tw.size.currentText()
     line = (
-        f"GUI responsiveness while training (model {size}, {tw.events_seen.count('step')} iterations, "
+        f"GUI responsiveness while training (model {size}, {tw.last_event.iteration} iterations, "
         f"batch {cfg.batch_size}, patch {cfg.augment.patch_size}, {os.cpu_count()} cores, torch threads "
         f"{cfg.num_threads}): longest gap between 10 ms timer ticks {worst:.1f} ms, median "
         f"{np.median(gaps):.1f} ms, p99 {np.percentile(gaps, 99):.1f} ms over {len(gaps)} ticks"

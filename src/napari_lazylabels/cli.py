@@ -227,9 +227,8 @@ def _check_resume_options(a: argparse.Namespace, scale: float | None) -> None:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .core.io import load_dataset
-    from .core.model import resolve_device
     from .core.runfolder import check_writable
-    from .core.train import fit, infer_model_config
+    from .core.train import fit, plan_training
 
     if a.iterations is None and a.minutes is None:
         a.iterations = 1000
@@ -248,7 +247,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             kw["tasks"] = tuple(a.tasks.split(","))
         if scale is not None:
             kw["scale"] = scale
-        model_config = infer_model_config(ds, resolve_device(a.device), a.size, patch_size=a.patch_size, **kw)
+        model_config = plan_training(ds, cfg, size=a.size, **kw).model_config
         _out(f"model: {model_config.architecture} {model_config.size}, tasks {','.join(model_config.tasks)}, "
              f"working scale {model_config.scale:g}")
     total = a.iterations

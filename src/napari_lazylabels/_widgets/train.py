@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from qtpy.QtCore import Qt, QTimer
@@ -78,13 +77,14 @@ SIZES = ("default", "tiny", "small", "medium", "paper")
 SCALES = ("auto", "1", "0.5", "0.25")
 
 
-def _train_worker_fn(dataset, out_dir, model_config, train_config, resume, size, should_stop):
-    """Generator run in the worker thread: yields the core's TrainEvents."""
+def _train_worker_fn(dataset, out_dir, train_config, resume, size, model_options, should_stop):
+    """Generator run in the worker thread: yields the core's TrainEvents (the core decides the
+    network from the data, the device and the user's ``size`` and ``model_options``)."""
     from ..core.train import train_iter
 
     yield from train_iter(
-        dataset, out_dir, model_config=model_config, train_config=train_config, resume=resume,
-        size=size, should_stop=should_stop,
+        dataset, out_dir, train_config=train_config, resume=resume, size=size, should_stop=should_stop,
+        model_options=model_options,
     )
 
 
@@ -105,9 +105,10 @@ class TrainWidget(QWidget):
     """Train the multi-task U-net on the viewer's lazy labels, in the background.
 
     Attributes:
-        model_config: advanced override of the network (e.g.
-            ``ModelConfig(widths=(4, 8), size="custom", ...)``); ``None`` infers it from the
-            data, the device and the size box.
+        widths: channel widths of a custom network instead of the size box's (advanced:
+            scripts and tests, e.g. ``(4, 8)``); ``None``: the size box.
+        last_event: the newest :class:`napari_lazylabels.core.train.TrainEvent` of the run
+            (``None`` before its first).
         predict_after: predict every trained image when training ends or is stopped.
         worker: the running napari worker, or ``None``.
         last_result_dir: the model folder of the last run.
@@ -119,12 +120,12 @@ class TrainWidget(QWidget):
         # the layout and the session hooks; splitting it would only scatter the form.
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.model_config = None
+        self.widths: tuple[int, ...] | None = None
         self.predict_after = False
         self.worker = None
         self.preview_worker = None
         self.last_result_dir: Path | None = None
-        self.events_seen: list = []
+        self.last_event = None
         self._stop_requested = False
         self._pbar = None
         self._pbar_shown = 0.0
@@ -377,26 +378,12 @@ class TrainWidget(QWidget):
             if self._auto_dir == str(previous):
                 self._auto_dir = str(out_dir)
             fresh_note = f" ({previous} keeps its model; tick 'continue' to train it further)"
-        model_config = self.model_config
-        if model_config is not None and resume is None:
-            channels = 3 if any(s.image.ndim == 3 for s in dataset) else 1
-            have = dataset.summary()
-            tasks = tuple(t for t in model_config.tasks if have[t] > 0) or model_config.tasks
-            model_config = replace(model_config, in_channels=channels, n_classes=dataset.classes.n_classes, tasks=tasks)
-        if resume is not None:
-            model_config = None
         size = None if self.size.currentText() == "default" else self.size.currentText()
-        if self.scale.currentText() != "auto":
-            scale = float(self.scale.currentText())
-            if model_config is not None:
-                model_config = replace(model_config, scale=scale)
-            elif resume is None:
-                from ..core.model import resolve_device
-                from ..core.train import infer_model_config
-
-                model_config = infer_model_config(
-                    dataset, resolve_device(cfg.device), size, patch_size=cfg.augment.patch_size, scale=scale
-                )
+        options = {}  # a new network's settings the user chose; resuming continues the saved one
+        if resume is None and self.scale.currentText() != "auto":
+            options["scale"] = float(self.scale.currentText())
+        if resume is None and self.widths is not None:
+            options["widths"], size = tuple(self.widths), None
         limit_torch_threads()
         self._stop_requested = False
         self._quit_requested = False
@@ -407,7 +394,7 @@ class TrainWidget(QWidget):
         self._score_text = ""
         self.warnings = []
         self._used_layers = used
-        self.events_seen = []
+        self.last_event = None
         self._steps = 0
         self.plot.clear()
         total = cfg.iterations if cfg.iterations is not None else int(cfg.time_budget)
@@ -416,7 +403,7 @@ class TrainWidget(QWidget):
         self._budget_seconds = cfg.iterations is None
 
         worker = quiet_worker(
-            _train_worker_fn, dataset, out_dir, model_config, cfg, resume, size, lambda: self._stop_requested,
+            _train_worker_fn, dataset, out_dir, cfg, resume, size, options, lambda: self._stop_requested,
             error_prefix="Training failed", on_error=self._on_error,
         )
         worker.yielded.connect(self._on_event)
@@ -455,7 +442,7 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ events (main thread)
     def _on_event(self, ev) -> None:
-        self.events_seen.append(ev.kind)
+        self.last_event = ev
         if ev.kind == "step":
             self._steps += 1
             self.plot.add(ev.iteration, ev.loss)

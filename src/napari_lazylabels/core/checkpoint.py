@@ -8,8 +8,12 @@ A model folder holds::
                       and with every new best.pt (for resuming: a folder resumes from it)
         config.json   model and training configs, classes (human-readable, written beside)
         history.json  the loss curve and validation scores
+        calibration.json  settings chosen after a checkpoint was written (the interface
+                      threshold tuned when training ends), per checkpoint file and checked
+                      against its weights; loading applies them (:func:`save_calibration`)
 
-Every file is written atomically, so an interrupted save never destroys a trained model.
+Every file is written atomically, so an interrupted save never destroys a trained model; a
+checkpoint file is written once and never rewritten.
 Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code. Each checkpoint
 stores a SHA-256 of its weights (``weights_sha256``), checked when it is loaded, so a file
 whose bytes changed on disk is refused instead of predicting garbage.
@@ -23,7 +27,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +41,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "napari-lazylabels checkpoint"
 CHECKPOINT_VERSION = 1
 BEST, LATEST, CONFIG, HISTORY = "best.pt", "latest.pt", "config.json", "history.json"
+CALIBRATION = "calibration.json"
+CALIBRATED = ("interface_threshold",)
+"""The :class:`ModelConfig` fields that :func:`save_calibration` may record."""
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Checkpoint:
     seed: int | None = None
     versions: dict = field(default_factory=dict)
     path: Path | None = None
+    weights_sha256: str | None = None
 
     def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The network with these weights, in eval mode on ``device``."""
@@ -135,13 +143,51 @@ def save_checkpoint(
     return path
 
 
-def update_model_config(path: str | os.PathLike, model_config: ModelConfig) -> Path:
-    """Rewrite a checkpoint file with another ``model_config`` (weights and the rest kept),
-    atomically. For settings chosen after the weights, such as the interface threshold."""
-    path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state["model_config"] = model_config.to_dict()
-    return _write_state(path, state)
+def save_calibration(checkpoint: Checkpoint, **values) -> Path:
+    """Record settings chosen after ``checkpoint`` was written, without rewriting it.
+
+    The values (fields of :data:`CALIBRATED`, e.g. ``interface_threshold``) go into
+    ``calibration.json`` beside the file, under its name and with its weights' digest;
+    :func:`load_checkpoint` applies them to the checkpoint's model config as long as the
+    weights are those (a newer checkpoint of the same name ignores them).
+
+    Args:
+        checkpoint: a loaded checkpoint (its ``path`` and ``weights_sha256``).
+        values: the settings, e.g. ``interface_threshold=0.7``.
+
+    Returns:
+        the path of ``calibration.json``.
+    """
+    unknown = set(values) - set(CALIBRATED)
+    if unknown:
+        raise ValueError(f"Only {CALIBRATED} are calibrated after training, got {sorted(unknown)}.")
+    path = Path(checkpoint.path)
+    sidecar = path.parent / CALIBRATION
+    records = _read_calibrations(sidecar)
+    records[path.name] = {"weights_sha256": checkpoint.weights_sha256, **values}
+    return atomic_write_json(sidecar, records)
+
+
+def _read_calibrations(sidecar: Path) -> dict:
+    """``{checkpoint file name: {"weights_sha256": ..., setting: value}}``; ``{}`` when there is
+    none, or it cannot be read (a warning: the settings' defaults apply)."""
+    if not sidecar.exists():
+        return {}
+    try:
+        records = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("%s could not be read (%s): its checkpoints load without their calibrated settings.", sidecar, e)
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def _calibrated(path: Path, digest: str | None) -> dict:
+    """The calibrated settings recorded for the checkpoint at ``path`` whose weights have
+    ``digest``: ``{}`` when none are recorded for these weights."""
+    record = _read_calibrations(path.parent / CALIBRATION).get(path.name)
+    if not isinstance(record, dict) or digest is None or record.get("weights_sha256") != digest:
+        return {}
+    return {k: v for k, v in record.items() if k in CALIBRATED}
 
 
 def _write_state(path: Path, state: dict) -> Path:
@@ -217,14 +263,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{p} was written by a newer napari-lazylabels (format {state['version']}); upgrade."
         )
     digest = state.get("weights_sha256")
-    if digest is not None and isinstance(state.get("state_dict"), dict) and weights_digest(state["state_dict"]) != digest:
-        raise ValueError(
-            f"{p} is corrupt: its weights changed on disk since they were saved (checksum "
-            "mismatch). Use the other checkpoint in its folder (best.pt / latest.pt) or train again."
-        )
+    if isinstance(state.get("state_dict"), dict):
+        actual = weights_digest(state["state_dict"])
+        if digest is not None and actual != digest:
+            raise ValueError(
+                f"{p} is corrupt: its weights changed on disk since they were saved (checksum "
+                "mismatch). Use the other checkpoint in its folder (best.pt / latest.pt) or train again."
+            )
+        digest = actual
     try:
+        model_config = ModelConfig.from_dict(state["model_config"])
         return Checkpoint(
-            model_config=ModelConfig.from_dict(state["model_config"]),
+            model_config=replace(model_config, **_calibrated(p, digest)),
             classes=ClassSpec.from_dict(state["classes"]),
             state_dict=state["state_dict"],
             optimizer=state.get("optimizer"),
@@ -234,6 +284,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             seed=state.get("seed"),
             versions=state.get("versions") or {},
             path=p,
+            weights_sha256=digest,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{p} is an incomplete napari-lazylabels model ({e}); train again.") from e

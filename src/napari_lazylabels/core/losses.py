@@ -3,14 +3,29 @@
 Targets hold class indices with ``-1`` at pixels the loss ignores (not annotated, or outside
 the image after augmentation). An image not labelled for task k has only ``-1`` in its task-k
 target, so it does not enter that task's term: the indicator of eq. (5).
+
+:func:`training_loss` is the product's loss; experiments compose variants of
+:func:`multitask_loss` with ``functools.partial`` and pass them to
+:func:`napari_lazylabels.core.train.train_iter` (``loss=``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
+
+from .labels import SEPARATION
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+"""``(outputs, targets) -> (total loss, {task: float loss})``, as :func:`multitask_loss`."""
+
+BALANCED_TASKS: tuple[str, ...] = (SEPARATION,)
+"""Tasks whose term weighs each class equally in the product's loss: separation, whose
+interface scribbles are a few percent of its labelled pixels (class balancing separated more
+touching pairs on DSB; docs/benchmarks.md). The other tasks take the paper's plain mean."""
 
 
 def masked_cross_entropy(
@@ -32,8 +47,8 @@ def masked_cross_entropy(
             pixels) are added to every present class's count before it is weighed: a class
             with many more pixels than that still weighs as much as the others, one with a
             handful of pixels weighs about as much as its pixels share of that count. Without
-            it, 7 interface pixels in a batch of 127,000 labelled ones (GlaS, where 80% of
-            the batches have none) carry half the term; 0 = no smoothing.
+            it, 7 interface pixels in a batch of 127,000 labelled ones carry half the term;
+            0 = no smoothing.
 
     Returns:
         ``(loss, n_pixels)``; the loss is ``0`` (with a gradient path) when no pixel counts.
@@ -61,8 +76,8 @@ def multitask_loss(
     targets: Mapping[str, torch.Tensor],
     weights: Mapping[str, float] | None = None,
     balance: tuple[str, ...] = (),
-    balance_power: float = 1.0,
     balance_smoothing: float = 0.0,
+    cross_entropy: Callable[..., tuple[torch.Tensor, int]] = masked_cross_entropy,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. (5): ``sum_k alpha_k * CE_k`` over the tasks that have outputs and targets.
 
@@ -75,8 +90,9 @@ def multitask_loss(
         targets: ``{task: (B, H, W)}`` int64, ``-1`` = ignore.
         weights: ``{task: alpha_k}``; missing tasks weigh 1.
         balance: tasks whose term weighs each class equally (see :func:`masked_cross_entropy`).
-        balance_power: how strongly (see ``power`` of :func:`masked_cross_entropy`).
         balance_smoothing: see ``smoothing`` of :func:`masked_cross_entropy`.
+        cross_entropy: each task's term, called as :func:`masked_cross_entropy` (experiments
+            pass e.g. ``functools.partial(masked_cross_entropy, power=0.5)``).
 
     Returns:
         ``(total loss, {task: float loss})`` - tasks without annotated pixels are left out
@@ -89,8 +105,7 @@ def multitask_loss(
         target = targets.get(task)
         if target is None:
             continue
-        loss, n = masked_cross_entropy(logits, target, balance=task in balance, power=balance_power,
-                                       smoothing=balance_smoothing)
+        loss, n = cross_entropy(logits, target, balance=task in balance, smoothing=balance_smoothing)
         term = weights.get(task, 1.0) * loss
         total = term if total is None else total + term
         if n:
@@ -101,3 +116,12 @@ def multitask_loss(
             f"model predicts {sorted(outputs)}, labels exist for {sorted(targets)}."
         )
     return total, parts
+
+
+def training_loss(task_weights: Mapping[str, float], balance_smoothing: float) -> LossFn:
+    """The product's loss of eq. (5): ``task_weights`` are the alpha_k, the
+    :data:`BALANCED_TASKS` are class-balanced with ``balance_smoothing`` (both from
+    :class:`napari_lazylabels.core.train.TrainConfig`)."""
+    return functools.partial(
+        multitask_loss, weights=dict(task_weights), balance=BALANCED_TASKS, balance_smoothing=balance_smoothing
+    )

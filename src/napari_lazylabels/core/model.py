@@ -17,10 +17,12 @@ softmax is applied by the loss and by prediction.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import logging
-from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +40,9 @@ MODEL_SIZES: dict[str, tuple[int, ...]] = {
 }
 """Named model sizes: the channel widths per level (the depth is their number)."""
 
-# On a 2-core CPU "tiny" runs 2.4x the steps of "small" in the same time. Within equal budgets
-# (1700 vs 700 steps of 16 x 128 px) their dice tied within run-to-run noise (GlaS 0.777 vs
-# 0.754 with one set of defaults, 0.755 vs 0.799 with another; ISBI 0.937 vs 0.939) while
-# "tiny" found far more whole objects on ISBI (object F1 0.78 vs 0.52); its faster steps also
-# suit the short budgets of the Train widget (docs/benchmarks.md, 2026-12-02).
+# On a 2-core CPU "tiny" runs 2.4x the steps of "small" in the same time; within equal budgets
+# their dice tie within run-to-run noise while "tiny" finds more whole objects on ISBI, and its
+# faster steps suit the Train widget's short budgets (docs/benchmarks.md).
 CPU_DEFAULT_SIZE = "tiny"
 GPU_DEFAULT_SIZE = "paper"
 ARCHITECTURES = ("multitask", "unet")
@@ -72,11 +72,9 @@ class ModelConfig:
         interface_threshold: the interface probability that best cut the objects of the
             training images with exact masks, chosen when training ends
             (:func:`napari_lazylabels.core.predict.tune_interface_threshold`); prediction uses
-            it unless told otherwise. ``None``: not tuned (0.5 is used).
-        separation_feedback: how much of the separation loss's gradient reaches the
-            segmentation path and the bottleneck that feed the separation decoder (and
-            through them the shared layers): 1 is the paper's network, 0 trains the separation decoder on features it
-            cannot change. The forward pass, and so prediction, is the same for every value.
+            it unless told otherwise. ``None``: not tuned (0.5 is used). A threshold tuned after
+            the checkpoint was written is kept beside it
+            (:func:`napari_lazylabels.core.checkpoint.save_calibration`) and applied on loading.
     """
 
     in_channels: int = 1
@@ -90,8 +88,6 @@ class ModelConfig:
     scale: float = 1.0
     object_diameter: float | None = None
     interface_threshold: float | None = None
-    separation_feedback: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -119,9 +115,6 @@ class ModelConfig:
             object.__setattr__(self, "interface_threshold", float(self.interface_threshold))
             if not 0 < self.interface_threshold <= 1:
                 raise ValueError(f"interface_threshold is a probability in (0, 1], got {self.interface_threshold}.")
-        object.__setattr__(self, "separation_feedback", float(self.separation_feedback))
-        if not 0 <= self.separation_feedback <= 1:
-            raise ValueError(f"separation_feedback is a share of a gradient in [0, 1], got {self.separation_feedback}.")
         if not 0.0625 <= self.scale <= 4:
             raise ValueError(f"scale (the working scale) must be in [1/16, 4], got {self.scale}.")
         lo, hi = self.norm_percentiles
@@ -146,7 +139,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
+        """The config of a saved dict; keys this version does not know are ignored (older
+        checkpoints hold training-only experiment settings such as ``separation_feedback``,
+        which change no prediction)."""
+        known = set(cls.__dataclass_fields__)
+        ignored = sorted(set(d) - known)
+        if ignored:
+            log.debug("Model settings not used by this version, ignored: %s", ", ".join(ignored))
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
@@ -211,6 +210,18 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the context that runs a forward pass in ``dtype`` on ``device``.
+
+    ``dtype`` is :func:`autocast_dtype`'s choice (or an explicit one); ``None`` gives a context
+    that does nothing (float32). Training, prediction and the speed benchmark enter
+    ``autocast(device, dtype)()`` around each forward pass.
+    """
+    if dtype is None:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, torch.device(device).type, dtype=dtype)
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -381,7 +392,11 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
 
 
 class MultiTaskBlock(nn.Module):
-    """One multi-task block (eq. 6): shared ``F``, segmentation residual ``R``, separation ``G``."""
+    """One multi-task block (eq. 6): shared ``F``, segmentation residual ``R``, separation ``G``.
+
+    ``separation_feedback`` scales the gradient that ``G`` sends back into the segmentation
+    path (see :class:`MultiTaskUNet`).
+    """
 
     def __init__(self, cin: int, cskip: int, cout: int, slope: float, separation: bool,
                  separation_feedback: float = 1.0) -> None:
@@ -440,6 +455,14 @@ class MultiTaskUNet(nn.Module):
 
     Args:
         config: a :class:`ModelConfig` with ``architecture="multitask"``.
+        separation_feedback: how much of the separation loss's gradient reaches the
+            segmentation path and the bottleneck that feed the separation decoder (and through
+            them the shared layers): 1 is the paper's network (the product's), 0 trains the
+            separation decoder on features it cannot change. The forward pass, and so
+            prediction, is the same for every value, so it is not part of the config;
+            experiments build the network with another value
+            (``functools.partial(MultiTaskUNet, separation_feedback=0.5)`` as ``train_iter``'s
+            ``model_factory``; ``benchmarks/accuracy.py --sep-feedback``).
 
     Shapes:
         input ``(B, in_channels, H, W)``, any H, W >= 1 (padded internally, output cropped);
@@ -447,14 +470,17 @@ class MultiTaskUNet(nn.Module):
         "segmentation": (B, n_classes, H, W)}`` logits, for the tasks in ``config.tasks``.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, separation_feedback: float = 1.0) -> None:
         super().__init__()
+        if not 0 <= separation_feedback <= 1:
+            raise ValueError(f"separation_feedback is a share of a gradient in [0, 1], got {separation_feedback}.")
         self.config = config
+        self.separation_feedback = float(separation_feedback)
         w, s = config.widths, config.negative_slope
         self.encoder = Encoder(config.in_channels, w, s)
         want_sep = SEPARATION in config.tasks
         self.blocks = nn.ModuleList(
-            MultiTaskBlock(w[i + 1], w[i], w[i], s, want_sep, config.separation_feedback)
+            MultiTaskBlock(w[i + 1], w[i], w[i], s, want_sep, self.separation_feedback)
             for i in reversed(range(len(w) - 1))
         )
         self.heads = nn.ModuleDict(
@@ -480,7 +506,7 @@ class MultiTaskUNet(nn.Module):
         det = bottleneck if DETECTION in want else None
         seg = bottleneck if SEGMENTATION in want or SEPARATION in want else None
         sep = (
-            scale_gradient(bottleneck, self.config.separation_feedback)  # G_0 also reads the bottleneck
+            scale_gradient(bottleneck, self.separation_feedback)  # G_0 also reads the bottleneck
             if SEPARATION in want else None
         )
         for i, (block, skip) in enumerate(zip(self.blocks, reversed(feats[:-1]), strict=True)):

@@ -38,7 +38,7 @@ STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.f32)?\.tmp$")
 """Names of our temporary files: ``tempfile.mkstemp`` adds 8 random characters between the
 prefix ``.NAME.`` and the suffix ``.tmp`` or ``.f32.tmp``."""
 
-MODEL_FILES = ("best.pt", "latest.pt", "config.json", "history.json")
+MODEL_FILES = ("best.pt", "latest.pt", "config.json", "history.json", "calibration.json")
 
 
 class FolderBusyError(RuntimeError):

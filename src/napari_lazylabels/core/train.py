@@ -5,6 +5,13 @@ after every step, validation and checkpoint. A GUI runs it in a worker thread an
 the next yield; :func:`fit` runs it to the end with a tqdm-like ``progress`` and a
 ``should_stop`` callable. Budgets are counted in iterations, seconds, or both (whichever ends
 first). Stopping early still writes ``latest.pt`` and keeps ``best.pt``.
+
+A run reads as: resume (:func:`_resume`: weights, optimiser, iteration and history of a
+checkpoint), plan (:func:`plan_training`: device, settings and network, the one place that
+decides them), split (:func:`_training_data`: training patches and validation images),
+build (:func:`_build`: the network and its :class:`napari_lazylabels.core.step.TrainStep`),
+step (:meth:`_Run.steps`) and finish (:meth:`_Run.finish`: last validation, the interface
+threshold, the last checkpoints).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import checkpoint as ckpt_mod
 from . import quality
@@ -27,13 +35,14 @@ from .allocator import cpu_allocation_cache
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
 from .labels import DEFAULT_TASK_WEIGHTS, DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
-from .losses import multitask_loss
+from .losses import LossFn, training_loss
 from .model import (
     ModelConfig,
     autocast_dtype,
     build_model,
     count_parameters,
     default_size,
+    fuse_batchnorm,
     precision_name,
     resolve_device,
 )
@@ -44,6 +53,7 @@ from .runfolder import (
     link_or_copy,
     prepare_model_folder,
 )
+from .step import TrainStep, scheduled_learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +73,14 @@ class TrainConfig:
             few hundred to a thousand steps, where the paper's constant 2e-4 is still far from
             its end (docs/benchmarks.md, "Accuracy as a user gets it").
         task_weights: alpha_k of eq. (5) per task.
-        balance_classes: tasks whose cross entropy weighs each class equally within a batch
-            (:func:`napari_lazylabels.core.losses.masked_cross_entropy`); the paper's plain
-            mean over pixels for the others. Default: separation, whose interface scribbles
-            are a few percent of its labelled pixels (DSB, 700 steps: touching pairs
-            separated 0.11 -> 0.24, dice 0.863 -> 0.895, object F1 0.724 -> 0.717).
-        balance_power: how strongly balanced tasks are balanced: a pixel of class c weighs
-            ``n_c ** -balance_power`` (1: classes weigh equally; 0.5: by the inverse square
-            root of their frequency; see :func:`napari_lazylabels.core.losses.masked_cross_entropy`).
-        balance_smoothing: balanced tasks add this share of a batch's labelled pixels to
-            every class's count before weighing it, so a class with only a handful of pixels
-            in a batch does not carry half the term (see
-            :func:`napari_lazylabels.core.losses.masked_cross_entropy`); 0 = none. Default
-            0.001 (about 120 pixels of a CPU batch): on GlaS, where 80% of the batches hold
-            no interface pixel and the rest a few, the multi-task net's held-out dice rose
-            from 0.719 to 0.804 over 3 seeds (object F1 0.40 -> 0.52); DSB nuclei and ISBI
-            cells, whose batches hold 70-600 interface pixels, kept their dice and gained
-            object F1 (docs/benchmarks.md, 2026-12-05).
+        balance_smoothing: the class-balanced tasks
+            (:data:`napari_lazylabels.core.losses.BALANCED_TASKS`: separation) add this share
+            of a batch's labelled pixels to every class's count before weighing it, so a class
+            with only a handful of pixels in a batch does not carry half the term (see
+            :func:`napari_lazylabels.core.losses.masked_cross_entropy`); 0 = none. The default
+            (about 120 pixels of a CPU batch) raised the held-out dice and object F1 on GlaS,
+            where most batches hold no interface pixel, and kept DSB's and ISBI's dice
+            (docs/benchmarks.md).
         label_mode: ``"ignore"`` (unannotated pixels are ignored) or ``"paper"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         amp: bf16 autocast where it helps: CUDA, and CPUs with native bf16 (AMX or
@@ -99,30 +100,25 @@ class TrainConfig:
             instead of handing it back to the system at every step
             (:func:`napari_lazylabels.core.allocator.cpu_allocation_cache`; Linux with glibc;
             handed back when training ends). ``None`` (default): when training runs on the
-            main thread (the CLI, scripts), where steps ran 1.10-1.18x ("tiny") and
-            1.32-1.71x ("small") faster for 6-9% and 29-31% more peak memory; not in a worker
-            thread (the napari widgets), where glibc maps large blocks afresh anyway and
-            steps gained 0.88-1.25x for 12-20% more memory (docs/benchmarks.md).
+            main thread (the CLI, scripts), where steps run faster for a little more peak
+            memory; not in a worker thread (the napari widgets), where glibc maps large blocks
+            afresh anyway (docs/benchmarks.md).
         save_every: write ``latest.pt`` (weights, optimiser, iteration; atomically) after at
             least this many seconds of training since the last checkpoint, so a killed run
             loses at most this much; 0 writes it after every step. Where one save takes long
-            (a "paper" model's 576 MB took 12 s on a 2-core CPU, docs/benchmarks.md) the
-            interval grows to 20 times the last save's time, so saving costs at most 5%. A
+            (a "paper" model's checkpoint is over 500 MB) the interval grows to
+            :data:`SAVE_COST_FACTOR` times the last save's time, so saving costs at most 5%. A
             validation that finds a new best model writes both files at once (``latest.pt``
             is a hard link to it).
         tune_instances: when training ends, choose the model's interface threshold on the
             images with complete exact masks, validation images first
-            (:func:`napari_lazylabels.core.predict.tune_interface_threshold`; models with a
-            separation head) and save it with the model.
+            (:func:`tune_instances`; models with a separation head) and save it with the model.
         marks_to_segmentation: ignore mode: images without exact masks teach the
             segmentation head with their detection marks too (unmarked pixels ignored; see
             :func:`napari_lazylabels.core.labels.training_targets`). Off by default: with one
-            exact mask among 5 images (the bundled sample) it kept the held-out dice at
-            0.70-0.72 where the default drifted to 0.48; with 1-6 exact-mask images single
-            runs scored lower (ISBI object F1 0.698 vs 0.735; GlaS 0.737, the default's 3 seeds
-            0.736-0.795; DSB's comparison, 0.855 vs 0.913, rested on a default record that a
-            rerun did not reproduce), not yet told apart from run-to-run noise
-            (docs/benchmarks.md).
+            exact mask among 5 images (the bundled sample) it keeps the held-out dice where
+            the default drifts lower; with more exact masks single runs score lower, not yet
+            told apart from run-to-run noise (docs/benchmarks.md).
     """
 
     iterations: int | None = 1000
@@ -131,8 +127,6 @@ class TrainConfig:
     learning_rate: float | None = None
     lr_schedule: str | None = None
     task_weights: dict = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
-    balance_classes: tuple[str, ...] = (SEPARATION,)
-    balance_power: float = 1.0
     balance_smoothing: float = 0.001
     label_mode: str = "ignore"
     device: str = "auto"
@@ -175,12 +169,6 @@ class TrainConfig:
         for task, w in self.task_weights.items():
             if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
                 raise ValueError(f"The weight of task {task!r} must be a number >= 0, got {w!r}.")
-        object.__setattr__(self, "balance_classes", tuple(self.balance_classes))
-        unknown = set(self.balance_classes) - set(TASKS)
-        if unknown:
-            raise ValueError(f"balance_classes names unknown tasks {sorted(unknown)}; use some of {TASKS}.")
-        if not 0 <= self.balance_power <= 1:
-            raise ValueError(f"balance_power must lie in [0, 1] (1: classes weigh equally), got {self.balance_power}.")
         if not (isinstance(self.balance_smoothing, (int, float)) and 0 <= self.balance_smoothing < 1):
             raise ValueError(
                 f"balance_smoothing is a share of a batch's labelled pixels in [0, 1), got {self.balance_smoothing!r}."
@@ -193,6 +181,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config of a saved dict; keys this version does not know are ignored (older
+        checkpoints record experiment settings such as ``balance_power``)."""
         known = set(cls.__dataclass_fields__)
         d = {k: v for k, v in d.items() if k in known}
         if "augment" in d and isinstance(d["augment"], dict):
@@ -246,18 +236,17 @@ SAVE_COST_FACTOR = 20
 of the training time goes to saving, however large the model)."""
 
 DEVICE_DEFAULTS: dict[str, dict] = {
-    # Measured on ISBI (docs/benchmarks.md): on a 2-core CPU, 128 px patches learn far more
-    # per second than the paper's 256 px ones; a GPU runs the paper's setting.
-    # A CPU budget buys a few hundred to a thousand steps: Adam at 1e-3 decayed by a cosine over
-    # the budget learned more in 400 steps than the paper's constant 2e-4 on all three data
-    # sets (docs/benchmarks.md, "Accuracy as a user gets it"); a GPU keeps the paper's recipe.
+    # A CPU learns far more per second from 128 px patches than from the paper's 256 px ones,
+    # and within its few hundred steps Adam at 1e-3 decayed by a cosine learns more than the
+    # paper's constant 2e-4 (docs/benchmarks.md); a GPU runs the paper's recipe.
     "cpu": {"batch_size": 16, "patch_size": 128, "learning_rate": 1e-3, "lr_schedule": "cosine"},
     "gpu": {"batch_size": 16, "patch_size": 256, "learning_rate": 2e-4, "lr_schedule": "constant"},
 }
 
 
 def device_defaults(device: torch.device | str) -> dict:
-    """Batch and patch size for a device, used where a config leaves them ``None``."""
+    """Batch and patch size, learning rate and schedule for a device, used where a config
+    leaves them ``None``."""
     return DEVICE_DEFAULTS["cpu" if torch.device(device).type == "cpu" else "gpu"]
 
 
@@ -280,11 +269,19 @@ def infer_model_config(
     patch_size: int | None = None,
     **kwargs,
 ) -> ModelConfig:
-    """A model config that fits a dataset: channels from its images, classes from its class
-    list, tasks from the labels it has (a task nobody labelled is not trained), size from the
-    device unless given, and the working scale from its objects' size
-    (:func:`napari_lazylabels.core.data.auto_scale` for ``patch_size``, by default the
-    device's training patch) unless ``scale`` is given."""
+    """A model config that fits a dataset (the network half of :func:`plan_training`).
+
+    Channels come from its images, classes from its class list, tasks from the labels it has
+    (a task nobody labelled is not trained), the size from the device unless ``size`` or
+    ``widths`` is given, and the working scale from its objects' size
+    (:func:`napari_lazylabels.core.data.scale_for_diameter` for ``patch_size``, by default the
+    device's training patch) unless ``scale`` is given.
+
+    Args:
+        kwargs: :class:`ModelConfig` fields the user chose (``scale``, ``architecture``,
+            ``tasks``, ...), and ``widths`` for a network of custom widths (``size``
+            ``"custom"``; then ``size`` must be ``None``).
+    """
     channels = {1 if s.image.ndim == 2 else 3 for s in dataset}
     rgb = any(
         s.image.ndim == 3 and not (np.array_equal(s.image[..., 0], s.image[..., 1]) and np.array_equal(s.image[..., 0], s.image[..., 2]))
@@ -300,6 +297,9 @@ def infer_model_config(
             "No image carries any annotation. Draw detection marks (task 1) on at least one image, "
             "including a few background scribbles (label 1)."
         )
+    widths = kwargs.pop("widths", None)
+    if widths is not None and size is not None:
+        raise ValueError(f"Give a model size ({size!r}) or custom widths ({tuple(widths)}), not both.")
     architecture = kwargs.pop("architecture", "multitask")
     if architecture == "unet" and "tasks" not in kwargs:
         kwargs["tasks"] = (SEGMENTATION,) if SEGMENTATION in tasks else (DETECTION,)
@@ -312,13 +312,58 @@ def infer_model_config(
         kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"], side)
         if kwargs["scale"] != 1:
             log.info("Objects are large (median %.0f px): working at scale %g.", diameter, kwargs["scale"])
-    return ModelConfig.named(
-        size or default_size(device),
-        in_channels=in_channels,
-        n_classes=dataset.classes.n_classes,
-        architecture=architecture,
-        **kwargs,
-    )
+    kwargs.update(in_channels=in_channels, n_classes=dataset.classes.n_classes, architecture=architecture)
+    if widths is not None:
+        return ModelConfig(widths=tuple(widths), size="custom", **kwargs)
+    return ModelConfig.named(size or default_size(device), **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What a training run uses, decided before it starts (:func:`plan_training`)."""
+
+    device: torch.device
+    train_config: TrainConfig
+    """Every by-device (``None``) setting filled in for ``device``."""
+    model_config: ModelConfig
+
+
+def plan_training(
+    dataset: LazyDataset,
+    train_config: TrainConfig | None = None,
+    model_config: ModelConfig | None = None,
+    size: str | None = None,
+    **model_options,
+) -> TrainSetup:
+    """The device, the training settings and the network of a run: the one place that decides
+    them. :func:`train_iter` asks it; ``lazylabels train`` asks it first to show the network,
+    and the Train widget passes its choices through :func:`train_iter`.
+
+    Args:
+        dataset: the images with lazy labels.
+        train_config: budget and hyper-parameters; its ``None`` settings are filled in for the
+            device (:func:`resolve_for_device`).
+        model_config: the network when it is already decided (the caller's, or that of the
+            checkpoint being resumed); used as it is.
+        size: a name of :data:`napari_lazylabels.core.model.MODEL_SIZES` for a new network;
+            ``None``: by device.
+        model_options: what the user chose about a new network (``scale``, ``architecture``,
+            ``tasks``, ``widths``, ...); the rest follows the data (:func:`infer_model_config`).
+
+    Raises:
+        ValueError: ``model_options`` with a ``model_config`` (a network already decided).
+    """
+    cfg = train_config or TrainConfig()
+    device = resolve_device(cfg.device)
+    cfg = resolve_for_device(cfg, device)
+    if model_config is None:
+        model_config = infer_model_config(dataset, device, size, patch_size=cfg.augment.patch_size, **model_options)
+    elif model_options:
+        raise ValueError(
+            f"The network is already decided (a model config, or the checkpoint being resumed); "
+            f"drop the model options {sorted(model_options)}."
+        )
+    return TrainSetup(device, cfg, model_config)
 
 
 #: exact-mask images a validation split may take: one in this many (at least 1 when there are
@@ -364,35 +409,38 @@ def validation_score(classes: np.ndarray, sample: Sample, n_classes: int) -> flo
     return quality.score_sample(classes, sample, n_classes)["dice"]
 
 
-def _validate(model, model_config, samples, device) -> dict:
+def _inference_predictor(model: nn.Module, model_config: ModelConfig, device: torch.device, **options):
+    """A predictor of one orientation on an inference copy of the training ``model``
+    (BatchNorm folded into its convolutions, eval mode: :func:`model.fuse_batchnorm`), so the
+    training model keeps its mode and weights."""
     from .predictor import PredictConfig, Predictor
 
-    # one orientation and no interface map: validation scores the class map, picks the best
-    # model and should stay quick
-    predictor = Predictor(
-        model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1, keep_interfaces=False)
-    )
+    config = PredictConfig(device=str(device), batch_size=4, tta=1, fuse_batchnorm=False, **options)
+    return Predictor(fuse_batchnorm(model), model_config, config)
+
+
+def _validate(model: nn.Module, model_config: ModelConfig, samples: list[Sample], device: torch.device) -> dict:
+    """:func:`napari_lazylabels.core.quality.summarize` of the model's class maps of
+    ``samples``; one orientation and no interface map, so validation stays quick."""
+    predictor = _inference_predictor(model, model_config, device, keep_interfaces=False)
     scores = []
     for s in samples:
         pred = predictor.predict(s.image, instances=False)
         scores.append(quality.score_sample(pred.classes, s, model_config.n_classes))
-    model.train()
     return quality.summarize(scores)
 
 
-def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelConfig:
+def tune_instances(model: nn.Module, model_config: ModelConfig, samples, device) -> ModelConfig:
     """``model_config`` with the interface threshold that cuts the objects of the samples'
-    complete exact masks best (:func:`napari_lazylabels.core.predict.tune_interface_threshold`);
+    complete exact masks best (:func:`napari_lazylabels.core.calibrate.tune_interface_threshold`);
     unchanged when there are too few objects to tell or the model has no separation head.
-    Training does this when it ends (``TrainConfig.tune_instances``)."""
+    Training does this when it ends (``TrainConfig.tune_instances``); ``model`` keeps its mode.
+    Interfaces come from one orientation whatever ``PredictConfig.tta`` says: one is enough."""
     from .calibrate import tune_interface_threshold
-    from .predictor import PredictConfig, Predictor
 
-    # Interfaces come from one orientation whatever PredictConfig.tta says: one is enough.
-    predictor = Predictor(model, model_config, PredictConfig(device=str(device), batch_size=4, tta=1))
+    predictor = _inference_predictor(model, model_config, device)
     t0 = time.perf_counter()
     threshold, scores = tune_interface_threshold(predictor, samples)
-    model.train()
     if threshold is None:
         log.info("Interface threshold not tuned: fewer than 5 objects in complete exact masks.")
         return model_config
@@ -403,93 +451,57 @@ def tune_instances(model, model_config: ModelConfig, samples, device) -> ModelCo
     return replace(model_config, interface_threshold=threshold)
 
 
-def train_iter(
-    dataset: LazyDataset,
-    out_dir: str | Path,
-    model_config: ModelConfig | None = None,
-    train_config: TrainConfig | None = None,
-    resume: str | Path | None = None,
-    validation: list[Sample] | None = None,
-    size: str | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    overwrite: bool = False,
-) -> Iterator[TrainEvent]:
-    """Train a model on a dataset, yielding :class:`TrainEvent` as it goes.
+# --------------------------------------------------------------------------- the phases of a run
+@dataclass
+class _Resumed:
+    """Where a run starts: nothing (a new network), or a checkpoint's network, weights,
+    optimiser state, iteration, best score and history."""
 
-    Args:
-        dataset: images with lazy labels (any subset of tasks per image).
-        out_dir: model folder; gets ``best.pt``, ``latest.pt``, ``config.json``, ``history.json``.
-        model_config: the network; inferred from the dataset and device when ``None``.
-        train_config: budget and hyper-parameters.
-        resume: a checkpoint or model folder to continue from (weights, optimiser, iteration).
-        validation: held-out samples (e.g. with exact masks) to pick the best checkpoint;
-            when ``None`` a split is made by ``train_config.val_fraction``.
-        size: model size name when ``model_config`` is inferred.
-        should_stop: called every step; training ends cleanly when it returns True.
-        overwrite: replace a model already in ``out_dir`` (its files are removed before
-            training starts); without it such a folder is refused unless ``resume`` is that
-            folder or one of its checkpoints. The folder is locked for the whole run
-            (:func:`napari_lazylabels.core.runfolder.folder_lock`) and checked writable first.
-
-    Yields:
-        events; the last one has ``kind == "done"`` and ``path`` = the best checkpoint.
-
-    Returns:
-        a :class:`TrainResult` (the value of ``StopIteration``).
-    """
-    device = resolve_device((train_config or TrainConfig()).device)
-    cfg = resolve_for_device(train_config or TrainConfig(), device)
-    reuse = cfg.reuse_cpu_memory
-    if reuse is None:
-        reuse = threading.current_thread() is threading.main_thread()
-    out_dir = check_writable(out_dir, "the model folder")
-    with folder_lock(out_dir, "train"), cpu_allocation_cache(device.type == "cpu" and reuse):
-        prepare_model_folder(out_dir, resume, overwrite)
-        return (yield from _train_iter(
-            dataset, Path(out_dir), model_config, cfg, device, resume, validation, size, should_stop
-        ))
-
-
-def _train_iter(
-    dataset: LazyDataset,
-    out_dir: Path,
-    model_config: ModelConfig | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    resume: str | Path | None,
-    validation: list[Sample] | None,
-    size: str | None,
-    should_stop: Callable[[], bool] | None,
-) -> Iterator[TrainEvent]:
-    """:func:`train_iter`'s work, with the config resolved for ``device``."""
-    dataset.validate()
-    quality.check_trainable(dataset)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-
-    start_iteration, opt_state, history = 0, None, {"steps": [], "validation": []}
+    model_config: ModelConfig | None = None
+    state_dict: dict | None = None
+    optimizer: dict | None = None
+    iteration: int = 0
     best_metric: float | None = None
-    init_state = None
-    if resume is not None:
-        ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve_resume_path(resume))
-        if model_config is not None and model_config != ck.model_config:
-            raise ValueError("The model config differs from the checkpoint's; resume without a config.")
-        if ck.classes.names != dataset.classes.names:
-            raise ValueError(
-                f"The checkpoint was trained for classes {ck.classes.names}, the dataset has "
-                f"{dataset.classes.names}. Train a new model, or use the same class list."
-            )
-        model_config, init_state, opt_state = ck.model_config, ck.state_dict, ck.optimizer
-        start_iteration = ck.iteration
-        best_metric = ck.metrics.get("best_metric")
-        history = ckpt_mod.history_until(
-            ckpt_mod.read_history(Path(resume) if Path(resume).is_dir() else Path(resume).parent) or history,
-            start_iteration,
-        )
-    if model_config is None:
-        model_config = infer_model_config(dataset, device, size, patch_size=cfg.augment.patch_size)
+    history: dict = field(default_factory=lambda: {"steps": [], "validation": []})
 
+
+def _resume(resume: str | Path | None, dataset: LazyDataset, model_config: ModelConfig | None) -> _Resumed:
+    """The state to continue from ``resume`` (a checkpoint or model folder), checked against
+    the dataset's classes and the caller's ``model_config``."""
+    if resume is None:
+        return _Resumed()
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve_resume_path(resume))
+    if model_config is not None and model_config != ck.model_config:
+        raise ValueError("The model config differs from the checkpoint's; resume without a config.")
+    if ck.classes.names != dataset.classes.names:
+        raise ValueError(
+            f"The checkpoint was trained for classes {ck.classes.names}, the dataset has "
+            f"{dataset.classes.names}. Train a new model, or use the same class list."
+        )
+    folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    history = ckpt_mod.read_history(folder) or _Resumed().history
+    return _Resumed(
+        ck.model_config, ck.state_dict, ck.optimizer, ck.iteration, ck.metrics.get("best_metric"),
+        ckpt_mod.history_until(history, ck.iteration),
+    )
+
+
+@dataclass
+class _TrainingData:
+    """The training images as patches (``sampler``) and the validation images."""
+
+    prepared: list[PreparedSample]
+    sampler: PatchSampler
+    val_samples: list[Sample]
+
+
+def _training_data(
+    dataset: LazyDataset, setup: TrainSetup, validation: list[Sample] | None, start_iteration: int
+) -> _TrainingData:
+    """Split the dataset into training and validation images (a ``validation`` set of the
+    caller's, an empty one turning validation off, or :func:`_split`) and prepare the
+    training images for the network's tasks and working scale."""
+    cfg, mc = setup.train_config, setup.model_config
     if cfg.val_every and validation is None:
         train_samples, val_samples = _split(dataset, cfg)
     else:  # a validation set of its own (an empty list turns validation off): train on all
@@ -503,173 +515,295 @@ def _train_iter(
         val_samples = []
     prepared = [
         PreparedSample(
-            s, model_config.in_channels, model_config.norm_percentiles, cfg.label_mode, model_config.tasks,
-            model_config.scale, marks_to_segmentation=cfg.marks_to_segmentation,
+            s, mc.in_channels, mc.norm_percentiles, cfg.label_mode, mc.tasks, mc.scale,
+            marks_to_segmentation=cfg.marks_to_segmentation,
         )
         for s in train_samples
     ]
     prepared = [p for p in prepared if p.tasks]
     if not prepared:
         raise ValueError(
-            f"No training image is labelled for the model's tasks {model_config.tasks}. Annotate "
+            f"No training image is labelled for the model's tasks {mc.tasks}. Annotate "
             "detection marks (and background scribbles) on at least one image."
         )
     sampler = PatchSampler(prepared, cfg.augment, seed=cfg.seed + start_iteration)
+    return _TrainingData(prepared, sampler, val_samples)
 
-    model = build_model(model_config)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    model.to(device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
-        for g in optimizer.param_groups:
-            g["lr"] = cfg.learning_rate
-    amp_dtype = autocast_dtype(device) if cfg.amp else None
-    precision = precision_name(amp_dtype) + ("" if amp_dtype is None else " autocast")
 
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-    log.info(
-        "Training %s (%s, %d parameters) on %s in %s: %d train / %d validation images, tasks %s",
-        model_config.architecture, model_config.size, count_parameters(model), device, precision,
-        len(prepared), len(val_samples), model_config.tasks,
+def _build(
+    setup: TrainSetup, resumed: _Resumed, loss: LossFn | None, model_factory: Callable[[ModelConfig], nn.Module]
+) -> TrainStep:
+    """The network (with the resumed weights) and its optimiser (with the resumed state),
+    stepping on the product's loss unless ``loss`` is given."""
+    cfg = setup.train_config
+    model = model_factory(setup.model_config)
+    if resumed.state_dict is not None:
+        model.load_state_dict(resumed.state_dict)
+    amp_dtype = autocast_dtype(setup.device) if cfg.amp else None
+    return TrainStep.new(
+        model, loss or training_loss(cfg.task_weights, cfg.balance_smoothing), setup.device, cfg.learning_rate,
+        amp_dtype, cfg.channels_last, resumed.optimizer,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_free_space(out_dir, 3 * ckpt_mod.checkpoint_bytes(model, optimizer), "two checkpoints and a temporary copy")
-    train_dict = {**cfg.to_dict(), "train_images": [p.name for p in prepared], "val_images": [s.name for s in val_samples]}
 
-    last_save, save_interval = time.perf_counter(), cfg.save_every
 
-    def save(name: str, iteration: int, metrics: dict) -> Path:
-        nonlocal last_save, save_interval
+class _Run:
+    """One training run's state between its steps: the network and its step, the data, the
+    history and best score, and when the last checkpoint was written."""
+
+    def __init__(
+        self, out_dir: Path, classes, setup: TrainSetup, step: TrainStep, data: _TrainingData, resumed: _Resumed
+    ) -> None:
+        self.out_dir, self.classes, self.step, self.data = out_dir, classes, step, data
+        self.device, self.cfg, self.model_config = setup.device, setup.train_config, setup.model_config
+        self.start_iteration, self.history, self.best_metric = resumed.iteration, resumed.history, resumed.best_metric
+        self.best_metrics: dict = {}
+        self.last_metrics: dict = {}
+        self.train_dict = {
+            **self.cfg.to_dict(), "train_images": [p.name for p in data.prepared],
+            "val_images": [s.name for s in data.val_samples],
+        }
+        self.last_save, self.save_interval = time.perf_counter(), self.cfg.save_every
+        self.t0 = self.last_save
+        self.it = 0  # steps done in this call
+        self.last_val_it: int | None = None  # the step of the last validation in this call
+
+    @property
+    def total(self) -> int | None:
+        return self.cfg.iterations
+
+    @property
+    def iteration(self) -> int:
+        return self.start_iteration + self.it
+
+    def event(self, kind: str, **kw) -> TrainEvent:
+        return TrainEvent(kind, self.iteration, self.total, time.perf_counter() - self.t0, **kw)
+
+    def start(self) -> TrainEvent:
+        """Log what trains where, check the folder has room for the checkpoints, start the clock."""
+        mc, model = self.model_config, self.step.model
+        amp_dtype = autocast_dtype(self.device) if self.cfg.amp else None
+        precision = precision_name(amp_dtype) + ("" if amp_dtype is None else " autocast")
+        log.info(
+            "Training %s (%s, %d parameters) on %s in %s: %d train / %d validation images, tasks %s",
+            mc.architecture, mc.size, count_parameters(model), self.device, precision,
+            len(self.data.prepared), len(self.data.val_samples), mc.tasks,
+        )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_free_space(
+            self.out_dir, 3 * ckpt_mod.checkpoint_bytes(model, self.step.optimizer), "two checkpoints and a temporary copy"
+        )
+        self.last_save, self.save_interval = time.perf_counter(), self.cfg.save_every
+        self.t0 = time.perf_counter()
+        return TrainEvent(
+            "start", self.start_iteration, self.total, 0.0,
+            message=f"{self.device} ({precision}), {mc.size} model ({count_parameters(model):,} parameters), "
+            f"working scale {mc.scale:g}",
+        )
+
+    def save(self, name: str, metrics: dict) -> Path:
+        """Write checkpoint ``name`` of the current network (``best.pt`` also becomes
+        ``latest.pt``) and the history; the next periodic save waits at least
+        :data:`SAVE_COST_FACTOR` times this save's duration."""
         started = time.perf_counter()
         p = ckpt_mod.save_checkpoint(
-            out_dir / name, model, model_config, dataset.classes, optimizer, iteration,
-            train_dict, {**metrics, "best_metric": best_metric}, cfg.seed,
+            self.out_dir / name, self.step.model, self.model_config, self.classes, self.step.optimizer,
+            self.iteration, self.train_dict, {**metrics, "best_metric": self.best_metric}, self.cfg.seed,
         )
         if name == ckpt_mod.BEST:  # the newest checkpoint is always latest.pt, for resuming
-            link_or_copy(p, out_dir / ckpt_mod.LATEST)
-        ckpt_mod.write_history(out_dir, history)
+            link_or_copy(p, self.out_dir / ckpt_mod.LATEST)
+        ckpt_mod.write_history(self.out_dir, self.history)
         now = time.perf_counter()
-        save_interval = cfg.save_every and max(cfg.save_every, SAVE_COST_FACTOR * (now - started))
-        last_save = now
+        self.save_interval = self.cfg.save_every and max(self.cfg.save_every, SAVE_COST_FACTOR * (now - started))
+        self.last_save = now
         return p
 
-    t0 = time.perf_counter()
-    total = cfg.iterations
-    best_metrics: dict = {}
-    last_metrics: dict = {}
-
-    def validate(iteration: int) -> Iterator[TrainEvent]:
-        nonlocal best_metric, best_metrics, last_metrics
-        metrics = _validate(model, model_config, val_samples, device)
-        last_metrics = metrics
-        history["validation"].append([iteration, metrics["dice"]])
-        yield TrainEvent("validation", iteration, total, time.perf_counter() - t0, metrics=metrics)
+    def validate(self) -> Iterator[TrainEvent]:
+        """Score the network on the validation images; a better score writes ``best.pt``."""
+        metrics = _validate(self.step.model, self.model_config, self.data.val_samples, self.device)
+        self.last_metrics = metrics
+        self.history["validation"].append([self.iteration, metrics["dice"]])
+        yield self.event("validation", metrics=metrics)
         score = metrics["dice"]
-        if best_metric is None or (not math.isnan(score) and score > best_metric):
-            best_metric = None if math.isnan(score) else score
-            best_metrics = metrics
-            p = save(ckpt_mod.BEST, iteration, metrics)
-            yield TrainEvent("checkpoint", iteration, total, time.perf_counter() - t0, path=p, metrics=metrics)
+        if self.best_metric is None or (not math.isnan(score) and score > self.best_metric):
+            self.best_metric = None if math.isnan(score) else score
+            self.best_metrics = metrics
+            p = self.save(ckpt_mod.BEST, metrics)
+            yield self.event("checkpoint", path=p, metrics=metrics)
 
-    yield TrainEvent(
-        "start", start_iteration, total, 0.0,
-        message=f"{device} ({precision}), {model_config.size} model ({count_parameters(model):,} parameters), "
-        f"working scale {model_config.scale:g}",
-    )
-    it = 0
-    stopped = False
-    last_val_it = None
-    while True:
-        elapsed = time.perf_counter() - t0
-        if cfg.iterations is not None and it >= cfg.iterations:
-            break
-        if cfg.time_budget is not None and elapsed >= cfg.time_budget:
-            break
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        frac = max(
-            it / cfg.iterations if cfg.iterations else 0.0,
-            elapsed / cfg.time_budget if cfg.time_budget else 0.0,
-        )
-        lr = cfg.learning_rate
-        if cfg.lr_schedule == "cosine":
-            lr = cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        ts = time.perf_counter()
-        image, targets = sampler.batch(cfg.batch_size, model_config.tasks)
-        image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
-        with autocast():
-            outputs = model(image)
-        loss, parts = multitask_loss(
-            outputs, targets, cfg.task_weights, cfg.balance_classes, cfg.balance_power, cfg.balance_smoothing
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        it += 1
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(
-                f"The loss became {lv} at iteration {start_iteration + it}; lower the learning rate."
+    def steps(self, should_stop: Callable[[], bool] | None) -> Iterator[TrainEvent]:
+        """Step until the budget is spent or ``should_stop()``; validate every ``val_every``
+        steps and write ``latest.pt`` every ``save_every`` seconds. Returns whether stopped."""
+        cfg, val_samples = self.cfg, self.data.val_samples
+        while True:
+            elapsed = time.perf_counter() - self.t0
+            if cfg.iterations is not None and self.it >= cfg.iterations:
+                return False
+            if cfg.time_budget is not None and elapsed >= cfg.time_budget:
+                return False
+            if should_stop is not None and should_stop():
+                return True
+            progress = max(
+                self.it / cfg.iterations if cfg.iterations else 0.0,
+                elapsed / cfg.time_budget if cfg.time_budget else 0.0,
             )
-        step_time = time.perf_counter() - ts
-        history["steps"].append([start_iteration + it, round(lv, 5)])
-        yield TrainEvent(
-            "step", start_iteration + it, total and start_iteration + total, time.perf_counter() - t0,
-            loss=lv, parts=parts, lr=lr, patches_per_s=cfg.batch_size / max(step_time, 1e-9),
-        )
-        if val_samples and it % cfg.val_every == 0:
-            last_val_it = it
-            yield from validate(start_iteration + it)
-        if time.perf_counter() - last_save >= save_interval:
-            save(ckpt_mod.LATEST, start_iteration + it, {})
+            lr = scheduled_learning_rate(cfg.learning_rate, cfg.lr_schedule, progress)
+            self.step.set_learning_rate(lr)
+            ts = time.perf_counter()
+            loss, parts = self.step(*self.data.sampler.batch(cfg.batch_size, self.model_config.tasks))
+            self.it += 1
+            lv = float(loss)
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"The loss became {lv} at iteration {self.iteration}; lower the learning rate.")
+            step_time = time.perf_counter() - ts
+            self.history["steps"].append([self.iteration, round(lv, 5)])
+            yield TrainEvent(
+                "step", self.iteration, self.total and self.start_iteration + self.total, time.perf_counter() - self.t0,
+                loss=lv, parts=parts, lr=lr, patches_per_s=cfg.batch_size / max(step_time, 1e-9),
+            )
+            if val_samples and self.it % cfg.val_every == 0:
+                self.last_val_it = self.it
+                yield from self.validate()
+            if time.perf_counter() - self.last_save >= self.save_interval:
+                self.save(ckpt_mod.LATEST, {})
 
-    if it > 0 and last_val_it != it and val_samples:
-        yield from validate(start_iteration + it)
-    final_metrics = dict(last_metrics)
-    tune = cfg.tune_instances and it > 0 and SEPARATION in model_config.tasks
-    if tune:
-        # Images held out from training (validation) first: their masks were not learned.
-        val_names = {v.name for v in val_samples}
-        tune_samples = list(val_samples) + [s for s in dataset if s.name not in val_names]
-        model_config = tune_instances(model, model_config, tune_samples, device)
-    latest = save(ckpt_mod.LATEST, start_iteration + it, final_metrics)
-    best = out_dir / ckpt_mod.BEST
-    threshold = model_config.interface_threshold
-    if not best.exists() or not val_samples:  # no validation: best.pt is the last model
-        best = save(ckpt_mod.BEST, start_iteration + it, final_metrics)
-    elif tune:  # the best model of an earlier iteration gets its own threshold
+    def finish(self, dataset: LazyDataset, stopped: bool) -> Iterator[TrainEvent]:
+        """Validate the last network (unless just done), tune its interface threshold, write
+        the last checkpoints, warn about a weak model. Returns the :class:`TrainResult`."""
+        val_samples = self.data.val_samples
+        if self.it > 0 and self.last_val_it != self.it and val_samples:
+            yield from self.validate()
+        final_metrics = dict(self.last_metrics)
+        tune = self.cfg.tune_instances and self.it > 0 and SEPARATION in self.model_config.tasks
+        tune_samples: list[Sample] = []
+        if tune:  # images held out from training (validation) first: their masks were not learned
+            val_names = {v.name for v in val_samples}
+            tune_samples = list(val_samples) + [s for s in dataset if s.name not in val_names]
+            self.model_config = tune_instances(self.step.model, self.model_config, tune_samples, self.device)
+        best = self.out_dir / ckpt_mod.BEST
+        threshold = self.model_config.interface_threshold
+        if not best.exists() or not val_samples:  # no validation: best.pt is the last model
+            best = self.save(ckpt_mod.BEST, final_metrics)
+        else:
+            self.save(ckpt_mod.LATEST, final_metrics)
+            if tune:
+                threshold = self._calibrate_best(best, tune_samples)
+        warnings = quality.warnings_for({**self.best_metrics, "best_metric": self.best_metric}, self.iteration)
+        for w in warnings:
+            log.warning(w)
+            yield self.event("warning", message=w)
+        result = TrainResult(
+            self.out_dir, best, self.out_dir / ckpt_mod.LATEST, self.iteration, self.best_metric, self.history,
+            stopped, threshold, warnings, dict(self.best_metrics),
+        )
+        yield self.event(
+            "done", path=best, message="stopped" if stopped else "finished",
+            metrics={"best_metric": self.best_metric, "stopped": stopped, "interface_threshold": threshold,
+                     "best": dict(self.best_metrics), "warnings": warnings},
+        )
+        return result
+
+    def _calibrate_best(self, best: Path, tune_samples: list[Sample]) -> float | None:
+        """The interface threshold of ``best.pt`` (the last network's when it is that one,
+        else tuned on it), recorded beside it (:func:`checkpoint.save_calibration`)."""
         ck = ckpt_mod.load_checkpoint(best)
-        tuned = model_config if ck.iteration == start_iteration + it else tune_instances(ck.build(device), ck.model_config, tune_samples, device)
-        threshold = tuned.interface_threshold
-        ckpt_mod.update_model_config(best, replace(ck.model_config, interface_threshold=threshold))
-    warnings = quality.warnings_for({**best_metrics, "best_metric": best_metric}, start_iteration + it)
-    for w in warnings:
-        log.warning(w)
-        yield TrainEvent("warning", start_iteration + it, total, time.perf_counter() - t0, message=w)
-    result = TrainResult(
-        out_dir, best, latest, start_iteration + it, best_metric, history, stopped, threshold, warnings,
-        dict(best_metrics),
-    )
-    yield TrainEvent(
-        "done", start_iteration + it, total, time.perf_counter() - t0, path=best,
-        metrics={"best_metric": best_metric, "stopped": stopped, "interface_threshold": threshold,
-                 "best": dict(best_metrics), "warnings": warnings},
-        message="stopped" if stopped else "finished",
-    )
-    return result
+        if ck.iteration == self.iteration:
+            tuned = self.model_config
+        else:
+            tuned = tune_instances(ck.build(self.device), ck.model_config, tune_samples, self.device)
+        if tuned.interface_threshold != ck.model_config.interface_threshold:
+            ckpt_mod.save_calibration(ck, interface_threshold=tuned.interface_threshold)
+        return tuned.interface_threshold
+
+
+def train_iter(
+    dataset: LazyDataset,
+    out_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    validation: list[Sample] | None = None,
+    size: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
+    *,
+    model_options: dict | None = None,
+    loss: LossFn | None = None,
+    model_factory: Callable[[ModelConfig], nn.Module] = build_model,
+) -> Iterator[TrainEvent]:
+    """Train a model on a dataset, yielding :class:`TrainEvent` as it goes.
+
+    Args:
+        dataset: images with lazy labels (any subset of tasks per image).
+        out_dir: model folder; gets ``best.pt``, ``latest.pt``, ``config.json``,
+            ``history.json`` (and ``calibration.json`` when ``best.pt`` is an earlier network
+            than the last and its interface threshold is tuned).
+        model_config: the network; inferred from the dataset and device when ``None``
+            (:func:`plan_training`).
+        train_config: budget and hyper-parameters.
+        resume: a checkpoint or model folder to continue from (weights, optimiser, iteration).
+        validation: held-out samples (e.g. with exact masks) to pick the best checkpoint;
+            when ``None`` a split is made by ``train_config.val_fraction``.
+        size: model size name when ``model_config`` is inferred.
+        should_stop: called every step; training ends cleanly when it returns True.
+        overwrite: replace a model already in ``out_dir`` (its files are removed before
+            training starts); without it such a folder is refused unless ``resume`` is that
+            folder or one of its checkpoints. The folder is locked for the whole run
+            (:func:`napari_lazylabels.core.runfolder.folder_lock`) and checked writable first.
+        model_options: what the user chose about a new network when ``model_config`` is
+            inferred (``scale``, ``widths``, ...; see :func:`plan_training`).
+        loss: ``(outputs, targets) -> (loss, parts)``; default the product's
+            (:func:`napari_lazylabels.core.losses.training_loss` of the train config).
+            Experiments pass variants (``functools.partial(multitask_loss, ...)``).
+        model_factory: builds the network from its config (default
+            :func:`napari_lazylabels.core.model.build_model`); experiments pass variants that
+            train differently but predict alike (checkpoints rebuild with ``build_model``).
+
+    Yields:
+        events; the last one has ``kind == "done"`` and ``path`` = the best checkpoint.
+
+    Returns:
+        a :class:`TrainResult` (the value of ``StopIteration``).
+    """
+    cfg = train_config or TrainConfig()
+    device = resolve_device(cfg.device)
+    reuse = cfg.reuse_cpu_memory
+    if reuse is None:
+        reuse = threading.current_thread() is threading.main_thread()
+    out_dir = check_writable(out_dir, "the model folder")
+    with folder_lock(out_dir, "train"), cpu_allocation_cache(device.type == "cpu" and reuse):
+        prepare_model_folder(out_dir, resume, overwrite)
+        return (yield from _train_iter(
+            dataset, Path(out_dir), model_config, cfg, resume, validation, size, should_stop,
+            model_options or {}, loss, model_factory,
+        ))
+
+
+def _train_iter(
+    dataset: LazyDataset,
+    out_dir: Path,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig,
+    resume: str | Path | None,
+    validation: list[Sample] | None,
+    size: str | None,
+    should_stop: Callable[[], bool] | None,
+    model_options: dict,
+    loss: LossFn | None,
+    model_factory: Callable[[ModelConfig], nn.Module],
+) -> Iterator[TrainEvent]:
+    """:func:`train_iter`'s work in its folder: resume, plan, split, build, step, finish."""
+    dataset.validate()
+    quality.check_trainable(dataset)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    resumed = _resume(resume, dataset, model_config)
+    setup = plan_training(dataset, cfg, resumed.model_config or model_config, size, **model_options)
+    data = _training_data(dataset, setup, validation, resumed.iteration)
+    run = _Run(out_dir, dataset.classes, setup, _build(setup, resumed, loss, model_factory), data, resumed)
+    yield run.start()
+    stopped = yield from run.steps(should_stop)
+    return (yield from run.finish(dataset, stopped))
 
 
 def fit(
@@ -684,6 +818,7 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
     overwrite: bool = False,
+    **kwargs,
 ) -> TrainResult:
     """Train to the end of the budget (or until ``should_stop()``), see :func:`train_iter`.
 
@@ -692,11 +827,14 @@ def fit(
             ``total``); steps are reported to it.
         on_event: called with every :class:`TrainEvent`.
         overwrite: replace a model already in ``out_dir`` (see :func:`train_iter`).
+        kwargs: :func:`train_iter`'s ``model_options``, ``loss``, ``model_factory``.
 
     Returns:
         a :class:`TrainResult` with the checkpoint paths and the loss history.
     """
-    gen = train_iter(dataset, out_dir, model_config, train_config, resume, validation, size, should_stop, overwrite)
+    gen = train_iter(
+        dataset, out_dir, model_config, train_config, resume, validation, size, should_stop, overwrite, **kwargs
+    )
     result = None
     while True:
         try:
