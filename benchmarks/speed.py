@@ -4,11 +4,12 @@ Every figure is a ratio against a reference measured in the same run, interleave
 repetition of ours, one of the reference, alternating which goes first; medians of the timed
 repetitions), because the machine may be shared and absolute numbers are noisy.
 
-* Training throughput (patches of 256x256 per second, batch 16) of the multi-task U-net
-  against ``RefUNet`` below: a plain single-task U-net of the same depth and widths written
-  simply in PyTorch, under each setting (fp32 / bf16 autocast x NCHW / channels_last). The
-  multi-task net does more work (shared decoder block run twice, residual and separation
-  blocks), so the fair figure is achieved TFLOP/s (FLOPs of one fwd+bwd counted with
+* Training throughput (patches of 256x256 per second, batch 16) of the product's training
+  step (:class:`napari_lazylabels.core.step.TrainStep`: the multi-task U-net, its loss, Adam)
+  against ``RefUNet`` below, stepped the same way: a plain single-task U-net of the same depth
+  and widths written simply in PyTorch, under each setting (fp32 / bf16 autocast x NCHW /
+  channels_last). The multi-task net does more work (shared decoder block run twice, residual
+  and separation blocks), so the fair figure is achieved TFLOP/s (FLOPs of one fwd+bwd counted with
   ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products only).
   ``torch.compile`` is tried once in a time-boxed subprocess.
 * Data pipeline: ``PatchSampler.batch`` time per batch against the step time.
@@ -57,10 +58,12 @@ from napari_lazylabels.core.allocator import cpu_allocation_cache
 from napari_lazylabels.core.data import AugmentConfig, PatchSampler, PreparedSample
 from napari_lazylabels.core.io import Sample
 from napari_lazylabels.core.labels import SEGMENTATION, TASKS
-from napari_lazylabels.core.losses import multitask_loss
+from napari_lazylabels.core.losses import training_loss
 from napari_lazylabels.core.model import MODEL_SIZES, ModelConfig, autocast_dtype, build_model
 from napari_lazylabels.core.predict import PredictConfig, Predictor, sliding_window
+from napari_lazylabels.core.step import TrainStep
 from napari_lazylabels.core.tiling import SIGMA_SCALE
+from napari_lazylabels.core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "speed"
@@ -113,10 +116,6 @@ def machine_info() -> dict:
     return info
 
 
-def autocast(device: str, dtype):
-    return torch.autocast(device_type=device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -134,39 +133,36 @@ def synthetic_batch(batch: int, device: str, seed: int = 0):
     return x.to(device), {t: v.to(device) for t, v in tg.items()}
 
 
+def ref_loss(out: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
+    """The reference's loss: plain cross entropy of its one head on the segmentation target."""
+    return F.cross_entropy(out.float(), targets[SEGMENTATION], ignore_index=-1), {}
+
+
 class Trainer:
-    """One network + Adam + the loss, stepping on a fixed batch."""
+    """A training step on a fixed batch under one setting (autocast ``dtype``, memory format):
+    ``"ours"`` is the product's (:class:`napari_lazylabels.core.step.TrainStep` with the
+    product's loss, as training runs it), ``"ref"`` the same step of ``RefUNet`` and
+    :func:`ref_loss`."""
 
     def __init__(self, kind: str, size: str, device: str, dtype, channels_last: bool, compile_: bool = False):
         torch.manual_seed(0)
-        widths = MODEL_SIZES[size]
         if kind == "ours":
             self.config = ModelConfig.named(size, n_classes=N_CLASSES)
-            net = build_model(self.config)
+            net, loss = build_model(self.config), training_loss(TrainConfig().task_weights, TrainConfig().balance_smoothing)
         else:
             self.config = None
-            net = RefUNet(widths, 1, N_CLASSES)
-        self.kind, self.device, self.dtype = kind, device, dtype
-        self.mf = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(device).to(memory_format=self.mf).train()
-        self.net = net
-        self.opt = torch.optim.Adam(net.parameters(), lr=2e-4)
-        self.fwd = torch.compile(net) if compile_ else net
+            net, loss = RefUNet(MODEL_SIZES[size], 1, N_CLASSES), ref_loss
+        self.kind, self.device = kind, device
+        self.train_step = TrainStep.new(net, loss, torch.device(device), 2e-4, dtype, channels_last)
+        if compile_:
+            self.train_step.forward = torch.compile(self.train_step.model)
+        self.net, self.mf = self.train_step.model, self.train_step.memory_format
 
-    def loss(self, out, targets):
-        if self.kind == "ours":
-            return multitask_loss(out, targets)[0]
-        return F.cross_entropy(out.float(), targets[SEGMENTATION], ignore_index=-1)
+    def loss(self, out, targets) -> torch.Tensor:
+        return self.train_step.loss(out, targets)[0]
 
-    def step(self, x, targets) -> float:
-        x = x.contiguous(memory_format=self.mf)
-        with autocast(self.device, self.dtype):
-            out = self.fwd(x)
-        loss = self.loss(out, targets)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss
+    def step(self, x, targets) -> torch.Tensor:
+        return self.train_step(x, targets)[0]
 
     def flops_per_patch(self) -> float:
         """Convolution/matmul FLOPs of one fwd+bwd per 256x256 patch (counted at batch 1)."""
