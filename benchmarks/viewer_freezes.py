@@ -162,7 +162,7 @@ def run(args) -> dict:
             time.sleep(0.002)
         return cond()
 
-    if not wait(lambda: trainer.events_seen.count("step") >= 1, 300):
+    if not wait(lambda: trainer.last_event is not None and trainer.last_event.kind == "step", 300):
         raise RuntimeError(f"no training step: {trainer.status.text()}")
     marks["first_step"] = time.perf_counter()
     # a brush dab every 0.5 s: the time of Labels.paint on the main thread while training
@@ -179,7 +179,7 @@ def run(args) -> dict:
         det.paint(coord, 2, refresh=True)
         dabs.append(time.perf_counter() - t)
     marks["stop"] = time.perf_counter()
-    steps = trainer.events_seen.count("step")
+    steps = trainer.last_event.iteration  # a new model: its iteration is the steps done
     trainer.stop()
     wait(lambda: not trainer.is_running(), 300)
     marks["idle"] = time.perf_counter()
