@@ -358,3 +358,24 @@ def test_plan_training_decides_device_settings_and_network():
         plan_training(ds, TrainConfig(device="cpu"), size="tiny", widths=(4, 8))
     with pytest.raises(ValueError, match="already decided"):
         plan_training(ds, TrainConfig(device="cpu"), custom, scale=0.5)
+
+
+def test_validation_and_tuning_leave_the_training_model_in_training_mode(tmp_path, monkeypatch):
+    """Validation and the threshold tuning predict with an inference copy: the network being
+    trained is never switched to eval mode behind the training loop's back."""
+    from napari_lazylabels.core import calibrate, quality
+    from napari_lazylabels.core.model import build_model
+
+    built, modes = [], []
+
+    def factory(mc):
+        built.append(build_model(mc))
+        return built[-1]
+
+    score, tune = quality.score_sample, calibrate.tune_interface_threshold
+    monkeypatch.setattr(quality, "score_sample", lambda *a, **k: modes.append(built[0].training) or score(*a, **k))
+    monkeypatch.setattr(calibrate, "tune_interface_threshold",
+                        lambda *a, **k: modes.append(built[0].training) or tune(*a, **k))
+    mc = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8))
+    fit(blobs(), tmp_path / "m", mc, TrainConfig(iterations=2, **{**FAST, "val_every": 1}), model_factory=factory)
+    assert len(built) == 1 and len(modes) >= 3 and all(modes)
