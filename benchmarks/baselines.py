@@ -25,16 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_lazylabels.core.data import normalize
 from napari_lazylabels.core.grabcut import GrabCutConfig, refine
 from napari_lazylabels.core.io import LazyDataset, Sample
 from napari_lazylabels.core.labels import BACKGROUND, UNLABELLED
+from napari_lazylabels.core.prepare import image_channels, normalize
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RandomForestSegmenter",
-    "image_channels",
+    "dataset_channels",
     "pseudo_label_dataset",
     "strong_only",
     "training_scribbles",
@@ -124,13 +124,10 @@ def training_scribbles(sample: Sample) -> np.ndarray | None:
     return None
 
 
-def image_channels(dataset: LazyDataset) -> int:
-    """3 when any image has colour (channels that differ), else 1 (gray, or RGB with R=G=B)."""
-    for s in dataset:
-        img = s.image
-        if img.ndim == 3 and not (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])):
-            return 3
-    return 1
+def dataset_channels(dataset: LazyDataset) -> int:
+    """3 when any image has colour, else 1 (the product's rule,
+    :func:`~napari_lazylabels.core.prepare.image_channels`)."""
+    return 3 if any(image_channels(s.image) == 3 for s in dataset) else 1
 
 
 @dataclass
@@ -198,7 +195,7 @@ class RandomForestSegmenter:
             ) from e
         from skimage.future import fit_segmenter
 
-        self.in_channels = image_channels(dataset)
+        self.in_channels = dataset_channels(dataset)
         self.n_classes = dataset.classes.n_classes
         labelled = [(s, lab) for s in dataset if (lab := training_scribbles(s)) is not None]
         if not labelled:

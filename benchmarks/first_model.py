@@ -36,6 +36,7 @@ from napari_lazylabels.core.checkpoint import load_model
 from napari_lazylabels.core.io import Sample
 from napari_lazylabels.core.model import resolve_device
 from napari_lazylabels.core.predict import PredictConfig, Predictor
+from napari_lazylabels.core.prepare import image_channels
 from napari_lazylabels.core.train import TrainConfig, fit
 from napari_lazylabels.sample_data import sample_paths
 
@@ -65,7 +66,7 @@ def more_heldout(n: int) -> list[Sample]:
         if len(out) == n:
             break
         image = io.read_image(f)
-        if image.ndim == 3 and not (image[..., 1:] == image[..., :1]).all():
+        if image_channels(image) == 3:
             continue  # stained tissue in colour: the sample (and its model) is grey fluorescence
         gt = io.read_label(root / "masks" / f"{f.stem}.png")
         out.append(Sample(f.stem[:10], image, segmentation=np.where(gt > 0, 2, 1).astype(np.uint8)))

@@ -6,13 +6,12 @@ from napari_lazylabels.core.data import (
     PatchSampler,
     PreparedSample,
     auto_scale,
-    normalize,
     object_size,
     resize_targets,
     sample_patch,
-    to_channels,
 )
 from napari_lazylabels.core.io import Sample
+from napari_lazylabels.core.prepare import normalize, to_channels
 
 
 def _sample():

@@ -24,7 +24,6 @@ from skimage.draw import disk
 from napari_lazylabels.cli import main
 from napari_lazylabels.core import runfolder
 from napari_lazylabels.core.checkpoint import load_checkpoint, read_history, save_checkpoint
-from napari_lazylabels.core.data import normalize
 from napari_lazylabels.core.io import (
     atomic_write_json,
     load_dataset,
@@ -36,6 +35,7 @@ from napari_lazylabels.core.io import (
 )
 from napari_lazylabels.core.labels import ClassSpec
 from napari_lazylabels.core.model import ModelConfig, build_model
+from napari_lazylabels.core.prepare import normalize
 
 TINY = ["--size", "tiny", "--batch-size", "2", "--patch-size", "64", "--threads", "1", "--device", "cpu"]
 

@@ -215,10 +215,11 @@ def _model_report(ck, jobs) -> tuple[str, list[str]]:
     """``(one line on what the model is worth, [warnings])`` for a loaded checkpoint and the
     ``jobs`` about to be predicted (a colour model on gray images is named: it runs, on
     three equal channels it never saw)."""
+    from ..core.prepare import image_channels
     from ..core.quality import describe_score, warnings_for
 
     notes = list(warnings_for(ck.metrics, ck.iteration))
-    gray = [name for name, planes in jobs if planes and planes[0].ndim == 2]
+    gray = [name for name, planes in jobs if planes and image_channels(planes[0]) == 1]
     if ck.model_config.in_channels == 3 and gray:
         notes.append(
             f"The model was trained on colour (RGB) images; {', '.join(gray)} is gray, so each pixel is "

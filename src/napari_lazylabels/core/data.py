@@ -1,4 +1,7 @@
-"""From images and lazy labels to training batches: normalisation, sampling, augmentation.
+"""From images and lazy labels to training batches: the working scale, sampling, augmentation.
+
+Images are prepared for the network by :func:`napari_lazylabels.core.prepare.prepare_image`,
+the recipe prediction uses too.
 
 Patches are cut straight from the whole image with one affine warp (random rescale, rotation
 and flips, as in the paper), centred with high probability on annotated pixels so that sparse
@@ -16,87 +19,16 @@ import cv2
 import numpy as np
 import torch
 
-from .io import Sample, as_image
+from .io import Sample
 from .labels import SEGMENTATION, SEPARATION, TASKS, training_targets
+from .prepare import prepare_image, scaled_shape
 
 log = logging.getLogger(__name__)
 
 IGNORE = -1
 
 
-# --------------------------------------------------------------------------- normalisation
-def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
-    """Return ``(H, W, in_channels)``: gray is repeated for RGB models; an RGB image whose
-    channels are equal becomes gray for gray models.
-
-    Raises:
-        ValueError: a colour image for a gray model (says what to do).
-    """
-    image = as_image(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    c = image.shape[-1]
-    if c == in_channels:
-        return image
-    if in_channels == 3 and c == 1:
-        return np.repeat(image, 3, axis=-1)
-    if in_channels == 1 and c == 3:
-        if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
-            return image[..., :1]
-        raise ValueError(
-            "This model was trained on grayscale images but got an RGB image. Convert the image "
-            "to grayscale first, or train a model on RGB images (in_channels=3)."
-        )
-    raise ValueError(f"Cannot turn an image with {c} channels into {in_channels}.")
-
-
-def percentiles(image: np.ndarray, low: float, high: float, max_samples: int = 1_000_000):
-    """Robust intensity range of an image, from a strided subsample for large images."""
-    flat = image.reshape(-1)
-    step = max(1, flat.size // max_samples)
-    lo, hi = (float(v) for v in np.percentile(flat[::step], (low, high)))
-    if not hi > lo:  # a constant image; lo + 1 == lo for values above 2**53 (uint64)
-        hi = lo + max(1.0, abs(lo) * 1e-6)
-    return lo, hi
-
-
-def normalize(image: np.ndarray, in_channels: int, norm_percentiles=(1.0, 99.8), value_range=None) -> np.ndarray:
-    """Normalise an image for the network.
-
-    Args:
-        image: ``(H, W)`` or ``(H, W, 3)``, any dtype.
-        in_channels: channels the model expects.
-        norm_percentiles: these percentiles of the image's intensities map to 0 and 1.
-        value_range: ``(lo, hi)`` to use instead of the image's own percentiles (e.g. those of
-            the whole image when normalising a tile).
-
-    Returns:
-        ``(in_channels, H, W)`` float32 array.
-    """
-    img = to_channels(image, in_channels)
-    lo, hi = value_range if value_range is not None else percentiles(img, *norm_percentiles)
-    span = float(hi) - float(lo)
-    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / span if span > 0 else 1.0)
-    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
-
-
 # --------------------------------------------------------------------------- working scale
-def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    """``(H, W)`` of an image resized by ``scale`` (at least 1 x 1)."""
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
-
-
-def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
-    """Resize an ``(H, W)`` or ``(H, W, C)`` image by ``scale`` (area averaging when shrinking,
-    bilinear when enlarging); ``scale == 1`` returns the image itself."""
-    if scale == 1:
-        return image
-    h, w = scaled_shape(image.shape[:2], scale)
-    src = image if image.dtype in (np.uint8, np.uint16, np.float32) else image.astype(np.float32)
-    out = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    return out.reshape((h, w) + image.shape[2:])
-
-
 def resize_targets(target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize a training target (class indices, ``-1`` = ignore) to ``shape`` ``(H, W)``.
 
@@ -228,18 +160,15 @@ class AugmentConfig:
 class PreparedSample:
     """A sample normalised once for training: image ``(H, W, C)`` float32, targets per task
     ``(H, W)`` int16 with -1 = ignore (``None`` = task not labelled), and annotated pixel
-    coordinates for patch sampling; all at the working ``scale`` (see :func:`resize_image`,
-    :func:`resize_targets`)."""
+    coordinates for patch sampling; all at the working ``scale`` (see
+    :func:`~napari_lazylabels.core.prepare.prepare_image`, :func:`resize_targets`)."""
 
     def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks, scale: float = 1.0,
                  marks_to_segmentation: bool = False) -> None:
         self.name = sample.name
-        img = normalize(sample.image, in_channels, norm_percentiles)
-        img = np.moveaxis(img, 0, -1)  # (H, W, C) for cv2
+        # (H, W, C) for cv2's warps; prepared as prediction prepares it (core.prepare)
+        self.image = prepare_image(sample.image, in_channels, norm_percentiles, scale, channels_first=False)
         shape = scaled_shape(sample.shape, scale)
-        if scale != 1:
-            img = resize_image(img, scale)
-        self.image = np.ascontiguousarray(img)
         targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode,
                                    marks_to_segmentation=marks_to_segmentation)
         self.targets = {

@@ -56,12 +56,12 @@ from .predictor import (
     Predictor,
     dihedral,
 )
+from .prepare import NormalizedSource
 from .tiling import (
     BAND_BYTES,
     SIGMA_SCALE,
     ArraySource,
     Forward,
-    NormalizedSource,
     TileSource,
     argmax_rows,
     gaussian_importance_map,

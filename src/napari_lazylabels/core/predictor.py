@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 
 from . import model as model_lib
-from .data import normalize, percentiles, resize_image, to_channels
 from .instances import (
     auto_interface_threshold,
     auto_min_object_size,
@@ -38,9 +36,9 @@ from .io import as_image
 from .jobs import PredictionCancelled, PredictPhase, drive
 from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
+from .prepare import NormalizedSource, prepare_image
 from .tiling import (
     Forward,
-    NormalizedSource,
     TileSource,
     iter_argmax_rows,
     iter_resize_maps,
@@ -367,44 +365,27 @@ class Predictor:
 
     # ------------------------------------------------------------------ input
     def prepare(self, image: np.ndarray) -> np.ndarray | TileSource:
-        """Validate and normalise an image for the network.
-
-        The intensity range comes from the *whole* image (a strided subsample of about a
-        million pixels); small images are normalised at once, large ones tile by tile.
+        """Validate and normalise an image for the network, as training does
+        (:func:`~napari_lazylabels.core.prepare.prepare_image`): the intensity range from the
+        image at its own resolution, then the working scale; images whose float32 copy is
+        above :data:`EAGER_NORMALIZE_BYTES` are normalised tile by tile.
 
         Args:
             image: ``(H, W)`` or ``(H, W, 3)``, any dtype.
 
         Returns:
             ``(C, H, W)`` float32 array (at the model's working scale) or a lazy
-            :class:`~napari_lazylabels.core.tiling.NormalizedSource`.
+            :class:`~napari_lazylabels.core.prepare.NormalizedSource`.
 
         Raises:
-            ValueError: an RGB image for a gray model, or an invalid image.
+            ValueError: an RGB image whose channels differ for a gray model, or an invalid
+                image.
         """
-        img = as_image(image)
-        c = self.config.in_channels
-        if c == 1 and img.ndim == 3:
-            if not (
-                np.array_equal(img[..., 0], img[..., 1])
-                and np.array_equal(img[..., 0], img[..., 2])
-            ):
-                raise ValueError(
-                    "This model was trained on grayscale images but got an RGB image whose "
-                    "channels differ. Convert the image to grayscale first, or use a model "
-                    "trained on RGB images (in_channels=3)."
-                )
-            img = img[..., 0]
-        if self.config.scale != 1:
-            img = resize_image(img, self.config.scale)
-        h, w = img.shape[:2]
-        step = max(1, int(math.sqrt(h * w / 1_000_000)))
-        sub = to_channels(img[::step, ::step], c)
-        value_range = percentiles(sub, *self.config.norm_percentiles)
-        if c * h * w * 4 <= EAGER_NORMALIZE_BYTES:
-            return normalize(img, c, value_range=value_range)
-        log.info("Normalising a %dx%d image tile by tile (range %s)", h, w, value_range)
-        return NormalizedSource(img, c, value_range)
+        c = self.config
+        src = prepare_image(image, c.in_channels, c.norm_percentiles, c.scale, eager_bytes=EAGER_NORMALIZE_BYTES)
+        if isinstance(src, NormalizedSource):
+            log.info("Normalising a %dx%d image tile by tile (range %s)", *src.shape[1:], src.value_range)
+        return src
 
     # ------------------------------------------------------------------ prediction
     def predict_iter(

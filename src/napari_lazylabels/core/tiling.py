@@ -12,8 +12,9 @@ Memory stays bounded for very large images (e.g. 16k x 16k):
   receive tiles: about ``tile + stride * (rows spanned by one batch)`` rows of the image's
   width. When rows become final they are divided by their weight and written into the
   ``outputs`` arrays, which may be ``np.memmap`` files the caller preallocated.
-* The input may be a lazy :class:`TileSource`; :class:`NormalizedSource` normalises a raw
-  image tile by tile, so no float copy of the whole image is made.
+* The input may be a lazy :class:`TileSource`;
+  :class:`~napari_lazylabels.core.prepare.NormalizedSource` normalises a raw image tile by
+  tile, so no float copy of the whole image is made.
 * :func:`resize_maps` and :func:`argmax_rows` work on whole-image maps band by band, so they
   too run on memory-mapped arrays with small temporaries.
 """
@@ -28,7 +29,6 @@ import cv2
 import numpy as np
 import torch
 
-from .data import normalize
 from .jobs import PredictionCancelled, PredictPhase, drive
 
 log = logging.getLogger(__name__)
@@ -119,27 +119,6 @@ class ArraySource:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return np.asarray(self.array[:, y0:y1, x0:x1], dtype=np.float32)
-
-
-class NormalizedSource:
-    """A :class:`TileSource` that normalises a raw ``(H, W[, 3])`` image tile by tile.
-
-    Args:
-        image: the raw image, any dtype (not copied).
-        in_channels: channels the model expects.
-        value_range: ``(lo, hi)`` intensities mapped to 0 and 1 (from the whole image).
-    """
-
-    def __init__(
-        self, image: np.ndarray, in_channels: int, value_range: tuple[float, float]
-    ) -> None:
-        self.image = image
-        self.in_channels = in_channels
-        self.value_range = value_range
-        self.shape = (in_channels, int(image.shape[0]), int(image.shape[1]))
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return normalize(self.image[y0:y1, x0:x1], self.in_channels, value_range=self.value_range)
 
 
 def _as_source(image) -> TileSource:

@@ -46,6 +46,7 @@ from .model import (
     precision_name,
     resolve_device,
 )
+from .prepare import image_channels
 from .runfolder import (
     check_free_space,
     check_writable,
@@ -282,13 +283,8 @@ def infer_model_config(
             ``tasks``, ...), and ``widths`` for a network of custom widths (``size``
             ``"custom"``; then ``size`` must be ``None``).
     """
-    channels = {1 if s.image.ndim == 2 else 3 for s in dataset}
-    rgb = any(
-        s.image.ndim == 3 and not (np.array_equal(s.image[..., 0], s.image[..., 1]) and np.array_equal(s.image[..., 0], s.image[..., 2]))
-        for s in dataset
-    )
-    in_channels = 3 if rgb else 1
-    if channels == {3} and not rgb:
+    in_channels = 3 if any(image_channels(s.image) == 3 for s in dataset) else 1  # any colour image
+    if in_channels == 1 and len(dataset) and all(s.image.ndim == 3 for s in dataset):
         log.info("RGB images with equal channels: training a grayscale model.")
     have = dataset.summary()
     tasks = tuple(t for t in TASKS if have[t] > 0)
