@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import FOLDERS, shared_data
+from napari_lazylabels.core.options import TTA_CHOICES
 
 SHARED = shared_data(required=False)
 
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
         p.add_argument("--images", default=str(SHARED / FOLDERS["isbi"]), help="folder with images/ (and masks/)")
         p.add_argument("--first", type=int, default=12, help="mosaic from the FIRST-th image on (held-out slices)")
     g.add_argument("--synthetic", action="store_true", help="a random uint8 image instead of real ones")
-    g.add_argument("--tta", type=int, choices=(1, 2, 4, 8), help="orientations (default: the widget's)")
+    g.add_argument("--tta", type=int, choices=TTA_CHOICES, help="orientations (default: the widget's)")
     g.add_argument("--stop-after", type=float, help="press Stop this many seconds after Predict")
     g.add_argument("--repeat", action="store_true", help="predict a second time (layers updated in place)")
     g.add_argument("--timeout", type=float, default=900.0)

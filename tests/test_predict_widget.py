@@ -217,17 +217,6 @@ def test_a_runtime_error_in_the_worker_ends_the_run_with_one_message(make_napari
     assert pw.run_btn.isEnabled()
 
 
-def test_the_form_shows_the_engines_large_image_rule_without_importing_it(make_napari_viewer):
-    """The orientations offered for large images and the size in the form are PredictConfig's."""
-    from napari_lazylabels._widgets import predict
-    from napari_lazylabels.core.predict import PredictConfig
-
-    assert predict.LARGE_IMAGE_TTA == PredictConfig().large_image_tta
-    assert predict.LARGE_TTA_PIXELS == PredictConfig().large_image_pixels
-    pw = predict.PredictWidget(make_napari_viewer(show=True))
-    assert pw.large_tta.currentText() == str(PredictConfig().large_image_tta)
-
-
 def test_the_model_says_what_it_is_worth(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """Predict shows the model's stored validation score and its warnings, once each as a
     notification: here an RGB model never trained (0 iterations) meets a gray image."""

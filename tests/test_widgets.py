@@ -232,11 +232,11 @@ def test_full_loop(make_napari_viewer, qtbot, dataset_dir, tmp_path):
     # Predict; layers appear; re-predict updates them in place.
     pw = PredictWidget(viewer)
     assert pw.model_dir.text() == str(tmp_path / "model")
-    from napari_lazylabels.core.predict import TTA_CHOICES, PredictConfig
+    from napari_lazylabels.core.predict import PredictConfig
 
-    # the orientations offered are PredictConfig's, its default preselected
-    assert [int(pw.tta.itemText(i).split()[0]) for i in range(pw.tta.count())] == list(TTA_CHOICES)
+    # the engine's defaults preselected
     assert int(pw.tta.currentText().split()[0]) == PredictConfig().tta
+    assert pw.large_tta.currentText() == str(PredictConfig().large_image_tta)
     pw.set_chosen(["images"])
     pw.interface_threshold.setValue(0.7)
     pw.run()

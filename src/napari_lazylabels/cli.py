@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import signal
 import sys
@@ -465,8 +466,14 @@ def _instance_options(parser: argparse.ArgumentParser, threshold_default: str, s
 
 def build_parser() -> argparse.ArgumentParser:
     from .core.labels import LABEL_MODES
-    from .core.model import ARCHITECTURES, MODEL_SIZES
-    from .core.predict import TTA_CHOICES
+    from .core.options import (
+        ARCHITECTURES,
+        LARGE_IMAGE_TTA,
+        LARGE_TTA_PIXELS,
+        LR_SCHEDULES,
+        MODEL_SIZES,
+        TTA_CHOICES,
+    )
 
     p = argparse.ArgumentParser(
         prog="lazylabels",
@@ -514,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each batch drawn from the images with exact masks, when only some "
                         "have them (default 0.5)")
     t.add_argument("--lr", type=float, help="Adam's learning rate (default: 1e-3 on a CPU, 2e-4 on a GPU)")
-    t.add_argument("--lr-schedule", choices=["constant", "cosine"],
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="default: cosine decay over the budget on a CPU, constant on a GPU")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--no-amp", action="store_true",
@@ -548,8 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test-time augmentation: predict every tile in N orientations "
                     f"({', '.join(map(str, TTA_CHOICES[:-1]))} or {TTA_CHOICES[-1]}) "
                     "and average the class probabilities; 1 is fastest, the default 4 is more "
-                    "accurate and takes 4 times as long (images above 2048x2048 px: 2 by default; "
-                    "--tta sets every image's)")
+                    "accurate and takes 4 times as long (images above "
+                    f"{math.isqrt(LARGE_TTA_PIXELS)}x{math.isqrt(LARGE_TTA_PIXELS)} px: {LARGE_IMAGE_TTA} by "
+                    "default; --tta sets every image's)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
     _instance_options(pr, "the model's own, tuned on its exact masks when training ended, else 0.5",

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.options import DEFAULT_TTA, DEVICES, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
 from . import _colors, _common, _layers, _viewer
 from ._common import (
     limit_torch_threads,
@@ -45,14 +46,10 @@ from ._common import (
 
 log = logging.getLogger(__name__)
 
-# PredictConfig.tta choices (the default, 4, is preselected; kept equal by a test).
-TTA_ITEMS = ("1 (off)", "2", "4", "8")
-# PredictConfig.large_image_tta choices ("same": the orientations above for every size), its
-# default and PredictConfig.large_image_pixels (the engine's, kept equal by a test: importing
-# the engine here would import torch on the GUI thread when the widget is created).
-LARGE_TTA_ITEMS = ("1", "2", "4", "same")
-LARGE_IMAGE_TTA = 2
-LARGE_TTA_PIXELS = 2048 * 2048
+# PredictConfig.tta choices (the default preselected), and the large_image_tta choices ("same":
+# the orientations above for every size; 8 only that way), from core.options (no torch).
+TTA_ITEMS = tuple(f"{n} (off)" if n == 1 else str(n) for n in TTA_CHOICES)
+LARGE_TTA_ITEMS = (*(str(n) for n in TTA_CHOICES[:-1]), "same")
 
 
 def _import_post_processing() -> None:
@@ -522,14 +519,14 @@ class PredictWidget(QWidget):
         self.images.setMaximumHeight(120)
         self.model_dir, mrow = path_row("the model trained last", self._browse)
         self.device = QComboBox()
-        self.device.addItems(("auto", "cuda", "mps", "cpu"))
+        self.device.addItems(DEVICES)
         self.tile = QSpinBox()
         self.tile.setRange(32, 2048)
         self.tile.setSingleStep(32)
         self.tile.setValue(256)
         self.tta = QComboBox()
         self.tta.addItems(TTA_ITEMS)
-        self.tta.setCurrentIndex(TTA_ITEMS.index("4"))
+        self.tta.setCurrentIndex(TTA_CHOICES.index(DEFAULT_TTA))
         self.tta.setToolTip(
             "Test-time augmentation: every tile is predicted mirrored in this many ways and the "
             "class probabilities are averaged. More orientations: somewhat more accurate, "

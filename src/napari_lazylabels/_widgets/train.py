@@ -46,6 +46,7 @@ from ..core.labels import (
     SEPARATION,
     TASKS,
 )
+from ..core.options import DEVICES, MODEL_SIZES
 from . import _layers, _viewer
 from ._common import (
     LayerCombo,
@@ -72,8 +73,7 @@ from ._common import (
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
-SIZES = ("default", "tiny", "small", "medium", "paper")
+SIZES = ("default", *MODEL_SIZES)
 SCALES = ("auto", "1", "0.5", "0.25")
 
 

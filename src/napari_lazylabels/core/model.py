@@ -29,23 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import DETECTION, SEGMENTATION, SEPARATION, TASKS, n_task_classes
+from .options import ARCHITECTURES, CPU_DEFAULT_SIZE, GPU_DEFAULT_SIZE, MODEL_SIZES
 
 log = logging.getLogger(__name__)
 
-MODEL_SIZES: dict[str, tuple[int, ...]] = {
-    "tiny": (8, 16, 32, 64),
-    "small": (16, 32, 64, 128, 256),
-    "medium": (32, 64, 128, 256, 512),
-    "paper": (32, 64, 128, 256, 512, 1024),
-}
-"""Named model sizes: the channel widths per level (the depth is their number)."""
-
-# On a 2-core CPU "tiny" runs 2.4x the steps of "small" in the same time; within equal budgets
-# their dice tie within run-to-run noise while "tiny" finds more whole objects on ISBI, and its
-# faster steps suit the Train widget's short budgets (docs/benchmarks.md).
-CPU_DEFAULT_SIZE = "tiny"
-GPU_DEFAULT_SIZE = "paper"
-ARCHITECTURES = ("multitask", "unet")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from .io import as_image
 from .jobs import PredictionCancelled, PredictPhase, drive
 from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
+from .options import DEFAULT_TTA, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
 from .prepare import NormalizedSource, prepare_image
 from .tiling import (
     Forward,
@@ -62,17 +63,6 @@ LARGE_IMAGE_PIXELS = 50_000_000
 """Above this many pixels the float maps are kept in memory-mapped files (the working-scale
 maps of :class:`Predictor`, the maps :func:`~napari_lazylabels.core.outputs.predict_file`
 writes)."""
-
-TTA_CHOICES = (1, 2, 4, 8)
-"""Numbers of orientations :attr:`PredictConfig.tta` accepts."""
-
-LARGE_TTA_PIXELS = 2048 * 2048
-"""Default :attr:`PredictConfig.large_image_pixels`: above it, fewer orientations."""
-
-LARGE_IMAGE_TTA = 2
-"""Default :attr:`PredictConfig.large_image_tta` (docs/benchmarks.md, "Orientations for large
-images")."""
-
 
 def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     """The ``k``-th of the 8 flips/transpositions of the last two axes (``k = 0`` identity;
@@ -165,7 +155,7 @@ class PredictConfig:
     keep_interfaces: bool = True
     seed_probability: float | None = None
     neck_depth: float = 0.0
-    tta: int = 4
+    tta: int = DEFAULT_TTA
     large_image_tta: int | None = LARGE_IMAGE_TTA
     large_image_pixels: int = LARGE_TTA_PIXELS
 

@@ -46,6 +46,7 @@ from .model import (
     precision_name,
     resolve_device,
 )
+from .options import LR_SCHEDULES
 from .prepare import image_channels
 from .runfolder import (
     check_free_space,
@@ -160,8 +161,8 @@ class TrainConfig:
             raise ValueError("marks_to_segmentation needs label_mode 'ignore' (paper mode calls unmarked pixels background).")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate}.")
-        if self.lr_schedule not in (None, "constant", "cosine"):
-            raise ValueError("lr_schedule must be 'constant' or 'cosine'.")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}.")
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
         unknown = set(self.task_weights) - set(TASKS)
