@@ -15,6 +15,7 @@ from napari_lazylabels.core.grabcut import (
     refine_iter,
     to_uint8_rgb,
 )
+from napari_lazylabels.core.jobs import Progress
 
 cv2.setNumThreads(1)
 
@@ -67,7 +68,7 @@ def test_isolated_discs_dice_marks_and_classes():
 def test_better_than_marks_and_progress():
     img, det, truth = synthetic(seed=1)
     calls = []
-    seg = refine(img, det, progress=lambda d, t: calls.append((d, t)))
+    seg = refine(img, det, progress=lambda ev: calls.append((ev.done, ev.total)))
     assert calls[0] == (0, len(DISCS)) and calls[-1] == (len(DISCS), len(DISCS))
     assert [d for d, _ in calls] == list(range(len(DISCS) + 1))
     assert dice(seg >= 2, truth >= 2) > dice(det >= 2, truth >= 2) + 0.2
@@ -80,7 +81,7 @@ def test_refine_iter_returns_map():
     with pytest.raises(StopIteration) as stop:
         while True:
             steps.append(next(gen))
-    assert steps[-1] == (len(DISCS), len(DISCS))
+    assert steps[-1] == Progress("objects", len(DISCS), len(DISCS))
     np.testing.assert_array_equal(stop.value.value, refine(img, det))
 
 

@@ -17,6 +17,7 @@ from napari_lazylabels.core.predict import (
     PredictionCancelled,
     Predictor,
     PredictPhase,
+    Progress,
     dihedral,
     gaussian_importance_map,
     instances_from_prediction,
@@ -110,7 +111,7 @@ def test_sliding_window_exact(shape, tile, overlap, batch, band_bytes, monkeypat
         tile=tile,
         overlap=overlap,
         batch_size=batch,
-        progress=lambda d, t: seen.append((d, t)),
+        progress=lambda ev: seen.append((ev.done, ev.total)),
     )
     assert out["seg"].shape == image.shape and out["seg"].dtype == np.float32
     np.testing.assert_allclose(out["seg"], 2 * image, rtol=1e-6, atol=1e-6)
@@ -169,15 +170,19 @@ def test_predictor_multitask_gray(multitask):
     _check(pred, (300, 517), 3)
     assert pred.detection is None
     # the same through predict_iter: tile progress, the phases after the tiles, the Prediction
-    events = list(Predictor(model, cfg, FAST).predict_iter(image))
-    tiles = [e for e in events if isinstance(e, tuple)]
-    assert events[: len(tiles)] == tiles and len(tiles) > 2 and tiles[-1][0] == tiles[-1][1]
-    phases = events[len(tiles) : -1]
-    assert all(isinstance(e, PredictPhase) for e in phases)
+    gen = Predictor(model, cfg, FAST).predict_iter(image)
+    events = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            events.append(next(gen))
+    assert all(isinstance(e, Progress) for e in events)
+    tiles = [e for e in events if e.phase == "tiles"]
+    assert events[: len(tiles)] == tiles and len(tiles) > 2 and tiles[-1].done == tiles[-1].total
+    phases = events[len(tiles) :]
     assert phases[0].phase == "classes" and phases[-1].phase == "instances"
     assert phases[-1].done == phases[-1].total
-    assert isinstance(events[-1], Prediction)
-    np.testing.assert_allclose(events[-1].probabilities, pred.probabilities, atol=1e-6)
+    assert isinstance(end.value.value, Prediction)
+    np.testing.assert_allclose(end.value.value.probabilities, pred.probabilities, atol=1e-6)
 
 
 def test_predictor_rgb_model_and_gray_input():
@@ -226,7 +231,7 @@ def test_predictor_cancel(multitask):
         Predictor(model, cfg, FAST).predict(
             np.zeros((200, 200), np.uint8),
             should_stop=lambda: len(seen) >= 1,
-            progress=lambda d, t: seen.append(d),
+            progress=lambda ev: seen.append(ev.done),
         )
     assert len(seen) == 1
 
@@ -236,7 +241,7 @@ def test_predict_stack(multitask):
     stack = np.random.default_rng(0).integers(0, 255, (3, 64, 80)).astype(np.uint8)
     seen = []
     preds = Predictor(model, cfg, FAST).predict_stack(
-        stack, progress=lambda d, t: seen.append((d, t))
+        stack, progress=lambda ev: ev.phase == "tiles" and seen.append((ev.done, ev.total))
     )
     assert len(preds) == 3 and all(p.classes.shape == (64, 80) for p in preds)
     assert seen[-1][0] == seen[-1][1]
@@ -743,8 +748,8 @@ def test_post_processing_reports_its_phases_and_stops_inside_them(multitask, mon
         if isinstance(event, PredictPhase) and event.phase == "instances" and event.done > 5:
             gen.close()
             break
-    assert isinstance(seen[0], tuple) and not any(isinstance(e, Prediction) for e in seen)
-    assert {e.phase for e in seen if isinstance(e, PredictPhase)} == {"classes", "instances"}
+    assert seen[0].phase == "tiles" and not any(isinstance(e, Prediction) for e in seen)
+    assert {e.phase for e in seen} == {"tiles", "classes", "instances"}
 
 
 def test_stop_is_checked_between_the_orientations_of_a_batch(multitask):

@@ -174,7 +174,7 @@ def test_layers_are_pushed_one_per_event_loop_turn(make_napari_viewer, qtbot):
     """A finished image's layers are added one per turn of the event loop, so the GUI
     repaints and handles input between them instead of pausing for all four at once."""
     from napari_lazylabels._widgets import _layers
-    from napari_lazylabels._widgets.predict import PredictionRunner
+    from napari_lazylabels._widgets.predict import PredictEvent, PredictionRunner
     from napari_lazylabels.core.predict import Prediction
 
     viewer = make_napari_viewer(show=True)
@@ -185,7 +185,7 @@ def test_layers_are_pushed_one_per_event_loop_turn(make_napari_viewer, qtbot):
     pred = Prediction(probs, classes, np.zeros((64, 64), np.float32), classes.astype(np.int32))
     results = []
     runner = PredictionRunner(viewer, on_result=results.append)
-    runner._on_yield(("result", "im", _layers.prediction_layer_data("im", [pred]), {}))
+    runner._on_yield(PredictEvent("layers", 1, 1, "im", layers=tuple(_layers.prediction_layer_data("im", [pred])), settings={}))
     assert [ly.name for ly in viewer.layers] == ["im", "im classes"]  # the rest on later turns
     qtbot.waitUntil(lambda: bool(results), timeout=5000)
     assert [ly.name for ly in results[0]] == ["im classes", "im instances", "im interfaces", "im probabilities"]

@@ -379,3 +379,18 @@ def test_validation_and_tuning_leave_the_training_model_in_training_mode(tmp_pat
     mc = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8))
     fit(blobs(), tmp_path / "m", mc, TrainConfig(iterations=2, **{**FAST, "val_every": 1}), model_factory=factory)
     assert len(built) == 1 and len(modes) >= 3 and all(modes)
+
+
+def test_a_stop_at_the_validation_event_keeps_that_validations_best_model(tmp_path):
+    """One cancel for every job: a driver's should_stop asked at the validation event ends
+    training there, cleanly; the network just validated is best.pt and is not validated again."""
+    ds = blobs()
+    cfg = ModelConfig(in_channels=1, n_classes=2, **TINY)
+    seen = []
+    res = fit(
+        ds, tmp_path / "m", cfg, TrainConfig(iterations=50, **{**FAST, "val_every": 2}), validation=blobs(1, seed=3),
+        progress=seen.append, should_stop=lambda: any(e.kind == "validation" for e in seen),
+    )
+    assert res.stopped and res.iteration == 2
+    assert [e.kind for e in seen].count("validation") == 1 and seen[-1].kind == "done"
+    assert res.best_metric is not None and ck.load_checkpoint(res.best).iteration == 2

@@ -146,6 +146,36 @@ def _tqdm(**kw):
     return tqdm(**kw, file=sys.stderr, dynamic_ncols=True)
 
 
+def _run_job(job, desc: str, unit: str = "it", postfix=None):
+    """Drive a core job (:mod:`napari_lazylabels.core.jobs`) to its result with a tqdm bar
+    on stderr: the bar shows each event's ``phase`` and its ``done`` of ``total`` (counted
+    again from 0 when the total changes, i.e. a new phase); ``postfix(event)`` (optional)
+    gives the bar's postfix dict or ``None``."""
+    from .core.jobs import drive
+
+    with _tqdm(desc=desc, unit=unit) as bar:
+
+        def show(event) -> None:
+            if event.total != bar.total:
+                bar.reset(total=event.total)
+            bar.set_description(f"{desc} ({event.phase})", refresh=False)
+            extra = postfix(event) if postfix is not None else None
+            if extra:
+                bar.set_postfix(extra, refresh=False)
+            bar.update(event.done - bar.n)
+
+        return drive(job, show)
+
+
+def _train_postfix(event) -> dict | None:
+    """A training step's loss, a validation's score."""
+    if event.kind == "step":
+        return {"loss": f"{event.loss:.4f}"}
+    if event.kind == "validation" and event.metrics:
+        return {"val_dice": f"{event.metrics['dice']:.3f}"}
+    return None
+
+
 # --------------------------------------------------------------------------- simulate
 def cmd_simulate(a: argparse.Namespace) -> int:
     from .core.runfolder import DATASET_PARTS, check_writable, folder_lock
@@ -229,7 +259,7 @@ def _check_resume_options(a: argparse.Namespace, scale: float | None) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from .core.io import load_dataset
     from .core.runfolder import check_writable
-    from .core.train import fit, plan_training
+    from .core.train import plan_training, train_iter
 
     if a.iterations is None and a.minutes is None:
         a.iterations = 1000
@@ -251,10 +281,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         model_config = plan_training(ds, cfg, size=a.size, **kw).model_config
         _out(f"model: {model_config.architecture} {model_config.size}, tasks {','.join(model_config.tasks)}, "
              f"working scale {model_config.scale:g}")
-    total = a.iterations
-    with _tqdm(total=total, desc="train", unit="it") as bar:
-        res = fit(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, progress=bar,
-                  overwrite=a.overwrite)
+    job = train_iter(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, overwrite=a.overwrite)
+    res = _run_job(job, "train", postfix=_train_postfix)
     from .core.quality import describe_score
 
     score = describe_score({**res.best_metrics, "best_metric": res.best_metric}, best=True)
@@ -393,7 +421,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- grabcut
 def cmd_grabcut(a: argparse.Namespace) -> int:
-    from .core.grabcut import refine
+    from .core.grabcut import refine_iter
     from .core.io import load_dataset, save_dataset
     from .core.runfolder import DATASET_PARTS, check_writable, folder_lock
 
@@ -414,7 +442,7 @@ def cmd_grabcut(a: argparse.Namespace) -> int:
             continue
         if a.images and s.name not in a.images:
             continue
-        s.segmentation = refine(s.image, s.detection)
+        s.segmentation = _run_job(refine_iter(s.image, s.detection), f"grabcut {s.name}", unit="object")
         n += 1
     with folder_lock(target, "grabcut", DATASET_PARTS):
         save_dataset(ds, target)
@@ -426,7 +454,7 @@ def cmd_grabcut(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .core.evaluate import evaluate_folder
     from .core.io import load_dataset
-    from .core.train import TrainConfig, fit
+    from .core.train import TrainConfig, train_iter
     from .sample_data import sample_paths
 
     paths = sample_paths()
@@ -434,8 +462,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     ds = load_dataset(paths["dataset"])
     _out(f"sample dataset: {len(ds)} images, labelled per task {ds.summary()}")
     cfg = TrainConfig(iterations=None, time_budget=a.minutes * 60, seed=0, val_every=100)
-    with _tqdm(desc="train", unit="it") as bar:
-        res = fit(ds, out / "model", train_config=cfg, progress=bar)
+    res = _run_job(train_iter(ds, out / "model", train_config=cfg), "train", postfix=_train_postfix)
     _out(f"trained {res.iteration} iterations in {a.minutes} min budget")
     # through the parser, so that every predict option has its default
     ns = build_parser().parse_args([

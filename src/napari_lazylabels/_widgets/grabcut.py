@@ -1,9 +1,11 @@
 """GrabCut refine dock widget: detection marks of the current image -> exact masks.
 
-The refinement (:func:`napari_lazylabels.core.grabcut.refine_iter`) runs in a napari
-``thread_worker``; its result is written into the segmentation Labels layer as one ordinary,
-undoable edit (:func:`_layers.set_labels_plane`, through ``Labels.data_setitem``), so
-Ctrl+Z on the layer restores the previous masks.
+The refinement (:func:`napari_lazylabels.core.grabcut.refine_iter`, a job of
+:mod:`napari_lazylabels.core.jobs`) runs in a napari ``thread_worker``; its progress events
+show in the status, and its result is written into the segmentation Labels layer as one
+ordinary, undoable edit (:func:`_layers.set_labels_plane`, through ``Labels.data_setitem``),
+so Ctrl+Z on the layer restores the previous masks. Stop asks the job to stop
+(``should_stop``): the objects refined so far are written, the others stay as they were.
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ log = logging.getLogger(__name__)
 SCOPES = ("all objects", "objects in view", "selected label")
 
 
-def _refine_worker_fn(image, detection, existing, region, label_value):
+def _refine_worker_fn(image, detection, existing, region, label_value, should_stop):
+    """Worker generator: the core's ``Progress("objects", done, total)`` events; returns the map."""
     from ..core.grabcut import refine_iter
 
-    return (yield from refine_iter(image, detection, existing=existing, region=region, label_value=label_value))
+    return (yield from refine_iter(
+        image, detection, existing=existing, region=region, label_value=label_value, should_stop=should_stop
+    ))
 
 
 class GrabCutWidget(QWidget):
@@ -48,6 +53,7 @@ class GrabCutWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.last_changed = 0
+        self._stop_requested = False
         self.image_combo = LayerCombo(napari_viewer, "Image")
         self.scope = QComboBox()
         self.scope.addItems(SCOPES)
@@ -104,10 +110,12 @@ class GrabCutWidget(QWidget):
         detection = _layers.label_plane(det, idx).copy()
         existing = _layers.label_plane(seg, idx).copy()
 
+        self._stop_requested = False
         worker = quiet_worker(
-            _refine_worker_fn, image, detection, existing, region, label_value, error_prefix="GrabCut failed"
+            _refine_worker_fn, image, detection, existing, region, label_value, lambda: self._stop_requested,
+            error_prefix="GrabCut failed",
         )
-        worker.yielded.connect(lambda p: self.status.setText(f"GrabCut: {p[0]}/{p[1]} objects"))
+        worker.yielded.connect(lambda ev: self.status.setText(f"GrabCut: {ev.done}/{ev.total} objects"))
         worker.returned.connect(lambda result: self._apply(seg, idx, result))
         worker.finished.connect(self._finished)
         self.worker = worker
@@ -124,14 +132,16 @@ class GrabCutWidget(QWidget):
             show_error(f"Could not write the masks: {e}")
             return
         # one short line (the dock is often low); the rule it follows is in the tooltip
-        self.status.setText(f"GrabCut changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it).")
+        what = "GrabCut stopped: the objects done" if self._stop_requested else "GrabCut"
+        self.status.setText(f"{what} changed {self.last_changed} pixels of '{seg.name}' (Ctrl+Z undoes it).")
         self.status.setToolTip(
             "Background is written only where GrabCut is sure; unsure pixels and unmarked objects stay unlabelled."
         )
 
     def stop(self, *_) -> None:
+        """Ask the refinement to stop after the current object; what is done is written."""
         if self.worker is not None:
-            self.worker.quit()
+            self._stop_requested = True
 
     def is_running(self) -> bool:
         return self.worker is not None

@@ -14,6 +14,7 @@ import html
 import logging
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.jobs import Cancelled, Progress
 from ..core.options import DEFAULT_TTA, DEVICES, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
 from . import _colors, _common, _layers, _viewer
 from ._common import (
     limit_torch_threads,
     notify_errors,
     path_row,
+    quiet_worker,
     run_stop_buttons,
     session,
     show_error,
@@ -144,14 +147,44 @@ def _megapixels(pixels: int) -> str:
     return f"{side}x{side} px" if side * side == pixels else f"{pixels / 1e6:.1f} MP"
 
 
+@dataclass(frozen=True)
+class PredictEvent(Progress):
+    """A Predict worker's event: a core :class:`~napari_lazylabels.core.jobs.Progress` of image
+    layer ``image`` (``phase`` ``done`` of ``total``), and when that image is done the
+    ``layers`` (layer data tuples, built in the worker) and instance ``settings``; ``model``
+    (one line on what the model is worth, [warnings]) once the model is loaded."""
+
+    image: str = ""
+    layers: tuple = ()
+    settings: dict | None = None
+    model: tuple[str, list[str]] | None = None
+
+
+def _image_events(job, image: str, tiles: str = "tiles", plane: int = 0, planes: int = 1, phase: str | None = None):
+    """Run a core job inside a worker generator: each of its events becomes a
+    :class:`PredictEvent` of ``image``; returns the job's result (``yield from``).
+
+    ``"tiles"`` events are named ``tiles`` and counted over ``planes`` planes of which this
+    is ``plane``; the others keep their phase, or are named ``phase`` when given."""
+    while True:
+        try:
+            ev = next(job)
+        except StopIteration as end:
+            return end.value
+        if ev.phase == "tiles":
+            yield PredictEvent(tiles, plane * ev.total + ev.done, planes * ev.total, image)
+        else:
+            yield PredictEvent(phase or ev.phase, ev.done, ev.total, image)
+
+
 def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, large_tta="default", should_stop=None):
-    """Worker generator: yields ``("progress", name, phase, done, total)`` through every
-    phase (``"loading"``, ``"tiles (N orientations)"`` over all planes, then ``"classes"``, ``"instances"``
-    (and ``"resizing"`` at a working scale) per plane, ``"layers"``), then
-    ``("result", name, layer data tuples, settings)`` per image, with the layer data built
-    here (:func:`_layers.prediction_layer_data`) so the main thread only swaps arrays in;
-    ``("stopped", name)`` when ``should_stop()`` turned True (checked between orientation
-    passes and in every phase).
+    """Worker generator: yields a :class:`PredictEvent` through every phase (``"loading"``,
+    ``"tiles (N orientations)"`` over all planes, then ``"classes"``, ``"instances"`` (and
+    ``"resizing"`` at a working scale) per plane, ``"layers"``), one with the ``model``'s
+    report, and one with the ``layers`` per image, built here
+    (:func:`_layers.prediction_layer_data`) so the main thread only swaps arrays in. Returns
+    True when ``should_stop()`` ended it (:mod:`~napari_lazylabels.core.jobs`: asked at every
+    event and between orientation passes), else False.
 
     ``post``: :class:`PredictConfig` fields of the instance step (``interface_threshold``,
     ``min_object_size`` (``None`` = the model's automatic size), ``neck_depth``); ``settings``
@@ -161,17 +194,11 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
     size, ``"default"`` = its default)."""
     from ..core.checkpoint import load_model
     from ..core.model import resolve_device
-    from ..core.predict import (
-        PredictConfig,
-        Prediction,
-        PredictionCancelled,
-        Predictor,
-        PredictPhase,
-    )
+    from ..core.predict import PredictConfig, Predictor
 
     name = jobs[0][0] if jobs else ""
     try:
-        yield ("progress", name, "loading", 0, 1)
+        yield PredictEvent("loading", 0, 1, name)
         model, ck = load_model(model_path, "cpu")
         extra = {} if tta is None else {"tta": int(tta)}
         if large_tta != "default":
@@ -180,32 +207,26 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
             extra["batch_size"] = CPU_BATCH
         predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
         settings = predictor.instance_settings()
-        yield ("model", *_model_report(ck, jobs))
+        yield PredictEvent("loading", 1, 1, name, model=_model_report(ck, jobs))
         for name, planes in jobs:
             preds = []
             for i, plane in enumerate(planes):
                 n = predictor.orientations(tuple(round(d * ck.model_config.scale) for d in plane.shape[:2]))
                 tiles = f"tiles ({n} orientation{'s' if n > 1 else ''}{', large image' if n != predictor.predict_config.tta else ''})"
-                for item in predictor.predict_iter(plane, should_stop=should_stop):
-                    if isinstance(item, Prediction):
-                        # Only p(background) is shown: keep one plane of the probabilities.
-                        item.probabilities = np.ascontiguousarray(item.probabilities[:1])
-                        preds.append(item)
-                    elif isinstance(item, PredictPhase):
-                        yield ("progress", name, item.phase, item.done, item.total)
-                    else:
-                        done, total = item
-                        yield ("progress", name, tiles, i * total + done, len(planes) * total)
-                    if should_stop is not None and should_stop():
-                        raise PredictionCancelled("Prediction cancelled.")
-            yield ("progress", name, "layers", 0, 1)
+                job = predictor.predict_iter(plane, should_stop=should_stop)
+                pred = yield from _image_events(job, name, tiles, i, len(planes))
+                # Only p(background) is shown: keep one plane of the probabilities.
+                pred.probabilities = np.ascontiguousarray(pred.probabilities[:1])
+                preds.append(pred)
+            yield PredictEvent("layers", 0, 1, name)
             layer_data = [_layers.compact_labels(d) for d in _layers.prediction_layer_data(name, preds, ck.classes, settings)]
             del preds
-            yield ("result", name, layer_data, settings)
-    except PredictionCancelled:
-        yield ("stopped", name)
+            yield PredictEvent("layers", 1, 1, name, layers=tuple(layer_data), settings=settings)
+    except Cancelled:
+        return True
     except RuntimeError as e:  # superqt drops a worker's RuntimeError without "finished"
         raise WorkerError(str(e)) from e
+    return False
 
 
 def _model_report(ck, jobs) -> tuple[str, list[str]]:
@@ -238,11 +259,12 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
     ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
     min_object_size, the model's recorded "auto" values)]``. Each plane is cut by the core's
     instance step (:func:`~napari_lazylabels.core.predict.iter_instances_from_prediction`,
-    the generator form of ``instances_from_prediction``: it reports its components and stops
-    inside a plane). Yields ``("progress", name, "instances", done, total)`` (components of a
-    plane, as they are cut), ``("instances", name, layer data tuple, settings used)`` and
-    ``("stopped", name)``."""
-    from ..core.predict import PredictionCancelled, iter_instances_from_prediction
+    the job form of ``instances_from_prediction``: it reports its components and stops
+    inside a plane). Yields :class:`PredictEvent` ``"instances"`` (components of a plane, as
+    they are cut) and one with the image's instances layer in ``layers`` and the ``settings``
+    used; returns True when ``should_stop()`` ended it, else False."""
+    from ..core.jobs import stoppable
+    from ..core.predict import iter_instances_from_prediction
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
         out = np.zeros(classes.shape, np.int32)
@@ -254,34 +276,13 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
                     threshold, min_size, neck_depth=neck_depth,
                 )
                 phase = "instances" if n == 1 else f"instances (plane {i + 1}/{n})"
-                out[i] = yield from _phase_events(job, name, phase, should_stop)
-        except PredictionCancelled:
-            yield ("stopped", name)
-            return
+                out[i] = yield from _image_events(stoppable(job, should_stop), name, phase=phase)
+        except Cancelled:
+            return True
         settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size, **auto}
         layer = _layers.compact_labels(_layers.instances_layer_data(name, out if n > 1 else out[0], settings))
-        yield ("instances", name, layer, settings)
-
-
-def _phase_events(job, name: str, phase: str, should_stop=None):
-    """Run a core job generator of :class:`PredictPhase` events inside a worker generator:
-    each event becomes ``("progress", name, phase, done, total)``; returns the job's result
-    (``result = yield from ...``).
-
-    Raises:
-        PredictionCancelled: ``should_stop()`` turned True before a step (the job is closed).
-    """
-    from ..core.predict import PredictionCancelled
-
-    while True:
-        if should_stop is not None and should_stop():
-            job.close()
-            raise PredictionCancelled("Prediction cancelled.")
-        try:
-            ev = next(job)
-        except StopIteration as end:
-            return end.value
-        yield ("progress", name, phase, ev.done, ev.total)
+        yield PredictEvent("instances", 1, 1, name, layers=(layer,), settings=settings)
+    return False
 
 
 class PredictionRunner:
@@ -344,8 +345,6 @@ class PredictionRunner:
 
     def run(self, image_layers, model_path) -> None:
         """Start predicting ``image_layers`` with the model at ``model_path``."""
-        from napari.qt.threading import thread_worker
-
         if model_path is None:
             raise ValueError("No model yet: train one (Train widget) or load a model folder.")
         jobs = [
@@ -366,11 +365,11 @@ class PredictionRunner:
             try:
                 warm_imports()  # the rest, if the background warm-up failed
                 limit_torch_threads()
-                worker = thread_worker(_predict_worker_fn, start_thread=False)(
-                    str(model_path), self.device, self.tile, jobs, self.post, self.tta, self.large_tta,
-                    self._stop.is_set,
+                worker = quiet_worker(
+                    _predict_worker_fn, str(model_path), self.device, self.tile, jobs, self.post, self.tta,
+                    self.large_tta, self._stop.is_set, error_prefix="Prediction failed",
                 )
-                self._start(worker, "Prediction", "Predicting")
+                self._start(worker, "Predicting")
             except Exception as e:  # noqa: BLE001 - every error must reach the user
                 log.exception("starting the prediction failed")
                 show_error(f"Prediction failed: {e}")
@@ -387,8 +386,6 @@ class PredictionRunner:
         ``"<image> interfaces"`` layers, with ``settings`` (``interface_threshold`` and
         ``min_object_size``, ``None`` for the model's own, as recorded when it predicted, and
         ``neck_depth``); the ``"<image> instances"`` layers are updated in place."""
-        from napari.qt.threading import thread_worker
-
         from ..core.predict import recorded_instance_settings
 
         jobs = []
@@ -404,12 +401,15 @@ class PredictionRunner:
             jobs.append((name, classes, interfaces, threshold, min_size, auto))
         if not jobs:
             raise ValueError("Choose at least one predicted image to re-split.")
-        worker = thread_worker(_resplit_worker_fn, start_thread=False)(
-            jobs, settings.get("neck_depth", 0.0), self._stop.is_set
+        worker = quiet_worker(
+            _resplit_worker_fn, jobs, settings.get("neck_depth", 0.0), self._stop.is_set,
+            error_prefix="Re-splitting instances failed",
         )
-        self._start(worker, "Re-splitting instances", "Splitting instances")
+        self._start(worker, "Splitting instances")
 
-    def _start(self, worker, what: str, desc: str) -> None:
+    def _start(self, worker, desc: str) -> None:
+        """Run ``worker`` (a :func:`._common.quiet_worker`: its error is shown once, by it)
+        with a napari progress bar described by ``desc``."""
         from napari.utils import progress
 
         # A full garbage collection scans every tracked object of the viewer (hundreds of
@@ -422,7 +422,7 @@ class PredictionRunner:
         self._frozen = True
         self._pbar = progress(total=0, desc=desc)
         worker.yielded.connect(self._on_yield)
-        worker.errored.connect(lambda e: show_error(f"{what} failed: {e}"))
+        worker.returned.connect(self._on_returned)
         worker.finished.connect(self._finished)
         self.worker = worker
         self._worker_done = False
@@ -438,36 +438,33 @@ class PredictionRunner:
         """Waiting for the imports, predicting, or pushing layers."""
         return self.waiting or self.worker is not None
 
-    def _on_yield(self, item) -> None:
-        kind = item[0]
-        if kind == "progress":
-            self.last_progress = item[1:]
-            if item[2].startswith("tiles"):
-                self.tiles_phase = item[2]
-            if self.on_progress is not None:
-                self.on_progress(*self.last_progress)
-            # napari's progress bar may process events (later items, even the end) while it
-            # updates: it shows the latest item, whichever call gets here.
-            if self._pbar is not None:
-                name, phase, done, total = self.last_progress
-                _common.progress_to(self._pbar, done, total, desc=f"{name}: {phase}")
-            return
-        if kind == "model":
+    def _on_yield(self, ev: PredictEvent) -> None:
+        """A worker's event: the model's report, an image's layers to push, or progress."""
+        if ev.model is not None:
             if self.on_model is not None:
-                self.on_model(item[1], item[2])
+                self.on_model(*ev.model)
             return
-        if kind == "stopped":
+        if ev.layers:
+            self._pending += [("layer", d) for d in ev.layers]
+            self._pending.append(("done", self.on_result))
+            self._push_next()
+            return
+        self.last_progress = (ev.image, ev.phase, ev.done, ev.total)
+        if ev.phase.startswith("tiles"):
+            self.tiles_phase = ev.phase
+        if self.on_progress is not None:
+            self.on_progress(*self.last_progress)
+        # napari's progress bar may process events (later items, even the end) while it
+        # updates: it shows the latest item, whichever call gets here.
+        if self._pbar is not None:
+            _common.progress_to(self._pbar, ev.done, ev.total, desc=f"{ev.image}: {ev.phase}")
+
+    def _on_returned(self, stopped) -> None:
+        """The worker's result: True when a Stop ended it (:mod:`~napari_lazylabels.core.jobs`)."""
+        if stopped is True:
             self.stopped = True
             if self.on_stopped is not None:
-                self.on_stopped(item[1])
-            return
-        if kind == "instances":
-            layer_data = [item[2]]
-        else:
-            layer_data = item[2]
-        self._pending += [("layer", d) for d in layer_data]
-        self._pending.append(("done", self.on_result))
-        self._push_next()
+                self.on_stopped(self.last_progress[0] if self.last_progress else "")
 
     def _push_next(self) -> None:
         """Add or update the next pending layer, then come back on the next turn of the event

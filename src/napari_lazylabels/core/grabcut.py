@@ -51,8 +51,10 @@ Typical use::
                  existing=seg)
 
 For a cancellable background job (e.g. a napari ``thread_worker``), iterate
-:func:`refine_iter`: it yields ``(done, total)`` progress tuples and *returns* the map (the
-generator's ``StopIteration.value``, which napari emits as the worker's ``returned`` signal).
+:func:`refine_iter`, a job (:mod:`~napari_lazylabels.core.jobs`): it yields
+``Progress("objects", done, total)`` events and *returns* the map (the generator's
+``StopIteration.value``, which napari emits as the worker's ``returned`` signal); a stop
+returns the map of the objects done so far.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .io import as_image
+from .jobs import Cancelled, Progress, drive, stoppable
 from .labels import BACKGROUND, UNLABELLED, validate_label_map
 
 log = logging.getLogger(__name__)
@@ -534,13 +537,15 @@ def refine_iter(
     existing: np.ndarray | None = None,
     should_stop: Callable[[], bool] | None = None,
     label_value: int | None = None,
-) -> Generator[tuple[int, int], None, np.ndarray]:
+) -> Generator[Progress, None, np.ndarray]:
     """Refine detection marks into a task-3 segmentation map, step by step.
 
-    A generator: yields ``(0, total)`` first, then ``(done, total)`` after each object, and
-    returns the map (``StopIteration.value``; napari's ``thread_worker`` emits it as
-    ``returned``). Closing the generator (``worker.quit()``) abandons the job; returning early
-    through ``should_stop`` gives the map of the objects done so far.
+    A job (:mod:`~napari_lazylabels.core.jobs`): yields ``Progress("objects", 0, total)``
+    first, then ``Progress("objects", done, total)`` after each object, and returns the map
+    (``StopIteration.value``; napari's ``thread_worker`` emits it as ``returned``). Closing
+    the generator (``worker.quit()``) abandons the job; a stop (``should_stop``, or
+    :class:`~napari_lazylabels.core.jobs.Cancelled` thrown in at an event by
+    :func:`~napari_lazylabels.core.jobs.drive`) returns the map of the objects done so far.
 
     Args:
         image: ``(H, W)`` or ``(H, W, 3)`` image, 8/16-bit integer or float.
@@ -550,8 +555,8 @@ def refine_iter(
         objects: refine only these object ids (indices into :func:`find_objects`).
         region: refine only objects whose mark has a pixel in this ``(rows, cols)`` window.
         existing: ``(H, W)`` segmentation map to start from (not modified; a copy is returned).
-        should_stop: called before each object; when it returns True the map is returned
-            with only the windows of the objects done so far written (the objects not done
+        should_stop: asked at each event (before each object); when it returns True the map
+            is returned with only the windows of the objects done so far written (the objects not done
             count as untouched; without ``existing`` the rest of the map is 0, not annotated).
         label_value: refine only marks of this label value (class ``label_value - 1``).
 
@@ -571,6 +576,22 @@ def refine_iter(
         ValueError: shapes of ``image``, ``detection`` and ``existing`` disagree, bad dtypes
             or values, unknown object ids, or a malformed ``region``.
     """
+    job = _refine(image, detection, config, objects, region, existing, label_value)
+    return (yield from stoppable(job, should_stop))
+
+
+def _refine(
+    image: np.ndarray,
+    detection: np.ndarray,
+    config: GrabCutConfig,
+    objects: Sequence[int] | None,
+    region: tuple[slice, slice] | None,
+    existing: np.ndarray | None,
+    label_value: int | None,
+) -> Generator[Progress, None, np.ndarray]:
+    """:func:`refine_iter`'s job: check the maps, refine the chosen objects one by one until
+    the last or a :class:`~napari_lazylabels.core.jobs.Cancelled` thrown in at an event, then
+    write the refined windows into the map."""
     image = as_image(image)
     shape = tuple(image.shape[:2])
     detection = np.asarray(detection)
@@ -581,11 +602,37 @@ def refine_iter(
         )
     detection = validate_label_map(detection, shape, _MAX_VALUE, "detection map")
     restricted = objects is not None or region is not None or label_value is not None
-
     ids, all_objects = _components(detection)
     chosen = _select(all_objects, ids, objects, region, label_value)
     total = len(chosen)
+    out = _start_map(detection, existing, shape)
+    log.info(
+        "GrabCut refinement of %d of %d objects on a %dx%d image.", total, len(all_objects), *shape
+    )
+    scribbles = detection == BACKGROUND
+    votes = _Votes(shape, len(all_objects))
+    try:
+        yield Progress("objects", 0, total)
+        if total:
+            rgb = to_uint8_rgb(image, config.percentiles)
+            smooth = rgb.astype(np.float32)
+            if config.smooth > 0:
+                smooth = cv2.GaussianBlur(smooth, (0, 0), float(config.smooth))
+        for done, obj in enumerate(chosen, start=1):
+            votes.add(obj, *_refine_object(obj, ids, rgb, smooth, scribbles, config))
+            yield Progress("objects", done, total)
+    except Cancelled:
+        log.info("GrabCut refinement stopped after %d of %d objects.", len(votes.windows), total)
+    if votes.windows:
+        votes.write(out, ids, all_objects, scribbles, config)
+    if not restricted:
+        out[scribbles & (votes.fg_owner == 0)] = BACKGROUND
+    return out
 
+
+def _start_map(detection: np.ndarray, existing: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """The ``(H, W)`` map to write into: a copy of ``existing`` (checked) or all 0, ``uint8``
+    (``uint16`` when the values need it)."""
     needed = max(int(detection.max(initial=0)), BACKGROUND)
     if existing is not None:
         existing = np.asarray(existing)
@@ -598,100 +645,97 @@ def refine_iter(
         needed = max(needed, int(existing.max(initial=0)))
     dtype = np.uint8 if needed < 256 else np.uint16
     if existing is not None:
-        out = existing.astype(dtype, copy=True)
-    else:
-        out = np.full(shape, UNLABELLED, dtype)
+        return existing.astype(dtype, copy=True)
+    return np.full(shape, UNLABELLED, dtype)
 
-    log.info(
-        "GrabCut refinement of %d of %d objects on a %dx%d image.", total, len(all_objects), *shape
-    )
-    yield (0, total)
-    if total == 0:
-        if not restricted:
-            out[detection == BACKGROUND] = BACKGROUND
-        return out
 
-    rgb = to_uint8_rgb(image, config.percentiles)
-    smooth = rgb.astype(np.float32)
-    if config.smooth > 0:
-        smooth = cv2.GaussianBlur(smooth, (0, 0), float(config.smooth))
-    values = np.zeros(len(all_objects) + 1, dtype)
-    for o in all_objects:
-        values[o.index + 1] = o.value
-    scribbles = detection == BACKGROUND
-
-    fg_owner = np.zeros(shape, np.int32)  # object index + 1 owning a foreground pixel
-    fg_dist = np.full(shape, np.inf, np.float32)  # distance to that owner's mark
-    ref_dist = np.full(shape, np.inf, np.float32)  # distance to the nearest chosen mark
-    bg_vote = np.zeros(shape, bool)  # some window is confident the pixel is background
-    bg_veto = np.zeros(shape, bool)  # some window's object may cover it
-    windows: list[tuple[slice, slice]] = []
-    processed = np.zeros(len(all_objects) + 1, bool)  # by object index + 1
-
-    for done, obj in enumerate(chosen, start=1):
-        if should_stop is not None and should_stop():
-            log.info("GrabCut refinement stopped after %d of %d objects.", done - 1, total)
+def _refine_object(
+    obj: MarkObject,
+    ids: np.ndarray,
+    rgb: np.ndarray,
+    smooth: np.ndarray,
+    scribbles: np.ndarray,
+    config: GrabCutConfig,
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GrabCut of one object: ``(window, mark, foreground, confident background, veto)``,
+    the last four ``(h, w)`` bool in the window."""
+    shape = ids.shape
+    # The window grows (up to config.grow_window times) until the region like the mark
+    # fits in it: a click in a large cell needs a window larger than the click.
+    margin = config.window_margin(obj.extent)
+    for attempt in range(int(config.grow_window) + 1):
+        win = _window(obj, shape, config, margin)
+        ids_w = ids[win]
+        mark = ids_w == obj.index + 1
+        sure_bg = ((ids_w > 0) & ~mark) | scribbles[win]
+        edge = _edges(win, shape)
+        region, enclosed = _object_region(smooth[win], mark, sure_bg, edge, obj, config)
+        if enclosed or not edge.any() or attempt == config.grow_window:
             break
-        # The window grows (up to config.grow_window times) until the region like the mark
-        # fits in it: a click in a large cell needs a window larger than the click.
-        margin = config.window_margin(obj.extent)
-        for attempt in range(int(config.grow_window) + 1):
-            win = _window(obj, shape, config, margin)
-            ids_w = ids[win]
-            mark = ids_w == obj.index + 1
-            sure_bg = ((ids_w > 0) & ~mark) | scribbles[win]
-            edge = _edges(win, shape)
-            region, enclosed = _object_region(smooth[win], mark, sure_bg, edge, obj, config)
-            if enclosed or not edge.any() or attempt == config.grow_window:
-                break
-            margin *= 2
-        fg, confident, veto = _grabcut_object(
-            rgb[win], smooth[win], mark, sure_bg, region, enclosed, edge, obj, config
-        )
+        margin *= 2
+    fg, confident, veto = _grabcut_object(
+        rgb[win], smooth[win], mark, sure_bg, region, enclosed, edge, obj, config
+    )
+    return win, mark, fg, confident, veto
 
+
+class _Votes:
+    """What the refined objects say about each pixel, gathered object by object."""
+
+    def __init__(self, shape: tuple[int, int], n_objects: int) -> None:
+        self.fg_owner = np.zeros(shape, np.int32)  # object index + 1 owning a foreground pixel
+        self.fg_dist = np.full(shape, np.inf, np.float32)  # distance to that owner's mark
+        self.ref_dist = np.full(shape, np.inf, np.float32)  # distance to the nearest chosen mark
+        self.bg_vote = np.zeros(shape, bool)  # some window is confident the pixel is background
+        self.bg_veto = np.zeros(shape, bool)  # some window's object may cover it
+        self.windows: list[tuple[slice, slice]] = []
+        self.processed = np.zeros(n_objects + 1, bool)  # by object index + 1
+
+    def add(self, obj: MarkObject, win, mark, fg, confident, veto) -> None:
+        """Record one refined object (:func:`_refine_object`'s result)."""
         dist = cv2.distanceTransform((~mark).astype(np.uint8), cv2.DIST_L2, 3)
-        fd, fo = fg_dist[win], fg_owner[win]
+        fd, fo = self.fg_dist[win], self.fg_owner[win]
         take = fg & (dist < fd)
         fo[take] = obj.index + 1
         fd[take] = dist[take]
-        np.minimum(ref_dist[win], dist, out=ref_dist[win])
-        bg_vote[win] |= confident
-        bg_veto[win] |= veto
-        windows.append(win)
-        processed[obj.index + 1] = True
-        yield (done, total)
+        np.minimum(self.ref_dist[win], dist, out=self.ref_dist[win])
+        self.bg_vote[win] |= confident
+        self.bg_veto[win] |= veto
+        self.windows.append(win)
+        self.processed[obj.index + 1] = True
 
-    # Background needs a confident window and no window whose object may cover the pixel
-    # (its foreground, or a colour like its mark), and is never written on a mark
-    # or inside the window of an object not refined now (its own run decides there).
-    background = bg_vote & ~bg_veto & (ids == 0)
-    for o in all_objects:
-        if not processed[o.index + 1]:
-            background[_window(o, shape, config)] = False
-    background |= scribbles
-
-    # Write the processed windows into the map.
-    for win in windows:
-        ids_w = ids[win]
-        untouched = (ids_w > 0) & ~processed[ids_w]
-        if untouched.any():
-            d_untouched = cv2.distanceTransform((~untouched).astype(np.uint8), cv2.DIST_L2, 3)
-        else:
-            d_untouched = np.full(ids_w.shape, np.inf, np.float32)
-        near = ref_dist[win] <= d_untouched
-        owner = fg_owner[win]
-        is_fg = owner > 0
-        cls = values[owner]
-        cur = out[win]
-        claim = is_fg & (near | (cur <= BACKGROUND))
-        # A stale object label of an earlier run near a refined mark goes; earlier background
-        # stays unless this run is confident it is part of an object.
-        cur[near & ~is_fg & (cur > BACKGROUND)] = UNLABELLED
-        cur[near & ~is_fg & background[win]] = BACKGROUND
-        cur[claim] = cls[claim]
-    if not restricted:
-        out[scribbles & (fg_owner == 0)] = BACKGROUND
-    return out
+    def write(self, out, ids, all_objects, scribbles, config: GrabCutConfig) -> None:
+        """Write the refined windows into ``out`` (see :func:`refine_iter`'s result)."""
+        processed, fg_owner = self.processed, self.fg_owner
+        values = np.zeros(len(all_objects) + 1, out.dtype)
+        for o in all_objects:
+            values[o.index + 1] = o.value
+        # Background needs a confident window and no window whose object may cover the pixel
+        # (its foreground, or a colour like its mark), and is never written on a mark
+        # or inside the window of an object not refined now (its own run decides there).
+        background = self.bg_vote & ~self.bg_veto & (ids == 0)
+        for o in all_objects:
+            if not processed[o.index + 1]:
+                background[_window(o, ids.shape, config)] = False
+        background |= scribbles
+        for win in self.windows:
+            ids_w = ids[win]
+            untouched = (ids_w > 0) & ~processed[ids_w]
+            if untouched.any():
+                d_untouched = cv2.distanceTransform((~untouched).astype(np.uint8), cv2.DIST_L2, 3)
+            else:
+                d_untouched = np.full(ids_w.shape, np.inf, np.float32)
+            near = self.ref_dist[win] <= d_untouched
+            owner = fg_owner[win]
+            is_fg = owner > 0
+            cls = values[owner]
+            cur = out[win]
+            claim = is_fg & (near | (cur <= BACKGROUND))
+            # A stale object label of an earlier run near a refined mark goes; earlier
+            # background stays unless this run is confident it is part of an object.
+            cur[near & ~is_fg & (cur > BACKGROUND)] = UNLABELLED
+            cur[near & ~is_fg & background[win]] = BACKGROUND
+            cur[claim] = cls[claim]
 
 
 def refine(
@@ -702,32 +746,21 @@ def refine(
     region: tuple[slice, slice] | None = None,
     existing: np.ndarray | None = None,
     should_stop: Callable[[], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     label_value: int | None = None,
 ) -> np.ndarray:
     """Refine detection marks into a task-3 segmentation map with GrabCut.
 
-    See :func:`refine_iter` for the arguments and the result; ``progress(done, total)`` is
-    called with ``done = 0`` first and after each object.
+    See :func:`refine_iter` for the arguments and the result; ``progress`` is called with
+    ``Progress("objects", 0, total)`` first and ``Progress("objects", done, total)`` after
+    each object.
 
     Returns:
         ``(H, W)`` ``uint8`` or ``uint16`` task-3 map: 0 = not annotated, 1 = background,
         ``c + 1`` = class ``c``.
     """
-    gen = refine_iter(
-        image,
-        detection,
-        config,
-        objects=objects,
-        region=region,
-        existing=existing,
-        should_stop=should_stop,
-        label_value=label_value,
+    job = refine_iter(
+        image, detection, config, objects=objects, region=region, existing=existing,
+        should_stop=should_stop, label_value=label_value,
     )
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return drive(job, progress)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from .jobs import PHASE_SECONDS, PredictPhase, drive
+from .jobs import PHASE_SECONDS, Progress, drive
 
 if TYPE_CHECKING:
     from .model import ModelConfig
@@ -143,10 +143,10 @@ def iter_instances_from_prediction(
     probabilities: np.ndarray | None = None,
     seed_probability: float = 0.9,
     neck_depth: float = 0.0,
-) -> Iterator[PredictPhase]:
+) -> Iterator[Progress]:
     """Generator form of :func:`instances_from_prediction` (the same arguments).
 
-    Yields ``PredictPhase("instances", done, total)`` after each class's labelling and then at
+    Yields ``Progress("instances", done, total)`` after each class's labelling and then at
     least every :data:`~napari_lazylabels.core.jobs.PHASE_SECONDS` of the per-component loop
     (``done`` components of the ``total`` found so far), and *returns* the ``(H, W)`` int32
     instance map (``result = yield from ...``), so a worker shows the step's progress and can
@@ -163,7 +163,7 @@ def iter_instances_from_prediction(
         fg = classes == c
         comp, n = ndimage.label(fg)
         found += n
-        yield PredictPhase("instances", done, found)
+        yield Progress("instances", done, found)
         if n == 0:
             continue
         split, threshold = _separation(c, interfaces, interface_threshold, probabilities, seed_probability)
@@ -176,7 +176,7 @@ def iter_instances_from_prediction(
         del fg
         done += n - int(todo.sum())
         done = yield from _iter_cut_components(inst, comp, todo, split, threshold, cut, done, found)
-    yield PredictPhase("instances", found, found)
+    yield Progress("instances", found, found)
     return inst.array
 
 
@@ -251,7 +251,7 @@ def _iter_cut_components(
     cut: _Cut,
     done: int,
     found: int,
-) -> Iterator[PredictPhase]:
+) -> Iterator[Progress]:
     """Cut the components of ``comp`` marked in ``todo`` one by one (:func:`_cut_component`),
     yielding a phase event at least every ``PHASE_SECONDS``; returns ``done`` plus their
     count."""
@@ -261,7 +261,7 @@ def _iter_cut_components(
             continue
         done += 1
         if time.perf_counter() - last >= PHASE_SECONDS:
-            yield PredictPhase("instances", done, found)
+            yield Progress("instances", done, found)
             last = time.perf_counter()
         _cut_component(inst, sl, comp[sl] == i, split, threshold, cut)
     return done

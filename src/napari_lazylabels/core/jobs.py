@@ -1,15 +1,22 @@
-"""Long jobs as generators of small progress events, and the loop that runs one to its end.
+"""Long jobs (training, prediction, GrabCut) as generators of :class:`Progress` events, and the
+one loop that runs any of them to its end.
 
-A job is a generator: it yields progress events and *returns* its result (``result = yield
-from job`` inside another job). Two kinds of event:
+A job is a generator: it yields :class:`Progress` events (a job may yield a subclass with
+more fields, e.g. training's ``TrainEvent``) and *returns* its result (``result = yield from
+job`` inside another job; ``StopIteration.value``, which napari's ``thread_worker`` emits as
+``returned``). A consumer shows any job's progress from ``phase``, ``done`` and ``total``
+without knowing which job it is.
 
-* ``(done, total)`` tuples: counted units of the main work (tiles of a prediction);
-* :class:`PredictPhase`: a named step after it (resizing, classes, instances).
+Cancel, the one way: ``should_stop()`` is asked at each event (by :func:`drive`, by
+:func:`stoppable`, and by a job function given ``should_stop``). When it returns True,
+:class:`Cancelled` is thrown into the job at the ``yield`` of that event, once: the job ends at
+that safe point. Every job then *returns* what it has where a part is of use: training its
+checkpoint so far (``TrainResult.stopped`` True), GrabCut the map of the objects done so far;
+or it lets :class:`Cancelled` propagate when nothing partial is of use (prediction, which also
+asks ``should_stop`` between the network passes of a batch). Closing the generator
+(``worker.quit()`` of a napari worker, ``close()``) abandons a job without its result.
 
-A widget runs a job in a worker thread whose ``quit()`` closes the generator at the next
-yield; a caller without a thread runs it with :func:`drive`, which reports the tuples to
-``progress`` and stops when ``should_stop()`` turns True. This module imports only the standard
-library.
+This module imports only the standard library (the widgets import it on the GUI thread).
 """
 
 from __future__ import annotations
@@ -21,62 +28,97 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 PHASE_SECONDS = 0.05
-"""Long post-processing loops yield a :class:`PredictPhase` at least this often (seconds of
-work), so a Stop takes effect and the progress moves while they run."""
+"""Long post-processing loops yield a :class:`Progress` at least this often (seconds of work),
+so a Stop takes effect and the progress moves while they run."""
 
 
-class PredictionCancelled(RuntimeError):
-    """Raised when ``should_stop()`` returned True during a prediction."""
+class Cancelled(RuntimeError):
+    """A job ended by ``should_stop()`` with nothing partial to return (prediction)."""
+
+
+PredictionCancelled = Cancelled
+"""The name prediction used before every job shared :class:`Cancelled`."""
 
 
 @dataclass(frozen=True)
-class PredictPhase:
-    """A progress event of a step after the tiles, yielded by
-    :meth:`~napari_lazylabels.core.predictor.Predictor.predict_iter` (and the instance step's
-    generator) so that a consumer can show every phase and stop in it.
-
-    Not a tuple, so consumers of the ``(done_tiles, total_tiles)`` protocol (:func:`drive`'s
-    ``progress``) skip it; ``should_stop`` is still checked at each one.
+class Progress:
+    """One progress event of a job.
 
     Attributes:
-        phase: ``"resizing"`` (working-scale maps back to the image's size), ``"classes"``
-            (the argmax) or ``"instances"`` (cutting objects).
-        done: units of the phase done (row bands; connected components for ``"instances"``).
-        total: units of the phase (for ``"instances"`` the components found so far: the
-            count grows class by class).
+        phase: what the job is doing: ``"tiles"``, ``"resizing"``, ``"classes"``,
+            ``"instances"`` (prediction), ``"objects"`` (GrabCut), ``"start"``, ``"step"``,
+            ``"validation"``, ``"checkpoint"``, ``"warning"``, ``"done"`` (training).
+        done: units of the phase done (tiles, row bands, components, objects, iterations).
+        total: units of the phase, ``None`` when unknown (training on a time budget); for
+            ``"instances"`` the components found so far (the count grows class by class).
     """
 
     phase: str
     done: int
-    total: int
+    total: int | None
+
+
+PredictPhase = Progress
+"""The name of prediction's phase events before every job shared :class:`Progress`."""
+
+Job = Generator[Progress, Any, T]
+
+
+def stoppable(job: Job[T], should_stop: Callable[[], bool] | None = None) -> Job[T]:
+    """``job`` that asks ``should_stop()`` at each of its events.
+
+    Re-yields the job's events; when ``should_stop()`` returns True after an event (or an
+    outer driver throws :class:`Cancelled` into this generator), throws :class:`Cancelled`
+    into the job at that event's ``yield``, once (see the module docstring); a job that
+    catches it runs on to its result, whose events are re-yielded too. Returns the job's
+    result; the job is closed when this ends.
+    """
+    asked = False
+    try:
+        event = next(job)
+        while True:
+            try:
+                yield event
+                stop = should_stop is not None and should_stop()
+            except Cancelled:  # asked by an outer driver
+                stop = True
+            if stop and not asked:
+                asked = True
+                event = job.throw(Cancelled("Stopped at a should_stop request."))
+            else:
+                event = next(job)
+    except StopIteration as end:
+        return end.value
+    finally:
+        job.close()
 
 
 def drive(
-    gen: Generator[Any, Any, T],
+    job: Job[T],
+    progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    progress: Callable[..., None] | None = None,
 ) -> T:
-    """Run a job generator to its end and return its result.
+    """Run a job to its end and return its result.
 
     Args:
-        gen: the job; closed when this returns or raises.
-        should_stop: checked after every event; when it returns True
-            :class:`PredictionCancelled` is raised.
-        progress: called with ``(done, total)`` for every tuple event (other events are
-            skipped).
+        job: the generator; closed when this returns or raises.
+        progress: called with every event.
+        should_stop: asked after every event (after ``progress``); see the module docstring.
 
     Returns:
-        the generator's return value.
+        the job's return value.
+
+    Raises:
+        Cancelled: ``should_stop()`` returned True and the job has nothing partial to return.
     """
+    gen = stoppable(job, should_stop)
     try:
         while True:
             try:
                 event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(event, tuple) and progress is not None:
-                progress(*event)
-            if should_stop is not None and should_stop():
-                raise PredictionCancelled("Prediction cancelled.")
+            except StopIteration as end:
+                return end.value
+            if progress is not None:
+                progress(event)
     finally:
         gen.close()

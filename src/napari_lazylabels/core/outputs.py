@@ -28,6 +28,7 @@ from .io import (
     write_image,
     write_label,
 )
+from .jobs import Progress
 from .labels import SEPARATION
 from .predictor import (
     INTERFACES,
@@ -208,7 +209,7 @@ def predict_file(
     save_probabilities: bool | None = None,
     instances: bool = True,
     should_stop: Callable[[], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     large_pixels: int = LARGE_IMAGE_PIXELS,
     image: np.ndarray | None = None,
     stem: str | None = None,

@@ -3,9 +3,9 @@
 Each concern lives in its own module; import from it inside the package, and from here
 outside it (``from napari_lazylabels.core.predict import Predictor`` keeps working):
 
-* :mod:`~napari_lazylabels.core.jobs`: long jobs as generators of progress events,
-  :func:`~napari_lazylabels.core.jobs.drive`, :class:`PredictPhase`,
-  :class:`PredictionCancelled`;
+* :mod:`~napari_lazylabels.core.jobs`: long jobs as generators of :class:`Progress` events,
+  :func:`~napari_lazylabels.core.jobs.drive`, :class:`Cancelled` (also named
+  ``PredictionCancelled``; ``PredictPhase`` is :class:`Progress`);
 * :mod:`~napari_lazylabels.core.tiling`: Gaussian-blended sliding windows in a bounded row
   band, lazy tile sources, band-wise resizing and argmax of whole-image maps;
 * :mod:`~napari_lazylabels.core.instances`: objects from class and interface maps, and the
@@ -34,7 +34,7 @@ from .instances import (
     recorded_instance_settings,
     separating_interfaces,
 )
-from .jobs import PHASE_SECONDS, PredictionCancelled, PredictPhase, drive
+from .jobs import PHASE_SECONDS, Cancelled, PredictionCancelled, PredictPhase, Progress, drive
 from .outputs import (
     PREDICTION_SETTINGS,
     predict_file,
@@ -76,8 +76,10 @@ from .tiling import (
 __all__ = [
     # jobs
     "PHASE_SECONDS",
+    "Cancelled",
     "PredictPhase",
     "PredictionCancelled",
+    "Progress",
     "drive",
     # tiling
     "BAND_BYTES",

@@ -33,7 +33,7 @@ from .instances import (
     iter_instances_from_prediction,
 )
 from .io import as_image
-from .jobs import PredictionCancelled, PredictPhase, drive
+from .jobs import Cancelled, Progress, drive, stoppable
 from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
 from .options import DEFAULT_TTA, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
@@ -304,8 +304,8 @@ class Predictor:
 
         Args:
             x: ``(B, C, P, P)`` float32.
-            should_stop: checked before each orientation's pass; raises
-                :class:`~napari_lazylabels.core.jobs.PredictionCancelled`, so a Stop waits for
+            should_stop: asked before each orientation's pass; raises
+                :class:`~napari_lazylabels.core.jobs.Cancelled`, so a Stop waits for
                 one pass, not the batch's ``tta`` passes.
             tta: orientations (default :attr:`PredictConfig.tta`).
 
@@ -322,7 +322,7 @@ class Predictor:
         with torch.inference_mode():
             for k in range(n):
                 if should_stop is not None and should_stop():
-                    raise PredictionCancelled("Prediction cancelled.")
+                    raise Cancelled("Prediction cancelled.")
                 for name, p in self._orientation(x, k).items():
                     p = dihedral(p, k, inverse=True)
                     out[name] = p if name not in out else out[name].add_(p)
@@ -384,16 +384,16 @@ class Predictor:
         outputs: dict[str, np.ndarray] | None = None,
         instances: bool = True,
         should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[tuple[int, int] | PredictPhase | Prediction]:
-        """Predict one image step by step (for a napari ``thread_worker``).
+    ) -> Iterator[Progress]:
+        """Predict one image step by step: a job (:mod:`~napari_lazylabels.core.jobs`).
 
-        Protocol: yields ``(done_tiles, total_tiles)`` tuples after every batch of tiles, then
-        a :class:`~napari_lazylabels.core.jobs.PredictPhase` for each step after the tiles
+        Yields ``Progress("tiles", done_tiles, total_tiles)`` after every batch of tiles, then a
+        :class:`~napari_lazylabels.core.jobs.Progress` for each step after the tiles
         (``"resizing"`` at a working scale, ``"classes"``, ``"instances"``; at least every
-        :data:`~napari_lazylabels.core.jobs.PHASE_SECONDS` of work), then yields the
-        :class:`Prediction` as its last item (and also returns it, so a ``GeneratorWorker``'s
-        ``returned`` signal carries it). A consumer can stop at any yield (``worker.quit()``,
-        ``generator.close()``); nothing is left half-written except ``outputs``.
+        :data:`~napari_lazylabels.core.jobs.PHASE_SECONDS` of work), and *returns* the
+        :class:`Prediction` (a ``GeneratorWorker``'s ``returned`` signal carries it). A
+        consumer can stop at any yield (``worker.quit()``, ``generator.close()``); nothing is
+        left half-written except ``outputs``.
 
         Args:
             image: ``(H, W)`` or ``(H, W, 3)``.
@@ -402,18 +402,29 @@ class Predictor:
                 ``"detection"`` ``(K, H, W)``.
             instances: also compute instances
                 (:func:`~napari_lazylabels.core.instances.instances_from_prediction`).
-            should_stop: also checked between the orientations of a batch of tiles (raises
-                :class:`~napari_lazylabels.core.jobs.PredictionCancelled`), for a Stop that
-                does not wait for a whole batch.
+            should_stop: asked at every event and between the orientations of a batch of
+                tiles, for a Stop that does not wait for a whole batch; raises
+                :class:`~napari_lazylabels.core.jobs.Cancelled` (nothing partial is returned).
+
+        Returns:
+            the :class:`Prediction`.
         """
+        return (yield from stoppable(self._predict(image, outputs, instances, should_stop), should_stop))
+
+    def _predict(
+        self,
+        image: np.ndarray,
+        outputs: dict[str, np.ndarray] | None,
+        instances: bool,
+        should_stop: Callable[[], bool] | None,
+    ) -> Iterator[Progress]:
+        """:meth:`predict_iter`'s job: prepare, tiles (and resizing), post-processing."""
         full_shape = as_image(image).shape[:2]
         src = self.prepare(image)
         forward = self._tile_forward(should_stop, self.orientations(src.shape[1:]))
         maps = yield from self._iter_maps(src, forward, self._kept(outputs), full_shape)
         del src  # the normalised input (4 bytes per pixel) is not needed after the tiles
-        pred = yield from self._iter_post_process(maps, instances)
-        yield pred
-        return pred
+        return (yield from self._iter_post_process(maps, instances))
 
     def _tile_forward(self, should_stop: Callable[[], bool] | None, n: int) -> Forward:
         """The sliding window's ``forward``: :meth:`forward` in ``n`` orientations, checking
@@ -442,7 +453,7 @@ class Predictor:
         forward: Forward,
         outputs: dict[str, np.ndarray],
         full_shape: tuple[int, int],
-    ) -> Iterator[tuple[int, int] | PredictPhase]:
+    ) -> Iterator[Progress]:
         """Job: the float maps ``{name: (K, H, W)}`` of the image (``outputs``, completed).
 
         At a working scale other than 1 the tiles fill temporary maps (memory-mapped for large
@@ -476,7 +487,7 @@ class Predictor:
 
     def _iter_post_process(
         self, maps: dict[str, np.ndarray], instances: bool
-    ) -> Iterator[PredictPhase]:
+    ) -> Iterator[Progress]:
         """Job: the :class:`Prediction` from the float maps: the class map, and the instances
         when asked for."""
         pc = self.predict_config
@@ -502,39 +513,39 @@ class Predictor:
         image: np.ndarray,
         outputs: dict[str, np.ndarray] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[Progress], None] | None = None,
         instances: bool = True,
     ) -> Prediction:
         """Predict one 2D image (see :meth:`predict_iter` for the arguments).
 
         Args:
-            should_stop: checked between batches, between a batch's orientations and in the
-                steps after the tiles; raises
-                :class:`~napari_lazylabels.core.jobs.PredictionCancelled`.
-            progress: called with ``(done_tiles, total_tiles)``.
+            should_stop: asked before the work, at every event and between a batch's
+                orientations; raises :class:`~napari_lazylabels.core.jobs.Cancelled`.
+            progress: called with every :class:`~napari_lazylabels.core.jobs.Progress` event
+                (tiles, then the steps after them).
 
         Returns:
             the :class:`Prediction`.
         """
         if should_stop is not None and should_stop():
-            raise PredictionCancelled("Prediction cancelled.")
-        return drive(self.predict_iter(image, outputs, instances, should_stop), should_stop, progress)
+            raise Cancelled("Prediction cancelled.")
+        return drive(self.predict_iter(image, outputs, instances, should_stop), progress)
 
     def predict_stack(
         self,
         images: np.ndarray | Sequence[np.ndarray],
         should_stop: Callable[[], bool] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[Progress], None] | None = None,
         instances: bool = True,
     ) -> list[Prediction]:
         """Predict a stack of 2D images slice by slice.
 
         Args:
             images: ``(N, H, W)`` or ``(N, H, W, 3)`` array, or a sequence of 2D images.
-            should_stop: checked between batches; raises
-                :class:`~napari_lazylabels.core.jobs.PredictionCancelled`.
-            progress: called with ``(done, total)`` tiles over the whole stack (assuming
-                slices of equal size).
+            should_stop: as :meth:`predict`'s; raises
+                :class:`~napari_lazylabels.core.jobs.Cancelled`.
+            progress: called with every event of every slice; ``"tiles"`` events count the
+                tiles over the whole stack (assuming slices of equal size).
             instances: also compute instances.
 
         Returns:
@@ -561,8 +572,10 @@ class Predictor:
             slice_progress = None
             if progress is not None:
 
-                def slice_progress(done, total, i=i):
-                    progress(i * total + done, n * total)
+                def slice_progress(event: Progress, i=i) -> None:
+                    if event.phase == "tiles":
+                        event = Progress("tiles", i * event.total + event.done, n * event.total)
+                    progress(event)
 
             yield self.predict(
                 images[i], should_stop=should_stop, progress=slice_progress, instances=instances

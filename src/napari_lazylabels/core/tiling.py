@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from .jobs import PredictionCancelled, PredictPhase, drive
+from .jobs import Cancelled, Progress, drive
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +251,11 @@ def iter_sliding_window(
     overlap: float = 0.25,
     batch_size: int = 8,
     sigma_scale: float = SIGMA_SCALE,
-) -> Iterator[tuple[int, int]]:
+) -> Iterator[Progress]:
     """Generator form of :func:`sliding_window` (the same arguments).
 
-    Yields ``(done_tiles, total_tiles)`` after each batch and *returns* (``StopIteration``
-    value, e.g. via ``result = yield from iter_sliding_window(...)``) the outputs dict.
+    Yields ``Progress("tiles", done_tiles, total_tiles)`` after each batch and *returns* the
+    outputs dict (``result = yield from iter_sliding_window(...)``).
     Closing the generator early leaves ``outputs`` partially written.
     """
     if batch_size < 1:
@@ -284,7 +284,7 @@ def iter_sliding_window(
             band.allocate(weighted, outputs)
         band.add(batch, weighted, weights[cpu])
         done += len(batch)
-        yield done, total
+        yield Progress("tiles", done, total)
     band.flush(hp)
     return outputs
 
@@ -297,7 +297,7 @@ def sliding_window(
     overlap: float = 0.25,
     batch_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     sigma_scale: float = SIGMA_SCALE,
 ) -> dict[str, np.ndarray]:
     """Gaussian-weighted sliding-window inference over a whole image.
@@ -314,9 +314,10 @@ def sliding_window(
         tile: patch side.
         overlap: overlap between neighbouring patches, a fraction of ``tile`` in ``[0, 1)``.
         batch_size: patches per forward call (batches span tile rows).
-        should_stop: checked before the first and after every batch; when it returns True
-            :class:`~napari_lazylabels.core.jobs.PredictionCancelled` is raised.
-        progress: called with ``(done_tiles, total_tiles)`` after every batch.
+        should_stop: asked before the first and after every batch; when it returns True
+            :class:`~napari_lazylabels.core.jobs.Cancelled` is raised.
+        progress: called with ``Progress("tiles", done_tiles, total_tiles)`` after every
+            batch.
         sigma_scale: Gaussian sigma as a fraction of ``tile``.
 
     Returns:
@@ -324,9 +325,9 @@ def sliding_window(
         ``outputs`` dict, completed).
     """
     if should_stop is not None and should_stop():
-        raise PredictionCancelled("Prediction cancelled.")
+        raise Cancelled("Prediction cancelled.")
     gen = iter_sliding_window(image, forward, outputs, tile, overlap, batch_size, sigma_scale)
-    return drive(gen, should_stop, progress)
+    return drive(gen, progress, should_stop)
 
 
 # --------------------------------------------------------------------------- whole-image maps
@@ -341,8 +342,8 @@ def resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> np.ndarray
     return drive(iter_resize_maps(src, dst, rows))
 
 
-def iter_resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> Iterator[PredictPhase]:
-    """Generator form of :func:`resize_maps`: yields ``PredictPhase("resizing", band, bands)``
+def iter_resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> Iterator[Progress]:
+    """Generator form of :func:`resize_maps`: yields ``Progress("resizing", band, bands)``
     after each band of ``rows`` output rows and returns ``dst``."""
     k, h, w = src.shape
     kd, hd, wd = dst.shape
@@ -361,7 +362,7 @@ def iter_resize_maps(src: np.ndarray, dst: np.ndarray, rows: int = 256) -> Itera
         for c in range(k):
             band = np.ascontiguousarray(src[c, lo:hi], dtype=np.float32)
             dst[c, y0:y1] = cv2.remap(band, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        yield PredictPhase("resizing", y0 // rows + 1, bands)
+        yield Progress("resizing", y0 // rows + 1, bands)
     return dst
 
 
@@ -371,8 +372,8 @@ def argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
     return drive(iter_argmax_rows(probs, rows))
 
 
-def iter_argmax_rows(probs: np.ndarray, rows: int = 512) -> Iterator[PredictPhase]:
-    """Generator form of :func:`argmax_rows`: yields ``PredictPhase("classes", band, bands)``
+def iter_argmax_rows(probs: np.ndarray, rows: int = 512) -> Iterator[Progress]:
+    """Generator form of :func:`argmax_rows`: yields ``Progress("classes", band, bands)``
     after each band of ``rows`` rows and returns the ``(H, W)`` class map."""
     k, h, w = probs.shape
     dtype = np.uint8 if k <= 256 else np.uint16
@@ -380,5 +381,5 @@ def iter_argmax_rows(probs: np.ndarray, rows: int = 512) -> Iterator[PredictPhas
     bands = max(1, -(-h // rows))
     for i, y in enumerate(range(0, h, rows)):
         out[y : y + rows] = np.argmax(probs[:, y : y + rows], axis=0)
-        yield PredictPhase("classes", i + 1, bands)
+        yield Progress("classes", i + 1, bands)
     return out

@@ -1,10 +1,12 @@
 """Training: Adam on random augmented patches, the multi-task loss, validation, checkpoints.
 
-The loop is a generator, :func:`train_iter`, that yields small :class:`TrainEvent` objects
-after every step, validation and checkpoint. A GUI runs it in a worker thread and stops it at
-the next yield; :func:`fit` runs it to the end with a tqdm-like ``progress`` and a
-``should_stop`` callable. Budgets are counted in iterations, seconds, or both (whichever ends
-first). Stopping early still writes ``latest.pt`` and keeps ``best.pt``.
+The loop is a job (:mod:`~napari_lazylabels.core.jobs`), :func:`train_iter`, a generator of
+:class:`TrainEvent` (a :class:`~napari_lazylabels.core.jobs.Progress` with the loss, metrics,
+...) after every step, validation and checkpoint. A GUI runs it in a worker thread;
+:func:`fit` runs it to the end (:func:`~napari_lazylabels.core.jobs.drive`). Budgets are
+counted in iterations, seconds, or both (whichever ends first). A stop (``should_stop``) ends
+it cleanly: it still validates, writes ``latest.pt``, keeps ``best.pt`` and returns its
+:class:`TrainResult` with ``stopped`` True.
 
 A run reads as: resume (:func:`_resume`: weights, optimiser, iteration and history of a
 checkpoint), plan (:func:`plan_training`: device, settings and network, the one place that
@@ -16,7 +18,6 @@ threshold, the last checkpoints).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -34,6 +35,7 @@ from . import quality
 from .allocator import cpu_allocation_cache
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
+from .jobs import Cancelled, Progress, drive, stoppable
 from .labels import DEFAULT_TASK_WEIGHTS, DETECTION, LABEL_MODES, SEGMENTATION, SEPARATION, TASKS
 from .losses import LossFn, training_loss
 from .model import (
@@ -193,19 +195,19 @@ class TrainConfig:
         return cls(**d)
 
 
-@dataclass
-class TrainEvent:
-    """One thing that happened in training, yielded by :func:`train_iter`.
+@dataclass(frozen=True)
+class TrainEvent(Progress):
+    """One thing that happened in training, yielded by :func:`train_iter`: a
+    :class:`~napari_lazylabels.core.jobs.Progress` whose ``phase`` (also named ``kind``) is
+    ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"``, ``"warning"`` or ``"done"``,
+    ``done`` (also named ``iteration``) the iteration reached and ``total`` the iteration the
+    budget ends at (``None`` for a time budget).
 
-    ``kind`` is ``"start"``, ``"step"``, ``"validation"``, ``"checkpoint"``, ``"warning"`` or
-    ``"done"``. Validation metrics are :func:`napari_lazylabels.core.quality.summarize`'s
-    (``dice``, ``n``, ``measure``, ``trivial``, ``foreground``); a warning's ``message`` is one
-    line saying what to do.
+    Validation metrics are :func:`napari_lazylabels.core.quality.summarize`'s (``dice``,
+    ``n``, ``measure``, ``trivial``, ``foreground``); a warning's ``message`` is one line
+    saying what to do.
     """
 
-    kind: str
-    iteration: int
-    total: int | None
     elapsed: float
     loss: float | None = None
     parts: dict | None = None
@@ -214,6 +216,14 @@ class TrainEvent:
     metrics: dict | None = None
     path: Path | None = None
     message: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.phase
+
+    @property
+    def iteration(self) -> int:
+        return self.done
 
 
 @dataclass
@@ -566,7 +576,8 @@ class _Run:
 
     @property
     def total(self) -> int | None:
-        return self.cfg.iterations
+        """The iteration this call's budget ends at (``None`` for a time budget)."""
+        return None if self.cfg.iterations is None else self.start_iteration + self.cfg.iterations
 
     @property
     def iteration(self) -> int:
@@ -615,30 +626,32 @@ class _Run:
         return p
 
     def validate(self) -> Iterator[TrainEvent]:
-        """Score the network on the validation images; a better score writes ``best.pt``."""
+        """Score the network on the validation images; a better score writes ``best.pt``.
+        Both are done before the events are yielded, so a stop at either loses nothing."""
         metrics = _validate(self.step.model, self.model_config, self.data.val_samples, self.device)
         self.last_metrics = metrics
         self.history["validation"].append([self.iteration, metrics["dice"]])
-        yield self.event("validation", metrics=metrics)
         score = metrics["dice"]
+        best = None
         if self.best_metric is None or (not math.isnan(score) and score > self.best_metric):
             self.best_metric = None if math.isnan(score) else score
             self.best_metrics = metrics
-            p = self.save(ckpt_mod.BEST, metrics)
-            yield self.event("checkpoint", path=p, metrics=metrics)
+            best = self.save(ckpt_mod.BEST, metrics)
+        yield self.event("validation", metrics=metrics)
+        if best is not None:
+            yield self.event("checkpoint", path=best, metrics=metrics)
 
-    def steps(self, should_stop: Callable[[], bool] | None) -> Iterator[TrainEvent]:
-        """Step until the budget is spent or ``should_stop()``; validate every ``val_every``
-        steps and write ``latest.pt`` every ``save_every`` seconds. Returns whether stopped."""
+    def steps(self) -> Iterator[TrainEvent]:
+        """Step until the budget is spent; validate every ``val_every`` steps and write
+        ``latest.pt`` every ``save_every`` seconds. A stop ends it at any of its events
+        (:class:`~napari_lazylabels.core.jobs.Cancelled`, caught by :func:`_train_iter`)."""
         cfg, val_samples = self.cfg, self.data.val_samples
         while True:
             elapsed = time.perf_counter() - self.t0
             if cfg.iterations is not None and self.it >= cfg.iterations:
-                return False
+                return
             if cfg.time_budget is not None and elapsed >= cfg.time_budget:
-                return False
-            if should_stop is not None and should_stop():
-                return True
+                return
             progress = max(
                 self.it / cfg.iterations if cfg.iterations else 0.0,
                 elapsed / cfg.time_budget if cfg.time_budget else 0.0,
@@ -654,7 +667,7 @@ class _Run:
             step_time = time.perf_counter() - ts
             self.history["steps"].append([self.iteration, round(lv, 5)])
             yield TrainEvent(
-                "step", self.iteration, self.total and self.start_iteration + self.total, time.perf_counter() - self.t0,
+                "step", self.iteration, self.total, time.perf_counter() - self.t0,
                 loss=lv, parts=parts, lr=lr, patches_per_s=cfg.batch_size / max(step_time, 1e-9),
             )
             if val_samples and self.it % cfg.val_every == 0:
@@ -741,7 +754,10 @@ def train_iter(
         validation: held-out samples (e.g. with exact masks) to pick the best checkpoint;
             when ``None`` a split is made by ``train_config.val_fraction``.
         size: model size name when ``model_config`` is inferred.
-        should_stop: called every step; training ends cleanly when it returns True.
+        should_stop: asked at every event; when it returns True training ends cleanly at
+            that event (:mod:`~napari_lazylabels.core.jobs`): the last network is validated
+            and saved, and the result says ``stopped``. A driver's ``should_stop``
+            (:func:`~napari_lazylabels.core.jobs.drive`) does the same.
         overwrite: replace a model already in ``out_dir`` (its files are removed before
             training starts); without it such a folder is refused unless ``resume`` is that
             folder or one of its checkpoints. The folder is locked for the whole run
@@ -769,10 +785,11 @@ def train_iter(
     out_dir = check_writable(out_dir, "the model folder")
     with folder_lock(out_dir, "train"), cpu_allocation_cache(device.type == "cpu" and reuse):
         prepare_model_folder(out_dir, resume, overwrite)
-        return (yield from _train_iter(
-            dataset, Path(out_dir), model_config, cfg, resume, validation, size, should_stop,
-            model_options or {}, loss, model_factory,
-        ))
+        job = _train_iter(
+            dataset, Path(out_dir), model_config, cfg, resume, validation, size, model_options or {}, loss,
+            model_factory,
+        )
+        return (yield from stoppable(job, should_stop))
 
 
 def _train_iter(
@@ -783,7 +800,6 @@ def _train_iter(
     resume: str | Path | None,
     validation: list[Sample] | None,
     size: str | None,
-    should_stop: Callable[[], bool] | None,
     model_options: dict,
     loss: LossFn | None,
     model_factory: Callable[[ModelConfig], nn.Module],
@@ -798,8 +814,12 @@ def _train_iter(
     setup = plan_training(dataset, cfg, resumed.model_config or model_config, size, **model_options)
     data = _training_data(dataset, setup, validation, resumed.iteration)
     run = _Run(out_dir, dataset.classes, setup, _build(setup, resumed, loss, model_factory), data, resumed)
-    yield run.start()
-    stopped = yield from run.steps(should_stop)
+    try:
+        yield run.start()
+        yield from run.steps()
+        stopped = False
+    except Cancelled:  # a stop: end cleanly with what was trained so far
+        stopped = True
     return (yield from run.finish(dataset, stopped))
 
 
@@ -811,7 +831,7 @@ def fit(
     resume: str | Path | None = None,
     validation: list[Sample] | None = None,
     size: str | None = None,
-    progress=None,
+    progress: Callable[[TrainEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
     overwrite: bool = False,
@@ -820,33 +840,22 @@ def fit(
     """Train to the end of the budget (or until ``should_stop()``), see :func:`train_iter`.
 
     Args:
-        progress: a tqdm-like object (``update(n)``, ``set_postfix(**kw)``, optional
-            ``total``); steps are reported to it.
-        on_event: called with every :class:`TrainEvent`.
+        progress: called with every :class:`TrainEvent` (:func:`~napari_lazylabels.core.jobs.drive`).
+        should_stop: see :func:`train_iter`.
+        on_event: called with every :class:`TrainEvent` too (after ``progress``).
         overwrite: replace a model already in ``out_dir`` (see :func:`train_iter`).
         kwargs: :func:`train_iter`'s ``model_options``, ``loss``, ``model_factory``.
 
     Returns:
         a :class:`TrainResult` with the checkpoint paths and the loss history.
     """
-    gen = train_iter(
+    job = train_iter(
         dataset, out_dir, model_config, train_config, resume, validation, size, should_stop, overwrite, **kwargs
     )
-    result = None
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        if on_event is not None:
-            on_event(ev)
-        if progress is not None:
-            if ev.kind == "step":
-                progress.update(1)
-                with contextlib.suppress(Exception):
-                    progress.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-            elif ev.kind == "validation":
-                with contextlib.suppress(Exception):
-                    progress.set_postfix(val_dice=f"{ev.metrics['dice']:.3f}", refresh=False)
-    return result
+    callbacks = [f for f in (progress, on_event) if f is not None]
+
+    def report(event: TrainEvent) -> None:
+        for f in callbacks:
+            f(event)
+
+    return drive(job, report if callbacks else None)
