@@ -4,15 +4,12 @@ glibc's ``malloc`` serves every request above 32 MiB (and, in a thread other tha
 one, above 64 MiB) with a fresh ``mmap`` and gives it back with ``munmap`` when it is freed.
 A training step on the CPU allocates and frees such feature maps and gradients by the dozen
 (batch 16 at 256x256, 16 channels in bf16: 32 MiB each), and the kernel then zeroes every
-page of every one of them again on first touch: measured on a 2-core Xeon, an elementwise add
-of two ``(16, 16, 256, 256)`` bf16 tensors took 17-28 ms into a fresh tensor and 7 ms into a
-reused one. :func:`cpu_allocation_cache` turns that off for as long as training runs: freed
-memory stays in the heap and the next step reuses it. Measured with ``benchmarks/speed.py``
-(fresh processes, 2-core Xeon, bf16, two runs): on the main thread a multi-task training
-step ran 1.10-1.18x ("tiny") and 1.32-1.71x ("small") faster, for 6-9% and 29-31% more peak
-memory (freed blocks of different sizes are reused less tightly than fresh mappings); on a
-worker thread, whose arena still maps blocks above 64 MiB afresh, 0.88-1.03x and
-1.09-1.25x, for 12-14% and 14-20% more.
+page of every one of them again on first touch, which costs more than the arithmetic on
+them. :func:`cpu_allocation_cache` turns that off for as long as training runs: freed
+memory stays in the heap and the next step reuses it, for somewhat more peak memory (freed
+blocks of different sizes are reused less tightly than fresh mappings). A worker thread's
+arena still maps blocks above 64 MiB afresh, so the gain there is smaller; the figures are in
+docs/benchmarks.md ("Training and prediction speed").
 On leaving, the held memory is handed back to the system (``malloc_trim``).
 
 Nothing is changed where the C library is not glibc, or where the user has tuned ``malloc``
@@ -42,8 +39,8 @@ M_MMAP_MAX = -4
 # What training leaves behind. glibc raises its mmap threshold by itself as mapped blocks are
 # freed (up to 32 MiB, the trim threshold following at twice that), but any mallopt call
 # turns that off for good: restoring the start-up values (128 KiB) would then map every
-# tensor above 128 KiB afresh for the rest of the process (measured: an add into a new 16 MiB
-# tensor 1.9 -> 3.6 ms). So the values that the dynamic rule reaches in a torch process are
+# tensor above 128 KiB afresh for the rest of the process, which doubles the time of an add
+# into a new 16 MiB tensor. So the values that the dynamic rule reaches in a torch process are
 # set instead.
 RESTORE_MMAP_THRESHOLD = 32 * 1024 * 1024
 RESTORE_TRIM_THRESHOLD = 2 * RESTORE_MMAP_THRESHOLD

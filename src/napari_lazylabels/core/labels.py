@@ -43,8 +43,9 @@ TASKS: tuple[str, str, str] = (DETECTION, SEPARATION, SEGMENTATION)
 
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {DETECTION: 1.0, SEPARATION: 1.0, SEGMENTATION: 1.0}
 """The product's alpha_k of eq. (5) (``TrainConfig.task_weights``, the Train widget's fields).
-A separation weight of 0.1 helped on glands that rarely touch and hurt on touching nuclei
-(docs/benchmarks.md, 2026-12-04), so every task weighs 1."""
+Every task weighs 1: a smaller separation weight helps on glands that rarely touch but hurts
+on touching nuclei (docs/benchmarks.md, "The separation term slows the multi-task net on
+GlaS")."""
 
 UNLABELLED = 0
 BACKGROUND = 1
