@@ -39,9 +39,9 @@ from ..core.labels import (
     DETECTION,
     SEGMENTATION,
     SEPARATION,
-    SEPARATION_CLASSES,
     TASKS,
     ClassSpec,
+    n_task_classes,
 )
 from ._colors import (
     background_color,
@@ -430,7 +430,7 @@ def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> li
         out.append((image, img_kwargs, "image"))
         background = background_color(samples[0].image, rgb=rgb)
         for task in TASKS:
-            n = len(SEPARATION_CLASSES) if task == SEPARATION else dataset.classes.n_classes
+            n = n_task_classes(task, dataset.classes.n_classes)
             dtype = np.uint8 if n < 256 else np.uint16
             planes = [
                 (s.label(task).astype(dtype) if s.label(task) is not None else np.zeros(shape[:2], dtype))

@@ -42,9 +42,9 @@ from .labels import (
     DETECTION,
     SEGMENTATION,
     SEPARATION,
-    SEPARATION_CLASSES,
     TASKS,
     ClassSpec,
+    n_task_classes,
     validate_label_map,
 )
 
@@ -365,7 +365,7 @@ class LazyDataset:
                 lab = s.label(task)
                 if lab is None:
                     continue
-                n = len(SEPARATION_CLASSES) if task == SEPARATION else self.classes.n_classes
+                n = n_task_classes(task, self.classes.n_classes)
                 setattr(s, task, validate_label_map(lab, s.shape, n, f"{task} map of {s.name}"))
 
 
