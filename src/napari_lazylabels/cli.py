@@ -492,16 +492,8 @@ def _instance_options(parser: argparse.ArgumentParser, threshold_default: str, s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.labels import LABEL_MODES
-    from .core.options import (
-        ARCHITECTURES,
-        LARGE_IMAGE_TTA,
-        LARGE_TTA_PIXELS,
-        LR_SCHEDULES,
-        MODEL_SIZES,
-        TTA_CHOICES,
-    )
-
+    """The ``lazylabels`` parser: one sub-command per job, its options declared by one helper
+    each. Builds without importing torch (the choices come from :mod:`.core.options`)."""
     p = argparse.ArgumentParser(
         prog="lazylabels",
         description="Segment microscopy images from lazy labels with a multi-task U-net.",
@@ -510,7 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbose")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
+    for add in (_add_simulate, _add_train, _add_predict, _add_other_commands):
+        add(sub, fmt)
+    return p
 
+
+def _add_simulate(sub, fmt) -> None:
     s = sub.add_parser("simulate", help="derive lazy labels from ground-truth instance masks",
                        epilog=EPILOG_SIMULATE, formatter_class=fmt)
     s.add_argument("gt_dir", help="folder with images/ and masks/, or a folder of masks (with --images)")
@@ -522,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the annotations of a dataset already in --out (refused without it)")
     s.set_defaults(func=cmd_simulate)
 
+
+
+def _add_train(sub, fmt) -> None:
+    from .core.labels import LABEL_MODES
+    from .core.options import ARCHITECTURES, LR_SCHEDULES, MODEL_SIZES
+
     t = sub.add_parser("train", help="train a model on a dataset folder", epilog=EPILOG_TRAIN, formatter_class=fmt)
     t.add_argument("dataset", help="dataset folder (images/, detection/, separation/, segmentation/)")
     t.add_argument("--out", required=True, help="model folder to write (best.pt, latest.pt, config.json)")
@@ -532,8 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--architecture", choices=ARCHITECTURES, help="network (default: multitask)")
     t.add_argument("--scale", default="auto",
                    help="working scale: resize images by this factor for the network (0.5 = half size); "
-                        "'auto' (default) picks 1, 0.5 or 0.25 so that a typical object spans at most "
-                        "half a training patch")
+                        "'auto' (default) makes a typical object span about half a training patch "
+                        "(between 1/4 and 1, keeping images at least two patches across)")
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
     t.add_argument("--label-mode", choices=LABEL_MODES, default="ignore")
     t.add_argument("--marks-teach-segmentation", action="store_true",
@@ -570,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "memory, 1.1-1.7x slower steps; by default it is kept for reuse until training ends)")
     t.set_defaults(func=cmd_train)
 
+
+
+def _add_predict(sub, fmt) -> None:
+    from .core.options import LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
+
     pr = sub.add_parser("predict", help="tiled prediction of images of any size",
                         epilog=EPILOG_PREDICT, formatter_class=fmt)
     pr.add_argument("model", help="model folder or checkpoint file")
@@ -594,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "for objects the class map merges across thin boundaries")
     pr.set_defaults(func=cmd_predict)
 
+
+
+def _add_other_commands(sub, fmt) -> None:
     ins = sub.add_parser("instances", help="cut predicted objects again with other settings (no network)",
                          epilog=EPILOG_INSTANCES, formatter_class=fmt)
     ins.add_argument("predictions", help="the --out folder of lazylabels predict")
@@ -622,7 +633,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo-run")
     d.add_argument("--minutes", type=float, default=3.0)
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
