@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     min_size = accuracy.speck_filter(lazy)
     ck = load_checkpoint(model)
     device = resolve_device("cpu")
-    pc = PredictConfig(device="cpu", batch_size=8, min_object_size=min_size, keep_detection=True)
-    predictor = Predictor(ck.build(device), ck.model_config, pc)
+    pc = PredictConfig(device="cpu", batch_size=8, min_object_size=min_size)
+    predictor = Predictor(ck.build(device), ck.model_config, pc, keep_detection=True)
     threshold = predictor.interface_threshold
     val = accuracy.validation_set(c["dataset"], root)
     maps = []  # predict once; each weight only mixes the kept maps

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         preds = [(gt, (gt > 0).astype(np.uint8), None, None, None) for _, _, gt in val]
     else:
         model, ck = load_model(Path(args.model) / "latest.pt" if Path(args.model).is_dir() else args.model)
-        predictor = Predictor(model, ck.model_config, PredictConfig(device="cpu", batch_size=8, keep_detection=True))
+        predictor = Predictor(model, ck.model_config, PredictConfig(device="cpu", batch_size=8), keep_detection=True)
         preds = []
         for _, image, gt in val:
             p = predictor.predict(image, instances=False)

@@ -188,8 +188,8 @@ def test_predictor_multitask_gray(multitask):
 def test_predictor_rgb_model_and_gray_input():
     torch.manual_seed(0)
     cfg = ModelConfig(in_channels=3, n_classes=2, widths=(4, 8), size="custom")
-    pc = PredictConfig(tile=64, device="cpu", keep_detection=True)
-    predictor = Predictor(build_model(cfg), cfg, pc)
+    pc = PredictConfig(tile=64, device="cpu")
+    predictor = Predictor(build_model(cfg), cfg, pc, keep_detection=True)
     rgb = np.random.default_rng(0).integers(0, 255, (70, 90, 3)).astype(np.uint8)
     pred = predictor.predict(rgb)
     _check(pred, (70, 90), 2)

@@ -107,7 +107,6 @@ class PredictConfig:
             than the objects are noise, not objects (docs/benchmarks.md).
         save_probabilities: :func:`~napari_lazylabels.core.outputs.predict_file` also writes
             the probability maps.
-        keep_detection: also return the detection head's probabilities (multi-task).
         keep_interfaces: compute the separation head's interface map (models with one).
             ``False`` skips the separation decoder when only the class map is wanted
             (training's validation does); instances are then plain connected components.
@@ -151,7 +150,6 @@ class PredictConfig:
     interface_threshold: float | None = None
     min_object_size: int | None = None
     save_probabilities: bool = True
-    keep_detection: bool = False
     keep_interfaces: bool = True
     seed_probability: float | None = None
     neck_depth: float = 0.0
@@ -225,7 +223,12 @@ class Predictor:
         model: torch.nn.Module,
         config: ModelConfig,
         predict_config: PredictConfig = PredictConfig(),
+        keep_detection: bool = False,
     ) -> None:
+        """Args:
+            keep_detection: also return the detection head's probabilities (multi-task);
+                the benchmarks that compare the heads ask for it, the product never does.
+        """
         self.config = config
         self.predict_config = predict_config
         self.device = model_lib.resolve_device(predict_config.device)
@@ -243,7 +246,7 @@ class Predictor:
         )
         self.has_interfaces = predict_config.keep_interfaces and SEPARATION in tasks
         self.has_detection = (
-            predict_config.keep_detection and DETECTION in tasks and self.main_task != DETECTION
+            keep_detection and DETECTION in tasks and self.main_task != DETECTION
         )
         # Our networks compute only the heads asked for; any other module gets the plain call.
         self._selects_heads = "tasks" in inspect.signature(self.model.forward).parameters
