@@ -123,8 +123,8 @@ class AugmentConfig:
         intensity: random contrast/brightness jitter amplitude (0 disables).
         color: per-channel gain and offset jitter amplitude for colour (3-channel) images, on
             top of ``intensity``: stain and white-balance differences between slides, patients
-            and microscopes (0 disables; gray images are unaffected). GlaS, held-out patients,
-            700 steps: dice 0.754 -> 0.779 with 0.1.
+            and microscopes (0 disables; gray images are unaffected; its effect on held-out
+            GlaS patients is in docs/benchmarks.md).
         labelled_fraction: probability that a patch is centred on an annotated pixel.
         interface_fraction: of those, the share centred on an interface scribble (task 2) in
             images that have some: interface scribbles are a few percent of the annotated

@@ -170,8 +170,8 @@ def cpu_bf16_supported() -> bool:
     """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16).
 
     On other CPUs (AVX2-only x86 such as most laptops and AMD EPYC/Ryzen before Zen 4, and
-    ARM builds of torch) bf16 is emulated: measured on a 2-core AMD EPYC (AVX2), a tiny
-    multi-task training step took 5.9 s under bf16 autocast vs 0.74 s in float32.
+    ARM builds of torch) bf16 is emulated and several times slower than float32 (figures in
+    docs/benchmarks.md, "CPU precision").
     """
     cpu = getattr(torch, "cpu", None)
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
@@ -188,9 +188,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype that speeds training and prediction up on a device, or ``None``.
 
     CUDA: bf16 (fp16 on cards without bf16). CPU: bf16 where the CPU has it natively
-    (:func:`cpu_bf16_supported`; with channels-last about 3x faster than float32 on an AMX
-    Xeon), otherwise ``None`` (float32: emulated bf16 is about 8x slower; see
-    docs/benchmarks-speed.md).
+    (:func:`cpu_bf16_supported`; with channels-last several times faster than float32),
+    otherwise ``None`` (float32: emulated bf16 is slower still; see docs/benchmarks-speed.md).
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -253,9 +252,8 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     PyTorch's channels-last CPU backward sums per thread into adjacent rows of one buffer of
     ``C`` floats; unless ``C`` is a multiple of 16 (64-byte cache lines) the threads write to
-    shared cache lines at every pixel. Measured on a 2-core Xeon, ``(16, 8, 256, 256)`` bf16:
-    68 ms on 2 threads, 27 ms on one (``C=16``: 32 ms on 2). For such widths, in training on
-    a multi-threaded CPU, the backward runs on one thread; everything else is PyTorch's own
+    shared cache lines at every pixel, and two threads take longer than one. For such widths,
+    in training on a multi-threaded CPU, the backward runs on one thread; everything else is PyTorch's own
     kernel (docs/benchmarks.md, "Training and prediction speed").
     """
 
@@ -279,15 +277,14 @@ def conv_of_concat(block: nn.Sequential, parts: list[torch.Tensor]) -> torch.Ten
     The first convolution of a channel concatenation is the sum of convolutions of its parts
     (weights split along the input channels), so the concatenated tensor (at full resolution
     the largest of the decoder) is never written or read, and no part gets a channel slice of
-    its gradient (a slice is strided in neither memory format: bilinear up-sampling's backward
-    converted such slices of channels-last tensors to NCHW and back, 480 vs 256 ms for
-    ``(32, 32, 128, 128)`` bf16). Training 1.06-1.08x faster than with a concatenation
-    whose backward hands contiguous gradients back ("small", 2-core CPU; "tiny": the same).
+    its gradient (a slice is strided in neither memory format, and bilinear up-sampling's
+    backward converts such slices of channels-last tensors to NCHW and back). Training is a
+    little faster than with a concatenation whose backward hands contiguous gradients back
+    (docs/benchmarks.md, "Training and prediction speed").
     A part with a smaller batch serves every group of stacked paths (the shared decoder runs
     detection and segmentation as one batch of ``2B`` on one skip connection of ``B``): its
-    share of the convolution is computed once instead of on a repeated copy (5% fewer FLOPs).
-    Without gradients (prediction) one convolution of the concatenation is the faster one
-    (tiny: 10%).
+    share of the convolution is computed once instead of on a repeated copy (fewer FLOPs).
+    Without gradients (prediction) one convolution of the concatenation is the faster one.
 
     Args:
         block: a :class:`DoubleConv` (its first convolution may carry a bias: fused BatchNorm).
@@ -358,8 +355,8 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     """An inference copy of ``model`` with every BatchNorm folded into its convolution.
 
     In eval mode BatchNorm is an affine map per channel, so ``bn(conv(x))`` is one convolution
-    with scaled weights and a bias; the copy skips one pass over every feature map (prediction
-    7-12% faster on a 2-core CPU). ``model`` itself is left as it is (training goes on with it).
+    with scaled weights and a bias; the copy skips one pass over every feature map, which
+    makes prediction faster. ``model`` itself is left as it is (training goes on with it).
 
     Args:
         model: a :class:`MultiTaskUNet` or :class:`UNet` (any module; only our ``ConvBlock``

@@ -18,9 +18,8 @@ MODEL_SIZES: dict[str, tuple[int, ...]] = {
 }
 """Named model sizes: the channel widths per level (the depth is their number)."""
 
-# On a 2-core CPU "tiny" runs 2.4x the steps of "small" in the same time; within equal budgets
-# their dice tie within run-to-run noise while "tiny" finds more whole objects on ISBI, and its
-# faster steps suit the Train widget's short budgets (docs/benchmarks.md).
+# "tiny" on a CPU: it runs more than twice the steps of "small" in the same time, which suits
+# the short budgets of the widgets, and in equal budgets it is as accurate (docs/benchmarks.md).
 CPU_DEFAULT_SIZE = "tiny"
 """The model size trained by default on a CPU."""
 GPU_DEFAULT_SIZE = "paper"
