@@ -20,3 +20,30 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path} (set LAZYLABELS_SHARED_DATA)")
     return path
+
+
+def _write_gt_folder(root: Path, n: int = 3, size=(96, 112)) -> Path:
+    """A ground-truth folder for ``lazylabels simulate``: ``images/im{i}.png`` (noise with five
+    bright disks) and ``masks/im{i}.png`` (the disks as instances 1..5)."""
+    import numpy as np
+    from skimage.draw import disk
+
+    from napari_lazylabels.core.io import write_image, write_label
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.normal(30, 5, size)
+        gt = np.zeros(size, np.uint16)
+        for k in range(5):
+            rr, cc = disk((rng.integers(14, size[0] - 14), rng.integers(14, size[1] - 14)), 9, shape=size)
+            img[rr, cc] += 120
+            gt[rr, cc] = k + 1
+        write_image(root / "images" / f"im{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+        write_label(root / "masks" / f"im{i}.png", gt)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gt_folder():
+    """Writes a small ground-truth folder: ``gt_folder(root, n=3, size=(96, 112))``."""
+    return _write_gt_folder

@@ -7,24 +7,9 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-from skimage.draw import disk
 
 from napari_lazylabels.cli import main
-from napari_lazylabels.core.io import read_label, write_image, write_label
-
-
-def _gt_folder(root, n=3, size=(96, 112)):
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.normal(30, 5, size)
-        gt = np.zeros(size, np.uint16)
-        for k in range(5):
-            rr, cc = disk((rng.integers(14, size[0] - 14), rng.integers(14, size[1] - 14)), 9, shape=size)
-            img[rr, cc] += 120
-            gt[rr, cc] = k + 1
-        write_image(root / "images" / f"im{i}.png", np.clip(img, 0, 255).astype(np.uint8))
-        write_label(root / "masks" / f"im{i}.png", gt)
-    return root
+from napari_lazylabels.core.io import read_label
 
 
 @pytest.mark.parametrize("verb", ["simulate", "train", "predict", "instances", "evaluate", "grabcut", "demo"])
@@ -35,8 +20,8 @@ def test_every_verb_has_help_with_examples(verb, capsys):
     assert "example" in capsys.readouterr().out.lower()
 
 
-def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
-    gt = _gt_folder(tmp_path / "gt")
+def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch, gt_folder):
+    gt = gt_folder(tmp_path / "gt")
     ds = tmp_path / "lazy"
     assert main(["simulate", str(gt), "--out", str(ds), "--strong-fraction", "0.34", "--seed", "1"]) == 0
     assert len(list((ds / "segmentation").glob("*.png"))) == 1
@@ -99,8 +84,8 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch):
     assert scores["summary"]["n"] == 3 and 0.0 <= scores["summary"]["dice"] <= 1.0
 
 
-def test_grabcut_verb_makes_masks(tmp_path):
-    gt = _gt_folder(tmp_path / "gt", n=2)
+def test_grabcut_verb_makes_masks(tmp_path, gt_folder):
+    gt = gt_folder(tmp_path / "gt", n=2)
     ds = tmp_path / "lazy"
     main(["simulate", str(gt), "--out", str(ds), "--strong-fraction", "0", "--seed", "0"])
     assert not (ds / "segmentation").exists() or not list((ds / "segmentation").iterdir())

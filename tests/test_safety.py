@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from skimage.draw import disk
 
 from napari_lazylabels.cli import main
 from napari_lazylabels.core import runfolder
@@ -40,25 +39,13 @@ from napari_lazylabels.core.prepare import normalize
 TINY = ["--size", "tiny", "--batch-size", "2", "--patch-size", "64", "--threads", "1", "--device", "cpu"]
 
 
-def _gt_folder(root: Path, n: int = 3, size=(96, 112)) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.normal(30, 5, size)
-        gt = np.zeros(size, np.uint16)
-        for k in range(5):
-            rr, cc = disk((rng.integers(14, size[0] - 14), rng.integers(14, size[1] - 14)), 9, shape=size)
-            img[rr, cc] += 120
-            gt[rr, cc] = k + 1
-        write_image(root / "images" / f"im{i}.png", np.clip(img, 0, 255).astype(np.uint8))
-        write_label(root / "masks" / f"im{i}.png", gt)
-    return root
 
 
 @pytest.fixture(scope="module")
-def lazy(tmp_path_factory) -> Path:
+def lazy(tmp_path_factory, gt_folder) -> Path:
     """A simulated dataset (3 images, one exact mask); tests copy it before writing."""
     root = tmp_path_factory.mktemp("lazy")
-    gt = _gt_folder(root / "gt")
+    gt = gt_folder(root / "gt")
     assert main(["simulate", str(gt), "--out", str(root / "ds"), "--strong-fraction", "0.34"]) == 0
     return root / "ds"
 
@@ -120,7 +107,7 @@ def tmpfs(tmp_path):
 
 
 # --------------------------------------------------------------------------- 1. simulate
-def test_simulate_refuses_to_replace_hand_annotations(tmp_path, lazy, caplog):
+def test_simulate_refuses_to_replace_hand_annotations(tmp_path, lazy, caplog, gt_folder):
     ds = tmp_path / "ds"
     ds.mkdir()
     for name, data in _files(lazy).items():
@@ -132,7 +119,7 @@ def test_simulate_refuses_to_replace_hand_annotations(tmp_path, lazy, caplog):
     (ds / "lazylabels.json").write_text(json.dumps(meta))
     write_label(ds / "detection" / "im0.png", np.full((96, 112), 3, np.uint8))
     before = _files(ds)
-    gt = _gt_folder(tmp_path / "gt")
+    gt = gt_folder(tmp_path / "gt")
     assert main(["simulate", str(gt), "--out", str(ds), "--seed", "3"]) == 2
     assert "--overwrite" in caplog.text and str(ds) in caplog.text
     assert _files(ds) == before
