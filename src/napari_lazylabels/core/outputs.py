@@ -29,7 +29,7 @@ from .io import (
     write_label,
 )
 from .jobs import Progress
-from .labels import SEPARATION
+from .labels import n_task_classes
 from .predictor import (
     INTERFACES,
     LARGE_IMAGE_PIXELS,
@@ -282,7 +282,7 @@ def _add_memmaps(
     """Add memory-mapped float maps to ``outputs``: probabilities ``(K, H, W)`` and, with a
     separation head, interfaces ``(H, W)``; each file is listed in ``temps`` as soon as it
     exists, so the caller removes it whatever happens."""
-    k = predictor.config.n_classes if predictor.main_task != SEPARATION else 2
+    k = n_task_classes(predictor.main_task, predictor.config.n_classes)
 
     def memmap(name: str, shape) -> np.ndarray:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}_{name}.", suffix=".f32.tmp", dir=out_dir)

@@ -15,7 +15,6 @@ does for large images).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import tempfile
@@ -233,6 +232,7 @@ class Predictor:
         self.predict_config = predict_config
         self.device = model_lib.resolve_device(predict_config.device)
         self.amp_dtype = model_lib.autocast_dtype(self.device) if predict_config.amp else None
+        self._autocast = model_lib.autocast(self.device, self.amp_dtype)
         self.model = model.to(self.device).eval()
         if predict_config.fuse_batchnorm:
             self.model = model_lib.fuse_batchnorm(self.model)
@@ -342,12 +342,7 @@ class Predictor:
         xk = dihedral(x, k)
         if k and self.predict_config.channels_last:
             xk = xk.contiguous(memory_format=torch.channels_last)
-        amp = (
-            torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with amp:
+        with self._autocast():
             logits = self.model(xk, self._heads(first=k == 0)) if self._selects_heads else self.model(xk)
         probs = {PROBABILITIES: torch.softmax(logits[self.main_task].float(), 1)}
         if self.has_interfaces and k == 0:
