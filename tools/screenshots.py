@@ -135,7 +135,8 @@ def shot_predict(args) -> None:
     _wait(pw.is_running, 600)
     log.info("Predict status: %s", pw.status.text())
     _focus(viewer, STACK)
-    viewer.layers[f"{STACK} instances"].visible = True
+    for layer in viewer.layers:  # the image and its instances only
+        layer.visible = layer.name in (STACK, f"{STACK} instances")
     viewer.layers.selection.active = viewer.layers[f"{STACK} instances"]
     _save(viewer, "predict")
     viewer.close()
