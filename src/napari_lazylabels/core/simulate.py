@@ -457,58 +457,14 @@ def simulate_folder(
     frac = cfg.strong_fraction if strong_fraction is None else float(strong_fraction)
     if not 0.0 <= frac <= 1.0:
         raise ValueError(f"strong_fraction must lie in [0, 1], got {frac}.")
-    gt_dir = Path(gt_dir)
-    if images_dir is None:
-        if not (gt_dir / "masks").is_dir() or not (gt_dir / "images").is_dir():
-            raise FileNotFoundError(
-                f"{gt_dir} needs images/ and masks/ folders, or pass images_dir= with "
-                "gt_dir pointing at the masks."
-            )
-        mask_dir, img_dir = gt_dir / "masks", gt_dir / "images"
-    else:
-        mask_dir, img_dir = gt_dir, Path(images_dir)
-    masks = {
-        p.stem: p
-        for p in sorted(mask_dir.iterdir())
-        if p.suffix.lower() in io.LABEL_SUFFIXES and not p.name.startswith(".")
-    }
-    stems = [s for s in sorted(masks) if io._find(img_dir, s, io.IMAGE_SUFFIXES) is not None]
-    if len(stems) < len(masks):
-        log.warning(
-            "%d masks in %s have no image in %s; skipped.",
-            len(masks) - len(stems),
-            mask_dir,
-            img_dir,
-        )
-    if not stems:
-        raise FileNotFoundError(
-            f"No mask in {mask_dir} has an image with the same stem in {img_dir}."
-        )
-
+    mask_dir, img_dir, masks, stems = _paired_stems(Path(gt_dir), images_dir)
     n = len(stems)
     n_strong = min(n, max(1, round(frac * n))) if frac > 0 else 0
     order = np.random.default_rng(int(seed)).permutation(n)
     strong = {stems[i] for i in order[:n_strong]}
 
     out = Path(out_dir)
-    samples = []
-    for stem in stems:
-        img_path = io._find(img_dir, stem, io.IMAGE_SUFFIXES)
-        image = io.read_image(img_path)
-        inst = io.read_label(masks[stem])
-        if inst.shape != image.shape[:2]:
-            raise ValueError(
-                f"Mask {masks[stem].name} is {inst.shape} but image {img_path.name} is "
-                f"{image.shape[:2]} (H, W); masks must match their images."
-            )
-        labels = simulate_sample(inst, _stem_seed(seed, stem), cfg, strong=stem in strong)
-        target = out / "images" / f"{stem}{img_path.suffix.lower()}"
-        if target.resolve() != img_path.resolve():
-            for old in (out / "images").glob(f"{stem}.*"):
-                if old != target:
-                    old.unlink()
-            io.atomic_write_bytes(target, img_path.read_bytes())
-        samples.append(io.Sample(name=stem, image=image, **labels))
+    samples = [_simulated_sample(stem, img_dir, masks[stem], out, seed, cfg, stem in strong) for stem in stems]
     dataset = io.LazyDataset(classes=ClassSpec(("background", "object")), samples=samples)
     io.save_dataset(dataset, out)
     io.atomic_write_json(
@@ -525,3 +481,49 @@ def simulate_folder(
     )
     log.info("Simulated lazy labels for %d images (%d strong) into %s", n, n_strong, out)
     return dataset
+
+def _paired_stems(gt_dir: Path, images_dir) -> tuple[Path, Path, dict[str, Path], list[str]]:
+    """The mask and image folders, the masks by stem, and the sorted stems that have an image."""
+    if images_dir is None:
+        if not (gt_dir / "masks").is_dir() or not (gt_dir / "images").is_dir():
+            raise FileNotFoundError(
+                f"{gt_dir} needs images/ and masks/ folders, or pass images_dir= with "
+                "gt_dir pointing at the masks."
+            )
+        mask_dir, img_dir = gt_dir / "masks", gt_dir / "images"
+    else:
+        mask_dir, img_dir = gt_dir, Path(images_dir)
+    masks = {
+        p.stem: p
+        for p in sorted(mask_dir.iterdir())
+        if p.suffix.lower() in io.LABEL_SUFFIXES and not p.name.startswith(".")
+    }
+    stems = [s for s in sorted(masks) if io._find(img_dir, s, io.IMAGE_SUFFIXES) is not None]
+    if len(stems) < len(masks):
+        log.warning("%d masks in %s have no image in %s; skipped.", len(masks) - len(stems), mask_dir, img_dir)
+    if not stems:
+        raise FileNotFoundError(f"No mask in {mask_dir} has an image with the same stem in {img_dir}.")
+    return mask_dir, img_dir, masks, stems
+
+
+def _simulated_sample(
+    stem: str, img_dir: Path, mask_path: Path, out: Path, seed: int, cfg: SimulationConfig, strong: bool
+) -> io.Sample:
+    """One image's simulated labels; its image file is copied into ``out/images``."""
+    img_path = io._find(img_dir, stem, io.IMAGE_SUFFIXES)
+    image = io.read_image(img_path)
+    inst = io.read_label(mask_path)
+    if inst.shape != image.shape[:2]:
+        raise ValueError(
+            f"Mask {mask_path.name} is {inst.shape} but image {img_path.name} is "
+            f"{image.shape[:2]} (H, W); masks must match their images."
+        )
+    labels = simulate_sample(inst, _stem_seed(seed, stem), cfg, strong=strong)
+    target = out / "images" / f"{stem}{img_path.suffix.lower()}"
+    if target.resolve() != img_path.resolve():
+        for old in (out / "images").glob(f"{stem}.*"):
+            if old != target:
+                old.unlink()
+        io.atomic_write_bytes(target, img_path.read_bytes())
+    return io.Sample(name=stem, image=image, **labels)
+
