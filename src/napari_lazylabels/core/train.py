@@ -33,6 +33,7 @@ from torch import nn
 from . import checkpoint as ckpt_mod
 from . import quality
 from .allocator import cpu_allocation_cache
+from .calibrate import tune_interface_threshold
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
 from .jobs import Cancelled, Progress, drive, stoppable
@@ -49,6 +50,7 @@ from .model import (
     resolve_device,
 )
 from .options import LR_SCHEDULES
+from .predictor import PredictConfig, Predictor
 from .prepare import image_channels
 from .runfolder import (
     check_free_space,
@@ -420,8 +422,6 @@ def _inference_predictor(model: nn.Module, model_config: ModelConfig, device: to
     """A predictor of one orientation on an inference copy of the training ``model``
     (BatchNorm folded into its convolutions, eval mode: :func:`model.fuse_batchnorm`), so the
     training model keeps its mode and weights."""
-    from .predictor import PredictConfig, Predictor
-
     config = PredictConfig(device=str(device), batch_size=4, tta=1, fuse_batchnorm=False, **options)
     return Predictor(fuse_batchnorm(model), model_config, config)
 
@@ -443,8 +443,6 @@ def tune_instances(model: nn.Module, model_config: ModelConfig, samples, device)
     unchanged when there are too few objects to tell or the model has no separation head.
     Training does this when it ends (``TrainConfig.tune_instances``); ``model`` keeps its mode.
     Interfaces come from one orientation whatever ``PredictConfig.tta`` says: one is enough."""
-    from .calibrate import tune_interface_threshold
-
     predictor = _inference_predictor(model, model_config, device)
     t0 = time.perf_counter()
     threshold, scores = tune_interface_threshold(predictor, samples)
