@@ -500,7 +500,7 @@ def execute(run: Run, root: Path, results: Path, keep_model: bool = False, threa
 
         t0 = time.perf_counter()
         variants, recorded = training_variants(run, cfg)
-        result = fit(train_ds, model_dir, model_config, cfg, validation=[], on_event=on_event, **variants)
+        result = fit(train_ds, model_dir, model_config, cfg, validation=[], progress=on_event, **variants)
         timing["train_s"] = time.perf_counter() - t0
         ck = load_checkpoint(result.latest)
         record["config"]["interface_threshold"] = ck.model_config.interface_threshold

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = fit(ds, Path(tmp) / "model", train_config=cfg, validation=val, on_event=on_event)
+        res = fit(ds, Path(tmp) / "model", train_config=cfg, validation=val, progress=on_event)
         wall = time.perf_counter() - t0
         model, ck = load_model(res.latest, device=device)
         predictor = Predictor(model, ck.model_config, PredictConfig(device=str(device)))

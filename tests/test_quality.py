@@ -104,7 +104,7 @@ def test_training_result_carries_measure_and_warnings(tmp_path):
     ds = blobs(n=6)
     cfg = ModelConfig(in_channels=1, n_classes=2, **TINY)
     events = []
-    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=6, **{**FAST, "val_every": 3}), on_event=events.append)
+    res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=6, **{**FAST, "val_every": 3}), progress=events.append)
     val = [e for e in events if e.kind == "validation"]
     assert val and all(e.metrics["measure"] in (quality.EXACT, quality.MARKS, quality.MIXED) for e in val)
     warn = [e for e in events if e.kind == "warning"]

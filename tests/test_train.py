@@ -248,7 +248,7 @@ def test_interface_threshold_is_tuned_on_exact_masks_when_training_ends(tmp_path
     ds = LazyDataset(ds.classes, ds.samples + extra.samples)
     written = {}  # best.pt's bytes when each new best was announced: never rewritten after
     res = fit(ds, tmp_path / "m", cfg, TrainConfig(iterations=3, **{**FAST, "val_every": 2}),
-              on_event=lambda ev: ev.kind == "checkpoint" and written.update(best=ev.path.read_bytes()))
+              progress=lambda ev: ev.kind == "checkpoint" and written.update(best=ev.path.read_bytes()))
     assert (tmp_path / "m" / "best.pt").read_bytes() == written["best"]
     latest = ck.load_checkpoint(tmp_path / "m" / "latest.pt").model_config
     best = ck.load_checkpoint(tmp_path / "m" / "best.pt").model_config

@@ -68,7 +68,7 @@ def _focus(viewer, image: str, zoom: float = 1.0) -> None:
     viewer.layers.selection.active = viewer.layers[image]
     _wait(lambda: False, 1)  # the canvas takes its final size first
     own = np.asarray(viewer.layers[image].extent.world)[:, -2:]
-    canvas = np.asarray(viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size, dtype=float)
+    canvas = np.asarray(viewer.canvas.size, dtype=float)  # (height, width) in screen pixels
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.zoom = 0.95 * zoom * float(np.min(canvas / (own[1] - own[0])))
     camera.center = tuple((own[0] + own[1]) / 2)
@@ -96,7 +96,7 @@ def shot_annotate(args) -> None:
     _wait(lambda: False, 2)
     gc.run()
     _wait(gc.is_running, 300)
-    log.info("GrabCut: %s", gc.status.text() if hasattr(gc, "status") else "done")
+    log.info("GrabCut: %s", gc.status.text())
     _save(viewer, "annotate")
     viewer.close()
 

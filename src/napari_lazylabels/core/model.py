@@ -58,7 +58,7 @@ class ModelConfig:
             prediction derives its instance post-processing from it. ``None``: unknown.
         interface_threshold: the interface probability that best cut the objects of the
             training images with exact masks, chosen when training ends
-            (:func:`napari_lazylabels.core.predict.tune_interface_threshold`); prediction uses
+            (:func:`napari_lazylabels.core.calibrate.tune_interface_threshold`); prediction uses
             it unless told otherwise. ``None``: not tuned (0.5 is used). A threshold tuned after
             the checkpoint was written is kept beside it
             (:func:`napari_lazylabels.core.checkpoint.save_calibration`) and applied on loading.

@@ -831,7 +831,6 @@ def fit(
     size: str | None = None,
     progress: Callable[[TrainEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    on_event: Callable[[TrainEvent], None] | None = None,
     overwrite: bool = False,
     **kwargs,
 ) -> TrainResult:
@@ -840,7 +839,6 @@ def fit(
     Args:
         progress: called with every :class:`TrainEvent` (:func:`~napari_lazylabels.core.jobs.drive`).
         should_stop: see :func:`train_iter`.
-        on_event: called with every :class:`TrainEvent` too (after ``progress``).
         overwrite: replace a model already in ``out_dir`` (see :func:`train_iter`).
         kwargs: :func:`train_iter`'s ``model_options``, ``loss``, ``model_factory``.
 
@@ -850,10 +848,4 @@ def fit(
     job = train_iter(
         dataset, out_dir, model_config, train_config, resume, validation, size, should_stop, overwrite, **kwargs
     )
-    callbacks = [f for f in (progress, on_event) if f is not None]
-
-    def report(event: TrainEvent) -> None:
-        for f in callbacks:
-            f(event)
-
-    return drive(job, report if callbacks else None)
+    return drive(job, progress)
