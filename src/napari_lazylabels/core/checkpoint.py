@@ -3,7 +3,8 @@
 A model folder holds::
 
     MODEL/
-        best.pt       the checkpoint with the best validation score so far
+        best.pt       the model: the validated network training chose (the highest score, or
+                      under a decaying learning rate the newest sound one: train._Run)
         latest.pt     the newest checkpoint, written every ``TrainConfig.save_every`` seconds
                       and with every new best.pt (for resuming: a folder resumes from it)
         config.json   model and training configs, classes (human-readable, written beside)

@@ -32,6 +32,8 @@ MIXED = "exact masks and marks"
 WEAK_DICE = 0.6
 #: a model within this margin of the trivial score has learned nothing useful
 TRIVIAL_MARGIN = 0.03
+#: a model predicting objects on less than this share of the validation images predicts none
+NO_OBJECT = 0.001
 #: fewer optimiser steps than this cannot make a useful model at the default learning rate
 FEW_ITERATIONS = 100
 
@@ -110,27 +112,41 @@ def summarize(scores: list[dict]) -> dict:
     }
 
 
+def is_sound(metrics: dict) -> bool:
+    """Whether validation metrics (:func:`summarize`) show a model that has learned something:
+    a score above the trivial one by :data:`TRIVIAL_MARGIN` and some object predicted. Metrics
+    without a trivial score or foreground share are judged on what they have."""
+    value = metrics.get("dice")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    trivial, foreground = metrics.get("trivial"), metrics.get("foreground")
+    if trivial is not None and value <= trivial + TRIVIAL_MARGIN:
+        return False
+    return foreground is None or foreground >= NO_OBJECT
+
+
 def describe_score(metrics: dict, best: bool = False) -> str:
     """One line saying what a validation score measures, e.g. ``"validation dice 0.81 on
     exact masks of 2 images"`` or ``"agreement with your marks 0.96 on 3 images (no exact
-    masks held out: not a dice of the objects)"``. ``best`` takes ``metrics["best_metric"]``."""
+    masks held out: not a dice of the objects)"``. ``best`` takes ``metrics["best_metric"]``
+    (the saved model's score: the highest, or the newest sound network's under a decaying
+    learning rate, so it is not called "best")."""
     value = metrics.get("best_metric") if best else metrics.get("dice")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "no validation score"
     n = metrics.get("n")
     on = f" of {n} image{'s' if n != 1 else ''}" if n else ""
-    prefix = "best " if best else ""
     measure = metrics.get("measure")
     trivial = metrics.get("trivial")
     tail = "" if trivial is None else f"; everything-one-class scores {trivial:.2f}"
     if measure == MARKS:
-        return (f"{prefix}agreement with your marks {value:.3f}{on.replace(' of', ' on')} (mean dice of every "
+        return (f"agreement with your marks {value:.3f}{on.replace(' of', ' on')} (mean dice of every "
                 f"marked class, background included; no exact masks held out: not a dice of the objects{tail})")
     if measure == MIXED:
-        return f"{prefix}validation dice {value:.3f} on exact masks and marks{on}{tail}"
+        return f"validation dice {value:.3f} on exact masks and marks{on}{tail}"
     if measure == EXACT:
-        return f"{prefix}validation dice {value:.3f} on exact masks{on}{tail}"
-    return f"{prefix}validation score {value:.3f}"
+        return f"validation dice {value:.3f} on exact masks{on}{tail}"
+    return f"validation score {value:.3f}"
 
 
 def warnings_for(metrics: dict | None, iteration: int | None = None) -> list[str]:
@@ -166,7 +182,7 @@ def warnings_for(metrics: dict | None, iteration: int | None = None) -> list[str
     elif measure in (EXACT, MIXED) and value < WEAK_DICE:
         out.append(f"The model is weak (validation dice {value:.2f} on exact masks). To improve: {_WHAT_TO_DO}.")
     foreground = metrics.get("foreground")
-    if foreground is not None and foreground < 0.001:
+    if foreground is not None and foreground < NO_OBJECT:
         out.append("The model predicts (almost) no object on the validation images. To fix: " + _WHAT_TO_DO + ".")
     if measure == MARKS:
         out.append(
