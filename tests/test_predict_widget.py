@@ -172,7 +172,9 @@ def _interfaces_everywhere(forward):
 
 def test_layers_are_pushed_one_per_event_loop_turn(make_napari_viewer, qtbot):
     """A finished image's layers are added one per turn of the event loop, so the GUI
-    repaints and handles input between them instead of pausing for all four at once."""
+    repaints and handles input between them instead of pausing for all four at once. A new
+    layer arrives in two turns: added as one pixel (napari's cost of a layer), then filled in
+    place (the texture); the next Predict only fills the same layers."""
     from napari_lazylabels._widgets import _layers
     from napari_lazylabels._widgets.predict import PredictEvent, PredictionRunner
     from napari_lazylabels.core.predict import Prediction
@@ -183,12 +185,22 @@ def test_layers_are_pushed_one_per_event_loop_turn(make_napari_viewer, qtbot):
     classes[10:30, 10:30] = 1
     probs = np.stack([1.0 - classes, classes]).astype(np.float32)
     pred = Prediction(probs, classes, np.zeros((64, 64), np.float32), classes.astype(np.int32))
-    results = []
+    results, inserted = [], []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append((e.value.name, e.value.data.shape)))
     runner = PredictionRunner(viewer, on_result=results.append)
-    runner._on_yield(PredictEvent("layers", 1, 1, "im", layers=tuple(_layers.prediction_layer_data("im", [pred])), settings={}))
+    layer_data = tuple(_layers.prediction_layer_data("im", [pred]))
+    runner._on_yield(PredictEvent("layers", 1, 1, "im", layers=layer_data, settings={}))
     assert [ly.name for ly in viewer.layers] == ["im", "im classes"]  # the rest on later turns
+    assert viewer.layers["im classes"].data.shape == (1, 1)  # filled on the next turn
     qtbot.waitUntil(lambda: bool(results), timeout=5000)
-    assert [ly.name for ly in results[0]] == ["im classes", "im instances", "im interfaces", "im probabilities"]
+    names = ["im classes", "im instances", "im interfaces", "im probabilities"]
+    assert [ly.name for ly in results[0]] == names
+    assert inserted == [(n, (1, 1)) for n in names]
+    assert all(ly.data.shape == (64, 64) and ly.scale.tolist() == [1, 1] for ly in results[0])
+    assert viewer.layers["im classes"].colormap.map(1) is not None and viewer.layers["im interfaces"].visible is False
+    runner._on_yield(PredictEvent("layers", 1, 1, "im", layers=layer_data, settings={}))
+    qtbot.waitUntil(lambda: len(results) == 2, timeout=5000)
+    assert len(inserted) == 4 and [ly.name for ly in results[1]] == names  # updated in place
 
 
 def test_a_runtime_error_in_the_worker_ends_the_run_with_one_message(make_napari_viewer, qtbot, model_dir, monkeypatch):

@@ -6,8 +6,9 @@
 * :func:`current_index` and :func:`view_region`: the stack plane shown and the part of it
   visible in the canvas (GrabCut's "objects in view", the training preview).
 * :func:`upsert_layers`: add the converter's layer data tuples (:mod:`._layers`), or update
-  the layers of the same names in place, over the image they belong to;
-  :func:`restyle_labels`: a task layer takes new classes, colours and geometry, keeping its
+  the layers of the same names in place, over the image they belong to
+  (:func:`needs_new_layer` and :func:`placeholder` let a new large layer arrive in two
+  steps); :func:`restyle_labels`: a task layer takes new classes, colours and geometry, keeping its
   labels.
 
 Only public napari API is used (the viewer model's dims, camera and canvas size, layer
@@ -149,6 +150,36 @@ def restyle_labels(layer, kwargs: dict) -> None:
     layer.metadata.setdefault(META, {}).update(kwargs["metadata"][META])
 
 
+def _updatable(existing, data, kwargs: dict, layer_type: str) -> bool:
+    """Whether layer ``existing`` (or ``None``) can take ``data`` in place: same type and
+    dimensions."""
+    return (
+        existing is not None and existing.__class__.__name__.lower() == layer_type
+        and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+    )
+
+
+def needs_new_layer(viewer, layer_data: tuple) -> bool:
+    """Whether :func:`upsert_layers` would create a layer for ``layer_data`` (none of its
+    name, or one of another type or dimensions) instead of updating one in place."""
+    data, kwargs, layer_type = layer_data
+    name = kwargs.get("name")
+    return not _updatable(viewer.layers[name] if name in viewer.layers else None, data, kwargs, layer_type)
+
+
+def placeholder(layer_data: tuple) -> tuple:
+    """``layer_data`` with its data replaced by zeros of one pixel per plane (same dtype,
+    leading axes and RGB channels): adding it costs napari the layer itself (its visual
+    and controls, about 0.1 s here) without the texture, so a new large layer can be added
+    in one turn of the event loop and filled (:func:`upsert_layers`, in place) in the next,
+    two short pauses instead of one long one (docs/benchmarks.md, "Prediction in the viewer")."""
+    data, kwargs, layer_type = layer_data
+    data = np.asarray(data)
+    rgb = 1 if kwargs.get("rgb") else 0
+    shape = data.shape[: data.ndim - 2 - rgb] + (1, 1) + data.shape[data.ndim - rgb:]
+    return (np.zeros(shape, data.dtype), dict(kwargs), layer_type)
+
+
 def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
     """Add layers, or update the existing layer of the same name and type in place.
 
@@ -167,7 +198,7 @@ def upsert_layers(viewer, layer_data: Sequence[tuple]) -> list:
         kwargs = _with_image_geometry(viewer, data, kwargs, layer_type)
         name = kwargs.get("name")
         existing = viewer.layers[name] if name in viewer.layers else None
-        if existing is not None and existing.__class__.__name__.lower() == layer_type and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0):
+        if _updatable(existing, data, kwargs, layer_type):
             for key in ("scale", "translate", "units"):
                 if key in kwargs and hasattr(existing, key) and not _same(getattr(existing, key), kwargs[key]):
                     setattr(existing, key, kwargs[key])

@@ -468,7 +468,10 @@ class PredictionRunner:
 
     def _push_next(self) -> None:
         """Add or update the next pending layer, then come back on the next turn of the event
-        loop: each layer's slicing and drawing is its own short pause, not one long one."""
+        loop: each layer's slicing and drawing is its own short pause, not one long one. A new
+        layer (the first Predict of an image) is added as a one-pixel :func:`_viewer.placeholder`
+        and filled in place on the next turn, so napari's cost of a new layer and the
+        texture of its data are two pauses too."""
         from qtpy.QtCore import QTimer
 
         if not self._pending:
@@ -478,6 +481,9 @@ class PredictionRunner:
             layers, self._batch = self._batch, []
             if payload is not None:
                 payload(layers)
+        elif _viewer.needs_new_layer(self.viewer, payload):
+            _viewer.upsert_layers(self.viewer, [_viewer.placeholder(payload)])
+            self._pending.insert(0, (kind, payload))  # filled on the next turn
         else:
             layers = _viewer.upsert_layers(self.viewer, [payload])
             self.pushed += [ly.name for ly in layers]
