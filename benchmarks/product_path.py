@@ -19,8 +19,17 @@ A run given ``--train-arg`` pins a setting the user does not pin: it is an *expe
 run id says ``exp-...`` and the table marks it so; only runs without them are the product's
 figures.
 
+``--baseline`` runs a baseline on the same path, draw and budget (run id ``..._baseline-<name>``):
+``strong-only`` and ``pseudo-labels`` turn the simulated folder into the baseline's training
+set (:mod:`baselines`: the exact-mask images alone; every image's GrabCut pseudo-label map from
+its marks, made before the clock starts) and train it with ``lazylabels train --minutes M``
+(the product's defaults, a segmentation-only network); ``random-forest`` fits the pixel
+classifier on the marks and masks in this process and writes ``<stem>_classes.png`` for
+``lazylabels evaluate`` (its fitting time is recorded; it has no budget to spend).
+
     python benchmarks/product_path.py --list                           # what is missing
     python benchmarks/product_path.py --dataset dsb --budget 3         # seeds 0-2
+    python benchmarks/product_path.py --baseline random-forest --budget 3
     python benchmarks/product_path.py --table                          # docs/benchmarks-product.md
     python benchmarks/accuracy.py --tier product ...                   # the same
 """
@@ -54,6 +63,7 @@ SEEDS = (0, 1, 2)
 #: the one-click default (the Train & predict widget's budget) and 10 minutes
 BUDGETS = (3.0, 10.0)
 STRONG_FRACTION = 0.094
+BASELINES = ("strong-only", "pseudo-labels", "random-forest")
 
 
 def lazylabels() -> str:
@@ -67,8 +77,8 @@ def lazylabels() -> str:
     return found
 
 
-def run_id(dataset: str, seed: int, budget: float, train_args: list[str]) -> str:
-    base = f"{dataset}_f{STRONG_FRACTION:g}_s{seed}_{budget:g}min"
+def run_id(dataset: str, seed: int, budget: float, train_args: list[str], baseline: str | None = None) -> str:
+    base = f"{dataset}_f{STRONG_FRACTION:g}_s{seed}_{budget:g}min" + (f"_baseline-{baseline}" if baseline else "")
     if not train_args:
         return base
     tag = re.sub(r"[^A-Za-z0-9.=-]+", "", "_".join(a.lstrip("-") for a in train_args))[:40]
@@ -99,9 +109,34 @@ def _run(cmd: list[str], log_path: Path, timeout: float) -> list[str]:
     return proc.stdout.splitlines()
 
 
-def execute(dataset: str, seed: int, budget: float, train_args: list[str], root: Path) -> dict:
-    """One product-path run; returns its record (also written to RESULTS)."""
-    rid = run_id(dataset, seed, budget, train_args)
+def _baseline_dataset(name: str, ds: Path, out: Path) -> None:
+    """Write the training folder of baseline ``name`` (a U-net's) made from the simulated ``ds``."""
+    import baselines
+    from napari_lazylabels.core.io import load_dataset, save_dataset
+
+    lazy = load_dataset(ds)
+    made = baselines.strong_only(lazy) if name == "strong-only" else baselines.pseudo_label_dataset(lazy)
+    save_dataset(made, out)
+
+
+def _random_forest(ds: Path, images: Path, pred: Path) -> list[str]:
+    """Fit the random forest on ``ds`` and write ``<stem>_classes.png`` of every image in
+    ``images`` to ``pred``; returns a line like the console script's."""
+    import baselines
+    from napari_lazylabels.core.io import IMAGE_SUFFIXES, load_dataset, read_image, write_label
+
+    rf = baselines.RandomForestSegmenter(seed=0).fit(load_dataset(ds))
+    pred.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for f in files:
+        write_label(pred / f"{f.stem}_classes.png", rf.predict(read_image(f)))
+    return [f"random forest fitted on {rf.n_training_pixels} pixels; predicted {len(files)} images"]
+
+
+def execute(dataset: str, seed: int, budget: float, train_args: list[str], root: Path, baseline: str | None = None) -> dict:
+    """One product-path run (or ``baseline``'s on the same path); returns its record (also
+    written to RESULTS)."""
+    rid = run_id(dataset, seed, budget, train_args, baseline)
     work = WORK / rid
     if work.exists():
         shutil.rmtree(work)
@@ -121,8 +156,15 @@ def execute(dataset: str, seed: int, budget: float, train_args: list[str], root:
     out, times = {}, {}
     for step, cmd in cmds.items():
         t0 = time.perf_counter()
-        out[step] = _run(cmd, work / f"{step}.log", timeout=budget * 60 * 3 + 1800)
+        if baseline == "random-forest" and step in ("train", "predict"):
+            out[step] = _random_forest(work / "ds", work / "val" / "images", work / "pred") if step == "train" else []
+        else:
+            out[step] = _run(cmd, work / f"{step}.log", timeout=budget * 60 * 3 + 1800)
         times[step] = round(time.perf_counter() - t0, 1)
+        if step == "simulate" and baseline in ("strong-only", "pseudo-labels"):
+            _baseline_dataset(baseline, work / "ds", work / "ds-baseline")
+            times["baseline labels"] = round(time.perf_counter() - t0 - times[step], 1)
+            cmds["train"][2] = str(work / "ds-baseline")
     scores = json.loads((work / "scores.json").read_text())
     trained = next((ln for ln in out["train"] if ln.startswith("trained ")), "")
     m = re.match(r"trained (\d+) iterations", trained)
@@ -134,6 +176,7 @@ def execute(dataset: str, seed: int, budget: float, train_args: list[str], root:
         "strong_fraction": STRONG_FRACTION,
         "budget_minutes": budget,
         "experiment": bool(train_args),
+        "baseline": baseline,
         "train_args": train_args,
         "commands": {k: " ".join(Path(c).name if i == 0 else c for i, c in enumerate(v)) for k, v in cmds.items()},
         "iterations": int(m.group(1)) if m else None,
@@ -180,21 +223,32 @@ def write_table(path: Path = TABLE) -> str:
         "| dataset | budget | draws | dice mean | dice worst | F1 mean | F1 worst | iterations | machine |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows: dict = {"": lines, "baseline": []}
     groups: dict = {}
     for r in recs:
         if r["experiment"]:
             continue
-        key = (r["dataset"], r["budget_minutes"], _machine_tag(r))
+        key = (r["dataset"], r["budget_minutes"], _machine_tag(r), r.get("baseline") or "")
         groups.setdefault(key, []).append(r)
-    for (ds, budget, mach), rs in sorted(groups.items()):
+    for (ds, budget, mach, baseline), rs in sorted(groups.items()):
         commit = ", ".join(sorted({r["versions"].get("git_commit", "")[:7] for r in rs}))
         d = [r["summary"]["dice"] for r in rs]
         f = [r["summary"].get("object_f1", float("nan")) for r in rs]
         its = [r["iterations"] or 0 for r in rs]
-        lines.append(
-            f"| {ds} | {budget:g} min | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {np.mean(d):.3f} | "
+        rows["baseline" if baseline else ""].append(
+            f"| {ds}{' ' + baseline if baseline else ''} | {budget:g} min | {len(rs)} (seeds {','.join(str(r['seed']) for r in rs)}) | {np.mean(d):.3f} | "
             f"{min(d):.3f} | {np.mean(f):.3f} | {min(f):.3f} | {min(its)}-{max(its)} | {mach}, {commit} |"
         )
+    if rows["baseline"]:
+        lines += [
+            "", "## Baselines on the same path", "",
+            "The same draws, budgets and held-out images; `strong-only`: `lazylabels train` on the exact-mask "
+            "images alone; `pseudo-labels`: on GrabCut maps from the marks (made before the clock starts); "
+            "`random-forest`: a pixel classifier on the marks and masks (no budget to spend). "
+            "Iterations are 0 for the forest.", "",
+            "| dataset, baseline | budget | draws | dice mean | dice worst | F1 mean | F1 worst | iterations | machine |",
+            "|---|---|---|---|---|---|---|---|---|", *rows["baseline"],
+        ]
     lines += ["", "## Every run", "", "| run | dice | F1 | iterations | warnings | machine | commit |", "|---|---|---|---|---|---|---|"]
     for r in recs:
         name = r["run_id"] + (" *experiment*" if r["experiment"] else "")
@@ -214,6 +268,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", nargs="*", type=float, default=list(BUDGETS), help="minutes of training")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra `lazylabels train` argument (makes the run an experiment), e.g. --train-arg=--scale=1")
+    p.add_argument("--baseline", choices=BASELINES, help="run this baseline on the same path instead of the product")
     p.add_argument("--list", action="store_true", help="list the runs without a record and exit")
     p.add_argument("--table", action="store_true", help="write docs/benchmarks-product.md and exit")
     p.add_argument("--force", action="store_true", help="run again even where a record exists")
@@ -223,18 +278,18 @@ def main(argv=None) -> int:
         return 0
     root = shared_data()
     todo = [(d, s, b) for b in a.budget for d in a.dataset for s in a.seed
-            if a.force or not (RESULTS / d / f"{run_id(d, s, b, a.train_arg)}.json").exists()]
+            if a.force or not (RESULTS / d / f"{run_id(d, s, b, a.train_arg, a.baseline)}.json").exists()]
     for d, s, b in todo:
-        print(f"missing: {run_id(d, s, b, a.train_arg)}")
+        print(f"missing: {run_id(d, s, b, a.train_arg, a.baseline)}")
     if a.list:
         return 0
     failed = 0
     for d, s, b in todo:
         t0 = time.perf_counter()
         try:
-            rec = execute(d, s, b, a.train_arg, root)
-        except (RuntimeError, subprocess.TimeoutExpired) as e:
-            print(f"FAILED {run_id(d, s, b, a.train_arg)}: {e}")
+            rec = execute(d, s, b, a.train_arg, root, a.baseline)
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+            print(f"FAILED {run_id(d, s, b, a.train_arg, a.baseline)}: {e}")
             failed += 1
             continue
         print(f"{rec['run_id']}: dice {rec['summary']['dice']:.3f} F1 {rec['summary'].get('object_f1', float('nan')):.3f} "

@@ -50,3 +50,29 @@ def test_one_product_run_end_to_end(tmp_path, monkeypatch):
     row = next(ln for ln in table.splitlines() if ln.startswith("| dsb | 0.05 min | 2"))
     cells = [c.strip() for c in row.split("|")]
     assert float(cells[5]) == -1.0 and float(cells[4]) == pytest.approx((rec["summary"]["dice"] - 1) / 2, abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline", ["strong-only", "random-forest"])
+def test_a_baseline_runs_on_the_same_path_and_gets_its_own_table_rows(tmp_path, monkeypatch, baseline):
+    """A baseline uses the same draw, budget and held-out images: the U-net baseline trains the
+    console script on its own folder (the exact-mask images alone), the forest writes class maps
+    that `lazylabels evaluate` scores; the table lists them apart from the product's rows."""
+    pytest.importorskip("sklearn")
+    _fake_dsb(tmp_path / "data")
+    monkeypatch.setattr(product, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(product, "WORK", tmp_path / "work")
+    rec = product.execute("dsb", 0, 0.05, [], tmp_path / "data", baseline)
+    assert rec["baseline"] == baseline and rec["run_id"] == f"dsb_f0.094_s0_0.05min_baseline-{baseline}"
+    assert len(rec["per_image"]) == 2 and 0.0 <= rec["summary"]["dice"] <= 1.0
+    if baseline == "strong-only":
+        assert "ds-baseline" in rec["commands"]["train"] and rec["iterations"] > 0
+        trained_on = json.loads((tmp_path / "work" / rec["run_id"] / "model" / "config.json").read_text())
+        assert trained_on["model_config"]["tasks"] == ["segmentation"]
+    else:
+        assert rec["iterations"] is None and rec["train_stdout"][0].startswith("random forest fitted")
+        assert rec["summary"]["dice"] > 0.5  # bright discs on a dark background: easy for the forest
+    table = product.write_table(tmp_path / "table.md")
+    baselines_part = table.split("## Baselines on the same path")[1].split("## Every run")[0]
+    assert f"| dsb {baseline} | 0.05 min | 1 (seeds 0)" in baselines_part
+    assert "| dsb | 0.05 min" not in table.split("## Baselines on the same path")[0]
