@@ -1,6 +1,7 @@
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -127,9 +128,17 @@ def test_bad_images_explain(image, match):
         io.as_image(image)
 
 
-def test_rgba_and_single_channel_are_accepted():
-    assert io.as_image(np.zeros((16, 16, 4), np.uint8)).shape == (16, 16, 3)
+def test_rgba_and_single_channel_are_accepted(tmp_path):
+    """An (H, W, 4) array is 4 channels to the core (a 4-channel fluorescence image); RGBA
+    files lose their alpha when read, and gray or RGB models take the colours of RGBA."""
+    from napari_lazylabels.core.prepare import prepare_image
+
+    assert io.as_image(np.zeros((16, 16, 4), np.uint8)).shape == (16, 16, 4)
     assert io.as_image(np.zeros((16, 16, 1), np.uint8)).shape == (16, 16)
+    rgba = np.random.default_rng(0).integers(0, 255, (16, 16, 4), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert io.read_image(tmp_path / "rgba.png").shape == (16, 16, 3)
+    np.testing.assert_array_equal(prepare_image(rgba, 3), prepare_image(rgba[..., :3], 3))
 
 
 def test_missing_folder_and_bad_json(tmp_path):

@@ -25,6 +25,7 @@ EPILOG_TRAIN = """examples:
   lazylabels train runs/isbi-lazy --out runs/isbi-model --minutes 5
   lazylabels train runs/isbi-lazy --out runs/isbi-model --iterations 2000 --size paper --device cuda
   lazylabels train runs/isbi-lazy --out runs/isbi-model --resume runs/isbi-model --iterations 500
+  lazylabels train runs/fluo-lazy --out runs/fluo-model --channels 0,2   # channels 0 and 2 of each image
 """
 EPILOG_PREDICT = """examples:
   lazylabels predict runs/isbi-model image1.png image2.tif --out runs/pred
@@ -234,6 +235,24 @@ def _scale(text: str) -> float:
     return value
 
 
+def _channels(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated channel indices such as ``0,2``."""
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channel numbers such as 0,2 (from 0), got {text!r}") from None
+    if min(channels) < 0 or len(set(channels)) != len(channels):
+        raise argparse.ArgumentTypeError(f"expected distinct channel numbers from 0, such as 0,2, got {text!r}")
+    return channels
+
+
+def _describe_channels(mc) -> str:
+    """``"channels 0, 2 of 3 (each its own range)"``, ``"gray"`` or ``"RGB"``: what a model reads."""
+    if mc.channels is None:
+        return "gray" if mc.in_channels == 1 else "RGB"
+    return f"channels {', '.join(map(str, mc.channels))} of {mc.source_channels} (each its own range)"
+
+
 def _check_resume_options(a: argparse.Namespace, scale: float | None) -> None:
     """Refuse model options that differ from the checkpoint being resumed: resuming continues
     the saved network, so they would be silently ignored."""
@@ -245,11 +264,12 @@ def _check_resume_options(a: argparse.Namespace, scale: float | None) -> None:
         "--architecture": (a.architecture, mc.architecture),
         "--tasks": (tuple(a.tasks.split(",")) if a.tasks else None, tuple(mc.tasks)),
         "--scale": (scale, mc.scale),
+        "--channels": (a.channels, mc.channels),
     }
     for option, (want, have) in asked.items():
         if want is not None and want != have:
-            show = ",".join(want) if isinstance(want, tuple) else want
-            saved = ",".join(have) if isinstance(have, tuple) else have
+            show = ",".join(map(str, want)) if isinstance(want, tuple) else want
+            saved = ",".join(map(str, have)) if isinstance(have, tuple) else have
             raise ValueError(
                 f"{option} {show} differs from the resumed model's {saved}: resuming continues that "
                 f"network, so drop {option}, or train a new model into another --out."
@@ -278,9 +298,11 @@ def cmd_train(a: argparse.Namespace) -> int:
             kw["tasks"] = tuple(a.tasks.split(","))
         if scale is not None:
             kw["scale"] = scale
+        if a.channels is not None:
+            kw["channels"] = a.channels
         model_config = plan_training(ds, cfg, size=a.size, **kw).model_config
         _out(f"model: {model_config.architecture} {model_config.size}, tasks {','.join(model_config.tasks)}, "
-             f"working scale {model_config.scale:g}")
+             f"working scale {model_config.scale:g}, {_describe_channels(model_config)}")
     job = train_iter(ds, a.out, model_config, cfg, resume=a.resume, validation=validation, overwrite=a.overwrite)
     res = _run_job(job, "train", postfix=_train_postfix)
     from .core.quality import describe_score
@@ -298,7 +320,8 @@ def _report_model(ck) -> None:
     """Say how good the model is (its stored validation score) and repeat its warnings."""
     from .core.quality import describe_score, warnings_for
 
-    _out(f"model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}")
+    _out(f"model: {ck.iteration} iterations, {describe_score(ck.metrics, best=True)}, "
+         f"reads {_describe_channels(ck.model_config)}")
     for w in warnings_for(ck.metrics, ck.iteration):
         _out(f"warning: {w}")
 
@@ -333,6 +356,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                 log.error("skipped %s: %s", f, e)
                 failed.append(f)
                 continue
+            predictor.check(images[0][1], what=f.name)  # a model refuses images of other channels
             for name, image in images:
                 if name in written:
                     log.error("skipped %s (%s): its outputs %s_* were already written for %s", f, name, name, written[name])
@@ -538,6 +562,9 @@ def _add_train(sub, fmt) -> None:
                         "'auto' (default) makes a typical object span about half a training patch "
                         "(between 1/4 and 1, keeping images at least two patches across)")
     t.add_argument("--tasks", help="comma-separated tasks to train, e.g. segmentation")
+    t.add_argument("--channels", type=_channels, metavar="C,C",
+                   help="multi-channel images: the channels to train on, e.g. 0,2 (default: all; each "
+                   "channel gets its own intensity range; on RGB images this treats the colours as channels)")
     t.add_argument("--label-mode", choices=LABEL_MODES, default="ignore")
     t.add_argument("--marks-teach-segmentation", action="store_true",
                    help="ignore mode: the detection marks of images without exact masks also train the "

@@ -161,13 +161,17 @@ class PreparedSample:
     """A sample normalised once for training: image ``(H, W, C)`` float32, targets per task
     ``(H, W)`` int16 with -1 = ignore (``None`` = task not labelled), and annotated pixel
     coordinates for patch sampling; all at the working ``scale`` (see
-    :func:`~napari_lazylabels.core.prepare.prepare_image`, :func:`resize_targets`)."""
+    :func:`~napari_lazylabels.core.prepare.prepare_image`, :func:`resize_targets`). A
+    multi-channel model passes its ``channels`` and ``source_channels``."""
 
     def __init__(self, sample: Sample, in_channels: int, norm_percentiles, mode: str, tasks, scale: float = 1.0,
-                 marks_to_segmentation: bool = False) -> None:
+                 marks_to_segmentation: bool = False, channels=None, source_channels: int | None = None) -> None:
         self.name = sample.name
         # (H, W, C) for cv2's warps; prepared as prediction prepares it (core.prepare)
-        self.image = prepare_image(sample.image, in_channels, norm_percentiles, scale, channels_first=False)
+        self.image = prepare_image(
+            sample.image, in_channels, norm_percentiles, scale, channels_first=False,
+            channels=channels, source_channels=source_channels,
+        )
         shape = scaled_shape(sample.shape, scale)
         targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode,
                                    marks_to_segmentation=marks_to_segmentation)

@@ -211,29 +211,54 @@ class MarkObject:
 
 
 # --------------------------------------------------------------------------- helpers
+def _to_uint8(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """``image`` scaled to ``uint8``: its ``percentiles`` (of all values) map to 0 and 255."""
+    flat = image.reshape(-1)
+    step = max(1, flat.size // 2_000_000)  # percentiles from a subsample on huge images
+    lo, hi = np.percentile(flat[::step].astype(np.float64), percentiles)
+    if not hi > lo:
+        lo, hi = float(flat.min()), float(flat.max())
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    image = np.clip((image.astype(np.float32) - np.float32(lo)) * np.float32(scale), 0, 255)
+    return (image + 0.5).astype(np.uint8)
+
+
+def _three_channels(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """``(H, W, 3)`` ``uint8`` of a multi-channel ``(H, W, C)`` image for GrabCut's colour
+    model: each channel scaled on its own (:func:`_to_uint8`); 2 channels get a third of
+    zeros, more than 3 are projected on their 3 principal components (each scaled again)."""
+    chans = np.stack([_to_uint8(image[..., c], percentiles) for c in range(image.shape[-1])], -1)
+    if chans.shape[-1] < 3:
+        chans = np.concatenate([chans, np.zeros(chans.shape[:2] + (3 - chans.shape[-1],), np.uint8)], -1)
+    elif chans.shape[-1] > 3:
+        flat = chans.reshape(-1, chans.shape[-1]).astype(np.float32)
+        sub = flat[:: max(1, len(flat) // 200_000)]
+        _, vectors = np.linalg.eigh(np.cov(sub - sub.mean(0), rowvar=False))
+        projected = (flat @ vectors[:, ::-1][:, :3].astype(np.float32)).reshape(chans.shape[:2] + (3,))
+        chans = np.stack([_to_uint8(projected[..., c], (0.0, 100.0)) for c in range(3)], -1)
+    return np.ascontiguousarray(chans)
+
+
 def to_uint8_rgb(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
     """Convert an image to the 8-bit 3-channel array GrabCut needs.
 
-    ``uint8`` images are kept as they are; other dtypes are scaled so that the ``percentiles``
-    of all channels together map to 0 and 255 (robust to hot pixels). Gray is replicated.
+    ``uint8`` gray and RGB images are kept as they are; other dtypes are scaled so that the
+    ``percentiles`` of all channels together map to 0 and 255 (robust to hot pixels). Gray is
+    replicated. A multi-channel image (``C`` not 1 or 3) becomes three channels
+    (:func:`_three_channels`).
 
     Args:
-        image: ``(H, W)`` or ``(H, W, 3)`` array of any integer or float dtype.
+        image: ``(H, W)``, ``(H, W, 3)`` or ``(H, W, C)`` array of any integer or float dtype.
         percentiles: low and high percentile.
 
     Returns:
         ``(H, W, 3)`` ``uint8`` C-contiguous array.
     """
     image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] != 3:
+        return _three_channels(image, percentiles)
     if image.dtype != np.uint8:
-        flat = image.reshape(-1)
-        step = max(1, flat.size // 2_000_000)  # percentiles from a subsample on huge images
-        lo, hi = np.percentile(flat[::step].astype(np.float64), percentiles)
-        if not hi > lo:
-            lo, hi = float(flat.min()), float(flat.max())
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        image = np.clip((image.astype(np.float32) - np.float32(lo)) * np.float32(scale), 0, 255)
-        image = (image + 0.5).astype(np.uint8)
+        image = _to_uint8(image, percentiles)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image)

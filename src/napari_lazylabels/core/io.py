@@ -7,7 +7,8 @@ A dataset folder, read and written by the CLI and by the napari plugin::
                                   "classes": {"names": [...], "colors": [...]},
                                   "geometry": {"<stem>": {"scale": [sy, sx],
                                       "translate": [ty, tx], "units": ["um", "um"]}}}
-        images/<stem>.<ext>      png, tif/tiff, jpg; 2D gray or RGB, 8/16-bit or float
+        images/<stem>.<ext>      png, tif/tiff, jpg; 2D gray, RGB or multi-channel (TIFF),
+                                 8/16-bit or float
         detection/<stem>.png     task 1 map (optional per image)
         separation/<stem>.png    task 2 map (optional per image)
         segmentation/<stem>.png  task 3 map (optional per image)
@@ -55,6 +56,9 @@ DATASET_FORMAT = "napari-lazylabels dataset"
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 MIN_IMAGE_SIDE = 8
+MAX_CHANNELS = MIN_IMAGE_SIDE - 1
+"""Most channels an ``(H, W, C)`` image may have: more would read as a stack of images ``C``
+pixels wide, which no image is (:data:`MIN_IMAGE_SIDE`)."""
 DATASET_VERSION = 1
 
 
@@ -141,26 +145,108 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
+def _tiff_error(path: Path, e: Exception) -> ValueError:
+    """A one-line error naming the file (compressed TIFFs need imagecodecs)."""
+    hint = (
+        "install imagecodecs (`pip install imagecodecs`) to read its compression"
+        if "imagecodecs" in str(e) else "the file is corrupt, truncated or not a TIFF"
+    )
+    return ValueError(f"Could not read {path}: {type(e).__name__}: {str(e)[:160]} ({hint}).")
+
+
 def _read_tiff(path: Path) -> np.ndarray:
-    """``tifffile.imread`` with errors that name the file (compressed TIFFs need imagecodecs)."""
+    """``tifffile.imread`` with errors that name the file (label maps: no axes needed)."""
     import tifffile
 
     try:
         return tifffile.imread(path)
     except Exception as e:  # tifffile raises many kinds for truncated or foreign files
-        hint = (
-            "install imagecodecs (`pip install imagecodecs`) to read its compression"
-            if "imagecodecs" in str(e) else "the file is corrupt, truncated or not a TIFF"
-        )
-        raise ValueError(f"Could not read {path}: {type(e).__name__}: {str(e)[:160]} ({hint}).") from e
+        raise _tiff_error(path, e) from e
+
+
+def _tiff_series(path: Path) -> tuple[np.ndarray, str, bool]:
+    """The first series of a TIFF: ``(data, axes, rgb)``, ``axes`` as tifffile names them
+    (``"CYX"`` for an ImageJ or OME file with channels, ``"YXS"`` for samples per pixel,
+    ``"Q"`` for an axis it does not know), ``rgb`` when the samples are RGB(A) colour."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            rgb = series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB
+            axes = str(series.axes).upper()
+    except Exception as e:  # tifffile raises many kinds for truncated or foreign files
+        raise _tiff_error(path, e) from e
+    return np.asarray(data), axes if len(axes) == data.ndim else "Q" * data.ndim, bool(rgb)
+
+
+def _channels_last(data: np.ndarray, axes: str, rgb: bool) -> tuple[np.ndarray, bool]:
+    """``(data, has_channels)``: ``data`` as ``(..., Y, X)`` or ``(..., Y, X, C)``.
+
+    A channel axis is one the file names (ImageJ/OME ``C``, samples ``S`` that are not RGB),
+    or, in a file without axes, a last axis too short to be an image's width
+    (``< MIN_IMAGE_SIDE``). RGB(A) samples give the three colours (alpha dropped, as for PNG);
+    so does a last axis of 4 in a file without axes. A leading axis of a file without axes
+    (``Q``) is a stack, as are Z and T.
+    """
+    if "S" in axes and "C" in axes:
+        raise ValueError("an image with both colour samples and channels (ImageJ C and S axes) is not supported")
+    if "S" in axes:
+        return (data[..., :3] if rgb else data), True
+    if "C" in axes:
+        return np.moveaxis(data, axes.index("C"), -1), True
+    if data.ndim >= 3 and data.shape[-1] < MIN_IMAGE_SIDE:
+        return (data[..., :3] if data.shape[-1] == 4 else data), True
+    return data, False
+
+
+def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A TIFF with its channel axis last, read with its axes (ImageJ, OME and tifffile's
+    own metadata; :func:`_channels_last` decides for files without).
+
+    Returns:
+        ``(data, n_stack)``: ``data`` ``(*stack, H, W[, C])`` with ``n_stack`` leading stack axes
+        (Z, T, pages), the channels (or RGB colours) last; ``(C, Y, X)`` ImageJ/OME files give
+        ``(Y, X, C)``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such image file: {path}")
+    data, axes, rgb = _tiff_series(path)
+    try:
+        data, channels = _channels_last(data, axes, rgb)
+    except ValueError as e:
+        raise ValueError(f"Could not read {path}: {e}.") from None
+    n_stack = data.ndim - 2 - int(channels)
+    if channels and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data, n_stack
+
+
+def tiff_channel_axis(path: str | os.PathLike) -> int | None:
+    """The axis of a TIFF's first series that holds channels by its metadata (ImageJ or OME
+    ``C``; e.g. ``0`` for ``(C, Y, X)``), read from the header only; ``None`` when it names no
+    channel axis or the file cannot be read. napari's own reader opens such a file as a plain
+    ``(C, Y, X)`` array; the plugin asks this to know the first axis is not a stack."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = str(tif.series[0].axes).upper()
+    except Exception:  # any file napari opened; not ours to judge
+        return None
+    return axes.index("C") if "C" in axes else None
 
 
 # --------------------------------------------------------------------------- images
 def as_image(image: np.ndarray, what: str = "image") -> np.ndarray:
-    """Validate a 2D image and return it as ``(H, W)`` or ``(H, W, 3)``.
+    """Validate a 2D image and return it as ``(H, W)`` or ``(H, W, C)``.
 
-    Accepts gray ``(H, W)``, RGB ``(H, W, 3)`` and RGBA ``(H, W, 4)`` (alpha dropped), of
-    integer or float dtype. ``(H, W, 1)`` is squeezed.
+    Accepts gray ``(H, W)``, RGB ``(H, W, 3)`` and multi-channel ``(H, W, C)`` with
+    ``2 <= C <= MAX_CHANNELS`` (an RGBA image is 4 channels here: the readers drop alpha,
+    and gray and RGB models take the first three), of integer or float dtype. ``(H, W, 1)``
+    is squeezed.
 
     Raises:
         ValueError: with what to do, for stacks, channel-first arrays, tiny or empty images,
@@ -173,17 +259,15 @@ def as_image(image: np.ndarray, what: str = "image") -> np.ndarray:
         )
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    if image.ndim == 3 and image.shape[-1] == 4:
-        image = image[..., :3]
-    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (3, 4):
+    if image.ndim == 3 and image.shape[0] <= MAX_CHANNELS and image.shape[-1] > MAX_CHANNELS:
         raise ValueError(
             f"The {what} has shape {image.shape}, which looks channel-first; pass (H, W) for "
-            "gray or (H, W, 3) for RGB, e.g. np.moveaxis(image, 0, -1)."
+            "gray or (H, W, C) for colour or channels, e.g. np.moveaxis(image, 0, -1)."
         )
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] > MAX_CHANNELS):
         raise ValueError(
-            f"The {what} has shape {image.shape}; expected a 2D image (H, W) or (H, W, 3). "
-            "Split stacks and multi-channel images into 2D images first."
+            f"The {what} has shape {image.shape}; expected a 2D image (H, W), (H, W, 3) or "
+            f"(H, W, C) with up to {MAX_CHANNELS} channels. Split stacks into 2D images first."
         )
     h, w = image.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
@@ -196,13 +280,19 @@ def as_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     return image
 
 
+def channel_count(image: np.ndarray) -> int:
+    """Channels per pixel of a 2D image: 1 for ``(H, W)``, ``C`` for ``(H, W, C)``."""
+    return 1 if np.ndim(image) == 2 else int(np.shape(image)[-1])
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``(H, W)`` or ``(H, W, 3)`` (RGB order), keeping its dtype."""
+    """Read an image file as ``(H, W)``, ``(H, W, 3)`` (RGB order) or, for a TIFF with
+    channels (:func:`read_tiff`), ``(H, W, C)``, keeping its dtype."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such image file: {path}")
     if path.suffix.lower() in (".tif", ".tiff"):
-        arr = _read_tiff(path)
+        arr = read_tiff(path)[0]
     else:
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
@@ -214,36 +304,31 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return as_image(arr, what=f"image {path.name}")
 
 
-def channels_message(shape: tuple[int, ...], what: str = "image") -> str:
-    """The one-line refusal of a ``(..., Y, X, C)`` array with ``2 <= C < MIN_IMAGE_SIDE``
-    channels, which would otherwise read as a stack of ``Y`` images ``C`` pixels wide."""
-    shape = tuple(int(n) for n in shape)
-    return (
-        f"The {what} has shape {shape}: its last axis looks like {shape[-1]} channels per pixel "
-        f"(Y, X, C), not {shape[-3 if len(shape) > 2 else 0]} images {shape[-1]} pixels wide. "
-        "Multi-channel images are not supported yet: keep one channel (in napari's console, "
-        "viewer.add_image(layer.data[..., 0])) or convert the image to RGB."
-    )
-
-
 def read_images(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
     """Read an image file that may hold a stack of 2D images.
 
     Returns:
-        ``[(name, image)]``: one item named by the file stem for a 2D image; for a stack
-        ``(N, H, W)`` or ``(N, H, W, 3)`` (TIFF), one item per slice named ``<stem>_z000``...
+        ``[(name, image)]``: one item named by the file stem for a 2D image (gray, RGB or
+        multi-channel, :func:`read_image`); for a TIFF stack ``(N, H, W[, C])`` (Z, T or
+        pages; a ``(C, Y, X)`` ImageJ/OME file is one image with channels), one item per
+        slice named ``<stem>_z000``...
     """
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        if not path.exists():
-            raise FileNotFoundError(f"No such image file: {path}")
-        arr = np.asarray(_read_tiff(path))
-        if arr.ndim >= 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[-1] < MIN_IMAGE_SIDE:
-            raise ValueError(channels_message(arr.shape, path.name))
-        stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4))
-        if stack:
+        arr, n_stack = read_tiff(path)
+        if n_stack > 1:
+            raise ValueError(
+                f"The image {path.name} has shape {arr.shape}: {n_stack} stack axes (e.g. T and Z); "
+                "keep one (save each time point as its own file)."
+            )
+        if n_stack == 1:
             return [(f"{path.stem}_z{i:03d}", as_image(a, what=f"slice {i} of {path.name}")) for i, a in enumerate(arr)]
     return [(path.stem, read_image(path))]
+
+
+def is_multichannel(image: np.ndarray) -> bool:
+    """Whether an ``(H, W, C)`` image holds channels rather than RGB colours (``C != 3``)."""
+    return np.ndim(image) == 3 and np.shape(image)[-1] != 3
 
 
 def _encode(arr: np.ndarray, suffix: str) -> bytes:
@@ -253,8 +338,14 @@ def _encode(arr: np.ndarray, suffix: str) -> bytes:
         import tifffile
 
         buf = _io.BytesIO()
-        tifffile.imwrite(buf, arr, compression="zlib")
+        if is_multichannel(arr):  # an OME-TIFF (C, Y, X): Fiji and read_tiff see channels
+            tifffile.imwrite(buf, np.ascontiguousarray(np.moveaxis(arr, -1, 0)), ome=True,
+                             photometric="minisblack", metadata={"axes": "CYX"}, compression="zlib")
+        else:
+            tifffile.imwrite(buf, arr, compression="zlib")
         return buf.getvalue()
+    if is_multichannel(arr):
+        raise ValueError(f"A {arr.shape[-1]}-channel image cannot be stored as {suffix}; use a .tif path.")
     if arr.ndim == 3 and arr.shape[-1] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(suffix, arr)
@@ -264,11 +355,14 @@ def _encode(arr: np.ndarray, suffix: str) -> bytes:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write an image atomically. PNG for 8/16-bit; float images go to ``.tif``."""
+    """Write an image atomically. PNG for 8/16-bit gray or RGB; float and multi-channel
+    images go to ``.tif`` (multi-channel as an OME-TIFF ``(C, Y, X)``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if image.dtype.kind == "f" and suffix not in (".tif", ".tiff"):
         raise ValueError(f"Float images cannot be stored as {suffix}; use a .tif path.")
+    if is_multichannel(image) and suffix not in (".tif", ".tiff"):
+        raise ValueError(f"A {image.shape[-1]}-channel image cannot be stored as {suffix}; use a .tif path.")
     return atomic_write_bytes(path, _encode(np.ascontiguousarray(image), suffix))
 
 
@@ -304,7 +398,7 @@ class Sample:
 
     Attributes:
         name: file stem, unique within a dataset.
-        image: ``(H, W)`` or ``(H, W, 3)`` array.
+        image: ``(H, W)``, ``(H, W, 3)`` or ``(H, W, C)`` (channels) array.
         detection, separation, segmentation: ``(H, W)`` maps or ``None`` (task not labelled).
         geometry: how a viewer places the image, ``{"scale": [sy, sx], "translate": [ty, tx],
             "units": [uy, ux]}`` (see :func:`normalize_geometry`), or ``None`` for pixels at
@@ -507,9 +601,9 @@ def save_dataset(dataset: LazyDataset, path: str | os.PathLike, write_images: bo
     """Write a dataset folder atomically, file by file.
 
     Label maps that are ``None`` or all zero are removed from disk (the image is then not
-    labelled for that task). Images are written as PNG (TIFF for float images) unless an image
-    file with that stem is already there. The samples' ``geometry`` replaces theirs in
-    ``lazylabels.json``; other images' stored geometry stays.
+    labelled for that task). Images are written as PNG (TIFF for float and multi-channel
+    images) unless an image file with that stem is already there. The samples' ``geometry``
+    replaces theirs in ``lazylabels.json``; other images' stored geometry stays.
     """
     root = Path(path)
     dataset.validate()
@@ -527,7 +621,7 @@ def save_dataset(dataset: LazyDataset, path: str | os.PathLike, write_images: bo
     atomic_write_json(root / DATASET_FILE, meta)
     for s in dataset.samples:
         if write_images and _find(root / "images", s.name, IMAGE_SUFFIXES) is None:
-            suffix = ".tif" if s.image.dtype.kind == "f" else ".png"
+            suffix = ".tif" if s.image.dtype.kind == "f" or is_multichannel(s.image) else ".png"
             write_image(root / "images" / f"{s.name}{suffix}", s.image)
         for task in (DETECTION, SEPARATION, SEGMENTATION):
             lab = s.label(task)

@@ -40,7 +40,8 @@ class ModelConfig:
     """Everything needed to rebuild a model; saved with every checkpoint.
 
     Args:
-        in_channels: 1 (gray) or 3 (RGB).
+        in_channels: channels of the network's input: 1 (gray) or 3 (RGB) when ``channels``
+            is ``None``, else ``len(channels)``.
         n_classes: number of classes including the background (detection/segmentation).
         widths: channels per level, e.g. ``(16, 32, 64, 128, 256)``; depth = ``len(widths)``.
         size: the name of ``widths`` in :data:`MODEL_SIZES`, or ``"custom"``.
@@ -62,6 +63,14 @@ class ModelConfig:
             it unless told otherwise. ``None``: not tuned (0.5 is used). A threshold tuned after
             the checkpoint was written is kept beside it
             (:func:`napari_lazylabels.core.checkpoint.save_calibration`) and applied on loading.
+        channels: the channels of a multi-channel image the network reads, in order (e.g.
+            ``(0, 2)`` of a 3-channel fluorescence image), each normalised with its own
+            intensity range (:func:`napari_lazylabels.core.prepare.prepare_image`). ``None``:
+            a gray or RGB model (one range over all channels; every model before channels
+            were chosen).
+        source_channels: channels per pixel of the images the model takes (``C`` of
+            ``(H, W, C)``); images with another number are refused. ``None`` with
+            ``channels`` ``None``.
     """
 
     in_channels: int = 1
@@ -75,13 +84,14 @@ class ModelConfig:
     scale: float = 1.0
     object_diameter: float | None = None
     interface_threshold: float | None = None
+    channels: tuple[int, ...] | None = None
+    source_channels: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "norm_percentiles", tuple(float(p) for p in self.norm_percentiles))
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (gray) or 3 (RGB), got {self.in_channels}.")
+        self._check_channels()
         if self.n_classes < 2:
             raise ValueError("n_classes counts the background too and must be >= 2.")
         if len(self.widths) < 2 or min(self.widths) < 1:
@@ -108,6 +118,28 @@ class ModelConfig:
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"norm_percentiles must satisfy 0 <= low < high <= 100, got {lo, hi}.")
 
+    def _check_channels(self) -> None:
+        """``in_channels``, ``channels`` and ``source_channels`` agree (see the class)."""
+        if self.channels is None:
+            if self.source_channels is not None:
+                raise ValueError("source_channels is given with channels only.")
+            if self.in_channels not in (1, 3):
+                raise ValueError(
+                    f"in_channels must be 1 (gray) or 3 (RGB) without channels, got {self.in_channels}; "
+                    "a multi-channel model names its channels (channels=(0, 1), source_channels=2)."
+                )
+            return
+        channels = tuple(int(c) for c in self.channels)
+        object.__setattr__(self, "channels", channels)
+        source = self.source_channels
+        if source is None or int(source) < 1:
+            raise ValueError(f"channels {channels} need source_channels, the channels of the images (>= 1).")
+        object.__setattr__(self, "source_channels", int(source))
+        if not channels or len(set(channels)) != len(channels) or not all(0 <= c < source for c in channels):
+            raise ValueError(f"channels must be distinct indices below source_channels={source}, got {channels}.")
+        if self.in_channels != len(channels):
+            raise ValueError(f"in_channels must be len(channels) = {len(channels)}, got {self.in_channels}.")
+
     @property
     def depth(self) -> int:
         return len(self.widths)
@@ -122,6 +154,7 @@ class ModelConfig:
         d["widths"] = list(self.widths)
         d["tasks"] = list(self.tasks)
         d["norm_percentiles"] = list(self.norm_percentiles)
+        d["channels"] = None if self.channels is None else list(self.channels)
         return d
 
     @classmethod

@@ -31,12 +31,12 @@ from .instances import (
     auto_min_object_size,
     iter_instances_from_prediction,
 )
-from .io import as_image
+from .io import MAX_CHANNELS, as_image
 from .jobs import Cancelled, Progress, drive, stoppable
 from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
 from .options import DEFAULT_TTA, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
-from .prepare import NormalizedSource, prepare_image
+from .prepare import NormalizedSource, check_channels, prepare_image
 from .tiling import (
     Forward,
     TileSource,
@@ -352,6 +352,13 @@ class Predictor:
         return probs
 
     # ------------------------------------------------------------------ input
+    def check(self, image: np.ndarray, what: str = "the image") -> None:
+        """Refuse, before any work, an image whose channels the model does not take: a
+        ``ValueError`` of one line that says what to do
+        (:func:`~napari_lazylabels.core.prepare.check_channels`)."""
+        c = self.config
+        check_channels(image, c.in_channels, c.channels, c.source_channels, what)
+
     def prepare(self, image: np.ndarray) -> np.ndarray | TileSource:
         """Validate and normalise an image for the network, as training does
         (:func:`~napari_lazylabels.core.prepare.prepare_image`): the intensity range from the
@@ -359,18 +366,21 @@ class Predictor:
         above :data:`EAGER_NORMALIZE_BYTES` are normalised tile by tile.
 
         Args:
-            image: ``(H, W)`` or ``(H, W, 3)``, any dtype.
+            image: ``(H, W)`` or ``(H, W, C)``, any dtype.
 
         Returns:
             ``(C, H, W)`` float32 array (at the model's working scale) or a lazy
             :class:`~napari_lazylabels.core.prepare.NormalizedSource`.
 
         Raises:
-            ValueError: an RGB image whose channels differ for a gray model, or an invalid
-                image.
+            ValueError: an image whose channels the model does not take (one line saying
+                what to do; :meth:`check`), or an invalid image.
         """
         c = self.config
-        src = prepare_image(image, c.in_channels, c.norm_percentiles, c.scale, eager_bytes=EAGER_NORMALIZE_BYTES)
+        src = prepare_image(
+            image, c.in_channels, c.norm_percentiles, c.scale, eager_bytes=EAGER_NORMALIZE_BYTES,
+            channels=c.channels, source_channels=c.source_channels,
+        )
         if isinstance(src, NormalizedSource):
             log.info("Normalising a %dx%d image tile by tile (range %s)", *src.shape[1:], src.value_range)
         return src
@@ -394,7 +404,7 @@ class Predictor:
         left half-written except ``outputs``.
 
         Args:
-            image: ``(H, W)`` or ``(H, W, 3)``.
+            image: ``(H, W)`` or ``(H, W, C)``.
             outputs: optional preallocated float32 arrays (e.g. ``np.memmap``):
                 ``"probabilities"`` ``(K, H, W)``, ``"interfaces"`` ``(H, W)``,
                 ``"detection"`` ``(K, H, W)``.
@@ -539,7 +549,7 @@ class Predictor:
         """Predict a stack of 2D images slice by slice.
 
         Args:
-            images: ``(N, H, W)`` or ``(N, H, W, 3)`` array, or a sequence of 2D images.
+            images: ``(N, H, W)`` or ``(N, H, W, C)`` array, or a sequence of 2D images.
             should_stop: as :meth:`predict`'s; raises
                 :class:`~napari_lazylabels.core.jobs.Cancelled`.
             progress: called with every event of every slice; ``"tiles"`` events count the
@@ -556,14 +566,14 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """Like :meth:`predict_stack` but yields each slice's :class:`Prediction` when done."""
         if isinstance(images, np.ndarray):
-            if images.ndim == 3 and images.shape[-1] in (3, 4):
+            if images.ndim == 3 and images.shape[-1] <= MAX_CHANNELS:
                 raise ValueError(
-                    f"predict_stack got shape {images.shape}, which looks like one RGB image; "
-                    "use predict() for a single image, or pass (N, H, W[, 3])."
+                    f"predict_stack got shape {images.shape}, which looks like one RGB or multi-channel "
+                    "image; use predict() for a single image, or pass (N, H, W[, C])."
                 )
             if images.ndim not in (3, 4):
                 raise ValueError(
-                    f"Expected a stack (N, H, W) or (N, H, W, 3), got shape {images.shape}."
+                    f"Expected a stack (N, H, W) or (N, H, W, C), got shape {images.shape}."
                 )
         n = len(images)
         for i in range(n):

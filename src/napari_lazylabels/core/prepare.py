@@ -1,11 +1,12 @@
 """One way to turn an image into the network's input, for training and prediction alike.
 
 :func:`prepare_image` is the whole recipe: the model's channels (:func:`to_channels`; gray
-or RGB is decided once, by :func:`image_channels`), the intensity range from the image *at its
-own resolution* (:func:`intensity_range`, a bounded strided subsample), the resize to the
-model's working scale (:func:`resize_image`), and the normalisation with that range
-(:func:`normalize`), at once or, for prediction above a memory bound, tile by tile
-(:class:`NormalizedSource`). Training (:class:`~napari_lazylabels.core.data.PreparedSample`)
+or RGB is decided once, by :func:`image_channels`; a multi-channel model takes its chosen
+channels, :func:`select_channels`), the intensity range from the image *at its own
+resolution* (:func:`intensity_range`, a bounded strided subsample; one range per channel for a
+multi-channel model, :func:`channel_ranges`), the resize to the model's working scale
+(:func:`resize_image`), and the normalisation with that range (:func:`normalize`), at once or,
+for prediction above a memory bound, tile by tile (:class:`NormalizedSource`). Training (:class:`~napari_lazylabels.core.data.PreparedSample`)
 and prediction (:meth:`~napari_lazylabels.core.predictor.Predictor.prepare`) both call it, so a
 model sees its images prepared the same way in both.
 
@@ -20,7 +21,7 @@ import math
 import cv2
 import numpy as np
 
-from .io import as_image
+from .io import as_image, channel_count
 
 RANGE_PIXELS = 1_000_000
 """About this many pixels (a strided 2-D subsample of larger images) give an image's intensity
@@ -40,16 +41,103 @@ def equal_channels(image: np.ndarray) -> bool:
 
 def image_channels(image: np.ndarray) -> int:
     """The channels a model for this image takes: 3 for colour (RGB whose channels differ),
-    1 for gray (``(H, W)``, ``(H, W, 1)``, or RGB with equal channels).
+    1 for gray (``(H, W)``, ``(H, W, 1)``, or RGB with equal channels), ``C`` for a
+    multi-channel ``(H, W, C)`` image (``C`` not 3 or 4).
 
     The one gray-or-RGB rule: a dataset trains a colour model when any of its images has
-    colour (:func:`~napari_lazylabels.core.train.infer_model_config`), a gray model takes RGB
-    images with equal channels (:func:`to_channels`), and the widgets warn with it.
+    colour (:func:`model_channels`), a gray model takes RGB images with equal channels
+    (:func:`to_channels`), and the widgets warn with it. A 4th channel counts as alpha here.
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         return 1 if equal_channels(image[..., :3]) else 3
-    return 1
+    return channel_count(image) if image.ndim == 3 else 1
+
+
+def _channel_list(channels) -> str:
+    return ", ".join(str(c) for c in channels)
+
+
+def mismatch_message(n: int, channels, source_channels: int | None, in_channels: int, what: str = "the image") -> str:
+    """The one-line refusal of an image with ``n`` channels by a model, saying what to do."""
+    if channels is None:
+        kind = "gray (1-channel)" if in_channels == 1 else "RGB (3-channel)"
+        return (
+            f"This model was trained on {kind} images, but {what} has {n} channels. Train a model on "
+            "these images (the Train widget or `lazylabels train` use their channels), or predict "
+            f"{'gray' if in_channels == 1 else 'RGB'} images with it."
+        )
+    return (
+        f"This model was trained on {source_channels}-channel images (it reads channels "
+        f"{_channel_list(channels)}), but {what} has {n} channel{'s' if n != 1 else ''}. Predict images "
+        f"with the same {source_channels} channels in the same order, or train a model on these images."
+    )
+
+
+def model_channels(images, chosen=None) -> tuple[int, tuple[int, ...] | None, int | None]:
+    """The channels of a model for some images: ``(in_channels, channels, source_channels)``
+    (the fields of :class:`~napari_lazylabels.core.model.ModelConfig`).
+
+    Gray and RGB images (``C`` of 1 and 3 only, nothing ``chosen``) give a gray model, or a
+    colour model when any image has colour (:func:`image_channels`). Multi-channel images
+    give a model of all their channels, or of the ``chosen`` ones (each channel then has its
+    own intensity range; choosing channels of RGB images does that too).
+
+    Args:
+        images: ``(H, W[, C])`` arrays.
+        chosen: channel indices to use, in order; ``None``: all.
+
+    Raises:
+        ValueError: images with different numbers of channels, or a chosen channel they lack.
+    """
+    counts = sorted({channel_count(im) for im in images})
+    if chosen is None and set(counts) <= {1, 3}:
+        return (3 if any(image_channels(im) == 3 for im in images) else 1), None, None
+    if len(counts) != 1:
+        raise ValueError(
+            f"The images have different numbers of channels ({', '.join(map(str, counts))}): a model "
+            "takes one kind. Train on images with the same channels."
+        )
+    n = counts[0]
+    channels = tuple(range(n)) if chosen is None else tuple(int(c) for c in chosen)
+    if not channels or len(set(channels)) != len(channels) or not all(0 <= c < n for c in channels):
+        raise ValueError(
+            f"Channels {_channel_list(channels)} do not fit images with {n} channel{'s' if n != 1 else ''}: "
+            f"choose distinct channels from 0 to {n - 1}."
+        )
+    return len(channels), channels, n
+
+
+def check_channels(image: np.ndarray, in_channels: int, channels=None, source_channels=None, what: str = "the image") -> None:
+    """Refuse an image a model cannot take, with :func:`mismatch_message` (one line).
+
+    A gray model takes gray images and RGB ones with equal channels, an RGB model gray and
+    RGB images (:func:`to_channels`), a multi-channel model images with ``source_channels``.
+    An RGB image with colour for a gray model is refused later, by :func:`to_channels`.
+
+    Raises:
+        ValueError: the image's channels do not fit the model.
+    """
+    n = channel_count(image)
+    fits = n == source_channels if channels is not None else n in (1, 3, 4)
+    if not fits:
+        raise ValueError(mismatch_message(n, channels, source_channels, in_channels, what))
+
+
+def select_channels(image: np.ndarray, channels, source_channels: int) -> np.ndarray:
+    """The ``channels`` of an ``(H, W, C)`` image as ``(H, W, len(channels))`` (a view when
+    they are all of them, in order).
+
+    Raises:
+        ValueError: the image does not have ``source_channels`` channels (:func:`check_channels`).
+    """
+    image = as_image(image)
+    check_channels(image, len(channels), channels, source_channels)
+    if image.ndim == 2:
+        return image[..., None]
+    if tuple(channels) == tuple(range(image.shape[-1])):
+        return image
+    return image[..., list(channels)]
 
 
 def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
@@ -67,11 +155,13 @@ def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
         return image
     if in_channels == 3 and c == 1:
         return np.repeat(image, 3, axis=-1)
-    if in_channels == 1 and c == 3:
+    if in_channels == 3 and c == 4:  # RGBA: the colours
+        return image[..., :3]
+    if in_channels == 1 and c in (3, 4):
         if image_channels(image) == 1:
             return image[..., :1]
         raise ValueError(GRAY_RGB_MESSAGE)
-    raise ValueError(f"Cannot turn an image with {c} channels into {in_channels}.")
+    raise ValueError(mismatch_message(c, None, None, in_channels))
 
 
 def _model_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
@@ -79,6 +169,9 @@ def _model_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
     gray models (an RGB image with equal channels gives its first), ``(H, W[, 3])`` as it is
     for RGB models (gray is repeated later, at the working scale, by :func:`normalize`)."""
     img = as_image(image)
+    check_channels(img, in_channels)
+    if img.ndim == 3 and img.shape[-1] == 4:  # RGBA: the colours
+        img = img[..., :3]
     if in_channels == 1 and img.ndim == 3:
         if image_channels(img) != 1:
             raise ValueError(GRAY_RGB_MESSAGE)
@@ -118,18 +211,33 @@ def intensity_range(
     return percentiles(pixels[::k], *norm_percentiles)
 
 
+def channel_ranges(
+    image: np.ndarray, norm_percentiles=(1.0, 99.8), max_pixels: int = RANGE_PIXELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel intensity ranges of an ``(H, W, C)`` image: ``(lo, hi)``, each ``(C,)``
+    float64, the ``norm_percentiles`` of each channel in the subsample
+    :func:`intensity_range` takes (every channel of the same pixels)."""
+    h, w = image.shape[:2]
+    s = max(1, int(math.sqrt(h * w / max_pixels)))
+    pixels = image[::s, ::s].reshape(-1, image.shape[-1])
+    pixels = pixels[:: max(1, len(pixels) // max_pixels)]
+    ranges = np.array([percentiles(pixels[:, c], *norm_percentiles) for c in range(pixels.shape[1])])
+    return ranges[:, 0], ranges[:, 1]
+
+
 def normalize(
     image: np.ndarray, in_channels: int, norm_percentiles=(1.0, 99.8), value_range=None, channels_first: bool = True
 ) -> np.ndarray:
     """Normalise an image for the network: ``(x - lo) / (hi - lo)`` in float32.
 
     Args:
-        image: ``(H, W)`` or ``(H, W, 3)``, any dtype.
+        image: ``(H, W)``, ``(H, W, 3)`` or ``(H, W, in_channels)``, any dtype.
         in_channels: channels the model expects.
         norm_percentiles: these percentiles of the image's intensities map to 0 and 1
             (:func:`intensity_range`).
         value_range: ``(lo, hi)`` to use instead of the image's own (e.g. those of the whole
-            image when normalising a tile, or of the image before it was resized).
+            image when normalising a tile, or of the image before it was resized); two
+            ``(in_channels,)`` arrays give each channel its own (:func:`channel_ranges`).
         channels_first: ``(C, H, W)`` (the network's layout); ``False``: ``(H, W, C)``.
 
     Returns:
@@ -137,8 +245,13 @@ def normalize(
     """
     img = to_channels(image, in_channels)
     lo, hi = value_range if value_range is not None else intensity_range(img, in_channels, norm_percentiles)
-    span = float(hi) - float(lo)
-    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / span if span > 0 else 1.0)
+    if np.ndim(lo):  # one range per channel
+        span = np.asarray(hi, np.float64) - np.asarray(lo, np.float64)
+        inv = (1.0 / np.where(span > 0, span, 1.0)).astype(np.float32)
+        out = (img.astype(np.float32) - np.asarray(lo, np.float32)) * inv
+    else:
+        span = float(hi) - float(lo)
+        out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / span if span > 0 else 1.0)
     return np.ascontiguousarray(np.moveaxis(out, -1, 0) if channels_first else out)
 
 
@@ -163,12 +276,13 @@ def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
 # --------------------------------------------------------------------------- the recipe
 class NormalizedSource:
     """A :class:`~napari_lazylabels.core.tiling.TileSource` that normalises a raw
-    ``(H, W[, 3])`` image tile by tile.
+    ``(H, W[, C])`` image tile by tile.
 
     Args:
-        image: the raw image, any dtype (not copied).
+        image: the raw image, any dtype (not copied), with the model's channels.
         in_channels: channels the model expects.
-        value_range: ``(lo, hi)`` intensities mapped to 0 and 1 (from the whole image).
+        value_range: ``(lo, hi)`` intensities mapped to 0 and 1 (from the whole image;
+            ``(C,)`` arrays: one range per channel).
     """
 
     def __init__(self, image: np.ndarray, in_channels: int, value_range: tuple[float, float]) -> None:
@@ -188,12 +302,17 @@ def prepare_image(
     scale: float = 1.0,
     eager_bytes: int | None = None,
     channels_first: bool = True,
+    channels=None,
+    source_channels: int | None = None,
 ) -> np.ndarray | NormalizedSource:
     """An image as the network sees it, at the working scale.
 
     1. channels: gray models take gray images and RGB images with equal channels
        (:func:`image_channels`); RGB models take RGB, and gray repeated three times;
-    2. the intensity range from the image at its own resolution (:func:`intensity_range`);
+       multi-channel models (``channels``) take their channels of images with
+       ``source_channels`` (:func:`select_channels`);
+    2. the intensity range from the image at its own resolution (:func:`intensity_range`;
+       one per channel for a multi-channel model, :func:`channel_ranges`);
     3. the resize to ``scale`` (:func:`resize_image`, in the image's dtype);
     4. the normalisation with that range (:func:`normalize`): at once, or tile by tile
        (a :class:`NormalizedSource`) when the float32 copy would exceed ``eager_bytes``.
@@ -213,10 +332,15 @@ def prepare_image(
         :class:`NormalizedSource` of that shape.
 
     Raises:
-        ValueError: an RGB image whose channels differ for a gray model, or an invalid image.
+        ValueError: an image whose channels the model does not take (:func:`check_channels`;
+            an RGB image whose channels differ for a gray model), or an invalid image.
     """
-    img = _model_channels(image, in_channels)
-    value_range = intensity_range(img, in_channels, norm_percentiles)
+    if channels is None:
+        img = _model_channels(image, in_channels)
+        value_range = intensity_range(img, in_channels, norm_percentiles)
+    else:
+        img = select_channels(image, channels, source_channels)
+        value_range = channel_ranges(img, norm_percentiles)
     img = resize_image(img, scale)
     h, w = img.shape[:2]
     if eager_bytes is not None and in_channels * h * w * 4 > eager_bytes:

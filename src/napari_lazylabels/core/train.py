@@ -51,7 +51,7 @@ from .model import (
 )
 from .options import LR_SCHEDULES
 from .predictor import PredictConfig, Predictor
-from .prepare import image_channels
+from .prepare import model_channels
 from .runfolder import (
     check_free_space,
     check_writable,
@@ -285,19 +285,26 @@ def infer_model_config(
 ) -> ModelConfig:
     """A model config that fits a dataset (the network half of :func:`plan_training`).
 
-    Channels come from its images, classes from its class list, tasks from the labels it has
-    (a task nobody labelled is not trained), the size from the device unless ``size`` or
-    ``widths`` is given, and the working scale from its objects' size
-    (:func:`napari_lazylabels.core.data.scale_for_diameter` for ``patch_size``, by default the
-    device's training patch) unless ``scale`` is given.
+    Channels come from its images (gray, RGB, or all channels of multi-channel images unless
+    ``channels`` chooses some: :func:`napari_lazylabels.core.prepare.model_channels`), classes
+    from its class list, tasks from the labels it has (a task nobody labelled is not trained),
+    the size from the device unless ``size`` or ``widths`` is given, and the working scale from
+    its objects' size (:func:`napari_lazylabels.core.data.scale_for_diameter` for
+    ``patch_size``, by default the device's training patch) unless ``scale`` is given.
 
     Args:
         kwargs: :class:`ModelConfig` fields the user chose (``scale``, ``architecture``,
-            ``tasks``, ...), and ``widths`` for a network of custom widths (``size``
-            ``"custom"``; then ``size`` must be ``None``).
+            ``tasks``, ``channels``, ...), and ``widths`` for a network of custom widths
+            (``size`` ``"custom"``; then ``size`` must be ``None``).
+
+    Raises:
+        ValueError: nothing annotated, or channels that do not fit the images.
     """
-    in_channels = 3 if any(image_channels(s.image) == 3 for s in dataset) else 1  # any colour image
-    if in_channels == 1 and len(dataset) and all(s.image.ndim == 3 for s in dataset):
+    in_channels, channels, source_channels = model_channels([s.image for s in dataset], kwargs.pop("channels", None))
+    if channels is not None:
+        log.info("Multi-channel model: channels %s of %d-channel images, each with its own range.",
+                 ", ".join(map(str, channels)), source_channels)
+    elif in_channels == 1 and len(dataset) and all(s.image.ndim == 3 for s in dataset):
         log.info("RGB images with equal channels: training a grayscale model.")
     have = dataset.summary()
     tasks = tuple(t for t in TASKS if have[t] > 0)
@@ -321,7 +328,10 @@ def infer_model_config(
         kwargs["scale"] = scale_for_diameter(diameter, patch_size or device_defaults(device)["patch_size"], side)
         if kwargs["scale"] != 1:
             log.info("Objects are large (median %.0f px): working at scale %g.", diameter, kwargs["scale"])
-    kwargs.update(in_channels=in_channels, n_classes=dataset.classes.n_classes, architecture=architecture)
+    kwargs.update(
+        in_channels=in_channels, channels=channels, source_channels=source_channels,
+        n_classes=dataset.classes.n_classes, architecture=architecture,
+    )
     if widths is not None:
         return ModelConfig(widths=tuple(widths), size="custom", **kwargs)
     return ModelConfig.named(size or default_size(device), **kwargs)
@@ -521,7 +531,8 @@ def _training_data(
     prepared = [
         PreparedSample(
             s, mc.in_channels, mc.norm_percentiles, cfg.label_mode, mc.tasks, mc.scale,
-            marks_to_segmentation=cfg.marks_to_segmentation,
+            marks_to_segmentation=cfg.marks_to_segmentation, channels=mc.channels,
+            source_channels=mc.source_channels,
         )
         for s in train_samples
     ]
