@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from test_train import FAST, TINY, blobs
 
 from napari_lazylabels.cli import main
 from napari_lazylabels.core import io
@@ -23,6 +22,7 @@ from napari_lazylabels.core.prepare import (
     prepare_image,
 )
 from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config
+from test_train import FAST, TINY, blobs
 
 P = (1.0, 99.8)
 

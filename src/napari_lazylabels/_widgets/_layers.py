@@ -6,6 +6,12 @@ Conventions shared by the reader, the writer, the sample data and every widget:
   them (``(N, H, W)`` / ``(N, H, W, 3)``). Each 2D plane is one core :class:`Sample`; its
   name comes from ``layer.metadata["lazylabels"]["names"]`` when present (a project opened
   from a dataset folder), otherwise from the layer name (``"<layer>_<i:03d>"`` for stacks).
+* A *multi-channel* image layer has a channel axis (:func:`channel_axis`): ``(C, Y, X)`` as
+  napari shows it (a slider over the channels; a stack is ``(N, C, Y, X)``), or ``(Y, X, C)``
+  with fewer than :data:`~napari_lazylabels.core.io.MIN_IMAGE_SIDE` channels. Its labels are
+  ``(Y, X)`` (``(N, Y, X)``) and its planes ``(Y, X, C)`` samples. The axis is
+  ``metadata["lazylabels"]["channel_axis"]`` when set (a project's layers, the Lazy annotation
+  widget's choice), else the ``C`` axis of the TIFF the layer was opened from.
 * The project's classes live in ``layer.metadata["lazylabels"]["classes"]`` (a
   :meth:`ClassSpec.to_dict`) of the image layer and of its label layers.
 * Each task has one Labels layer of the image's ``(N,) H, W`` shape, named after the task
@@ -29,12 +35,22 @@ a viewer and knows what it shows.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from ..core.io import MIN_IMAGE_SIDE, LazyDataset, Sample, channels_message, normalize_geometry
+from ..core.io import (
+    MAX_CHANNELS,
+    MIN_IMAGE_SIDE,
+    LazyDataset,
+    Sample,
+    is_multichannel,
+    normalize_geometry,
+    tiff_channel_axis,
+)
 from ..core.labels import (
     DETECTION,
     SEGMENTATION,
@@ -76,27 +92,92 @@ def _is_rgb(layer_or_data, rgb: bool | None = None) -> bool:
     return bool(getattr(layer_or_data, "rgb", False))
 
 
-def plane_shape(data: np.ndarray, rgb: bool) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=64)
+def _file_channel_axis(path: str, mtime: float) -> int | None:
+    """:func:`~napari_lazylabels.core.io.tiff_channel_axis` of a file, cached per version."""
+    return tiff_channel_axis(path)
+
+
+def _source_channel_axis(layer) -> int | None:
+    """The channel axis the TIFF a layer was opened from names (``None``: no such file)."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or not str(path).lower().endswith((".tif", ".tiff")):
+        return None
+    try:
+        return _file_channel_axis(str(path), os.stat(path).st_mtime)
+    except OSError:
+        return None
+
+
+def _channel_axis(shape: tuple[int, ...], rgb: bool, meta: dict, source_axis: int | None = None) -> int | None:
+    """The channel axis of image data of ``shape`` (non-negative), or ``None``: see
+    :func:`channel_axis`; ``source_axis`` is the one its file names."""
+    if rgb:
+        return None
+    if "channel_axis" in meta:
+        axis = meta["channel_axis"]
+    elif len(shape) in (3, 4) and shape[-1] < MIN_IMAGE_SIDE:
+        axis = len(shape) - 1
+    else:
+        axis = source_axis
+    if axis is None or not -len(shape) <= int(axis) < len(shape):
+        return None
+    axis = int(axis) % len(shape)
+    return axis if axis < len(shape) - 2 or axis == len(shape) - 1 else None
+
+
+def channel_axis(image_layer) -> int | None:
+    """The axis of an Image layer's data that holds channels, or ``None`` (gray, RGB, stacks).
+
+    In order: ``metadata["lazylabels"]["channel_axis"]`` when the key is there (``None`` in it
+    says "no channels"), a last axis too short to be a width (``(Y, X, C)``, ``C <
+    MIN_IMAGE_SIDE``), else the ``C`` axis of the TIFF the layer was opened from (napari's
+    own reader opens an ImageJ or OME ``(C, Y, X)`` file as a plain 3D layer).
+    """
+    data = image_layer.data
+    return _channel_axis(tuple(data.shape), _is_rgb(image_layer), image_layer.metadata.get(META, {}),
+                         _source_channel_axis(image_layer))
+
+
+def channel_count(image_layer) -> int:
+    """Channels per pixel of an Image layer: ``C`` of a multi-channel layer, 3 for RGB(A), 1."""
+    axis = channel_axis(image_layer)
+    if axis is not None:
+        return int(image_layer.data.shape[axis])
+    return 3 if _is_rgb(image_layer) else 1
+
+
+def may_hold_channels(image_layer) -> bool:
+    """Whether an Image layer's first axis could be channels rather than a stack: ``(C, Y,
+    X)`` with ``2 <= C <= MAX_CHANNELS`` (napari shows both alike, with a slider)."""
+    shape = tuple(image_layer.data.shape)
+    return not _is_rgb(image_layer) and len(shape) == 3 and 2 <= shape[0] <= MAX_CHANNELS and shape[-1] >= MIN_IMAGE_SIDE
+
+
+def plane_shape(data: np.ndarray, rgb: bool, channel_axis: int | None = None) -> tuple[int, ...]:
     """Shape of the label maps of an image array: ``(H, W)`` or ``(N, H, W)``.
 
+    Args:
+        channel_axis: the axis of ``data`` that holds channels (:func:`channel_axis`), if any.
+
     Raises:
-        ValueError: not a 2D image or a stack of 2D images; or ``(Y, X, C)`` with a few
-            channels, which would read as a stack of images ``C`` pixels wide.
+        ValueError: not a 2D image or a stack of 2D images (with or without channels).
     """
     shape = tuple(data.shape[:-1] if rgb else data.shape)
-    if len(shape) == 3 and shape[-1] < MIN_IMAGE_SIDE:
-        raise ValueError(channels_message(data.shape))
-    if len(shape) not in (2, 3):
+    if channel_axis is not None:
+        shape = shape[:channel_axis] + shape[channel_axis + 1:]
+    if len(shape) not in (2, 3) or (channel_axis is None and len(shape) == 3 and shape[-1] < MIN_IMAGE_SIDE):
         raise ValueError(
             f"The image has shape {tuple(data.shape)}; the plugin works on 2D images (H, W), "
-            "RGB images (H, W, 3) and stacks of them (N, H, W[, 3]). Split other data first."
+            "RGB images (H, W, 3), multi-channel images (C, H, W) and stacks of them (N, H, W[, 3]). "
+            "Split other data first."
         )
     return shape
 
 
 def label_shape(image_layer) -> tuple[int, ...]:
     """Shape the Labels layers of ``image_layer`` must have."""
-    return plane_shape(image_layer.data, _is_rgb(image_layer))
+    return plane_shape(image_layer.data, _is_rgb(image_layer), channel_axis(image_layer))
 
 
 def n_planes(image_layer) -> int:
@@ -105,12 +186,21 @@ def n_planes(image_layer) -> int:
     return shape[0] if len(shape) == 3 else 1
 
 
+def _plane(data, index: int, stacked: bool, rgb: bool, axis: int | None) -> np.ndarray:
+    """The ``index``-th 2D image of image data as a core image: ``(H, W)``, ``(H, W, 3)``
+    (RGBA without alpha) or ``(H, W, C)`` (channels last, a C-contiguous copy)."""
+    if axis is not None:
+        if stacked:  # the stack axis comes first: the channel axis of one plane is one less
+            data, axis = data[index], axis - 1
+        return np.ascontiguousarray(np.moveaxis(np.asarray(data), axis, -1))
+    plane = np.asarray(data[index] if stacked else data)
+    return plane[..., :3] if rgb and plane.shape[-1] == 4 else plane
+
+
 def image_plane(image_layer, index: int = 0) -> np.ndarray:
-    """The ``index``-th 2D image of a layer, as a numpy array."""
-    data = image_layer.data
-    if len(label_shape(image_layer)) == 2:
-        return np.asarray(data)
-    return np.asarray(data[index])
+    """The ``index``-th 2D image of a layer, as a numpy array (:func:`_plane`)."""
+    stacked = len(label_shape(image_layer)) == 3
+    return _plane(image_layer.data, index, stacked, _is_rgb(image_layer), channel_axis(image_layer))
 
 
 def label_plane(labels_layer, index: int = 0) -> np.ndarray:
@@ -142,10 +232,14 @@ def sample_names(image_layer) -> list[str]:
 
 
 # --------------------------------------------------------------------------- geometry
-def layer_geometry(layer) -> dict:
+def layer_geometry(layer, axis: int | None = None) -> dict:
     """``{"scale", "translate"[, "units"]}`` of a layer or of a layer-data ``attributes`` dict,
-    one entry per data axis (``units`` as strings; absent where napari has no units)."""
+    one entry per data axis (``units`` as strings; absent where napari has no units), but
+    none for the channel axis of a multi-channel image (``axis``; found for an Image layer,
+    :func:`channel_axis`), so that they are the axes of its labels."""
     get = layer.get if isinstance(layer, dict) else lambda k, d=None: getattr(layer, k, d)
+    if axis is None and not isinstance(layer, dict) and layer.__class__.__name__ == "Image":
+        axis = channel_axis(layer)
     out = {}
     for key in ("scale", "translate"):
         v = get(key)
@@ -154,7 +248,9 @@ def layer_geometry(layer) -> dict:
     units = get("units")
     if units is not None:
         out["units"] = tuple(str(u) for u in units)
-    return out
+    if axis is None:
+        return out
+    return {k: v[:axis] + v[axis + 1:] if len(v) > axis else v for k, v in out.items()}
 
 
 def geometry_kwargs(image_layer, ndim: int | None = None, offset: Sequence[float] | None = None) -> dict:
@@ -167,7 +263,7 @@ def geometry_kwargs(image_layer, ndim: int | None = None, offset: Sequence[float
 
     Args:
         image_layer: the napari Image layer, or a dict as returned by :func:`layer_geometry`.
-        ndim: axes of the new layer (default: the image's, the RGB axis excluded). Extra
+        ndim: axes of the new layer (default: the image's, the RGB or channel axis excluded). Extra
             leading axes get scale 1 and translate 0; fewer keep the image's last axes.
         offset: data index of the new layer's first element inside the image data, one value
             per new axis (e.g. ``(index, row0, col0)`` for a crop of plane ``index``); it
@@ -194,13 +290,14 @@ def geometry_kwargs(image_layer, ndim: int | None = None, offset: Sequence[float
     return out
 
 
-def image_geometry(image_layer) -> dict | None:
+def image_geometry(image_layer, axis: int | None = None) -> dict | None:
     """The geometry a dataset folder keeps for each 2D image of a layer (its last two axes;
     see :func:`napari_lazylabels.core.io.normalize_geometry`), ``None`` for plain pixels.
 
-    ``image_layer`` may be a layer or a layer-data ``attributes`` dict.
+    ``image_layer`` may be a layer or a layer-data ``attributes`` dict (then ``axis`` is
+    its data's channel axis, if any: :func:`layer_geometry`).
     """
-    g = geometry_kwargs(layer_geometry(image_layer), ndim=2)
+    g = geometry_kwargs(layer_geometry(image_layer, axis), ndim=2)
     return normalize_geometry({k: list(v) for k, v in g.items()}, "image geometry")
 
 
@@ -398,7 +495,8 @@ def annotation_table(image_layer, task_layers: dict) -> list[tuple[str, dict[str
 
 def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> list[tuple]:
     """Layer data tuples for a dataset: per group of equally shaped images, one Image layer
-    (2D, or a stack) and the three task Labels layers.
+    (2D, or a stack; multi-channel images as ``([N,] C, H, W)`` with their ``channel_axis`` in
+    the metadata) and the three task Labels layers.
 
     With one group the layers are named ``"images"`` (or the image's name) and
     ``"detection"``, ``"separation"``, ``"segmentation"``; with several, the label layers get
@@ -415,7 +513,8 @@ def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> li
     single = len(groups) == 1
     layout = _row_layout(groups)
     for (shape, dtype), samples in groups.items():
-        rgb = len(shape) == 3
+        channels = is_multichannel(samples[0].image)
+        rgb = len(shape) == 3 and not channels
         stack = len(samples) > 1
         if single:
             img_name = samples[0].name if not stack else "images"
@@ -423,12 +522,15 @@ def dataset_to_layer_data(dataset: LazyDataset, source: str | None = None) -> li
             img_name = samples[0].name if not stack else f"images {shape[0]}x{shape[1]}"
         image = np.stack([s.image for s in samples]) if stack else samples[0].image
         meta = {META: {"names": [s.name for s in samples], "classes": dataset.classes.to_dict(), "source": source}}
+        if channels:  # (N, C, H, W): napari shows one channel with a slider
+            image = np.moveaxis(image, -1, -3)
+            meta[META]["channel_axis"] = image.ndim - 3
         geometry = layout[(shape, dtype)]
         img_kwargs = {"name": img_name, "rgb": rgb, "metadata": meta}
         if geometry:
             img_kwargs.update(geometry_kwargs(geometry, ndim=image.ndim - (1 if rgb else 0)))
         out.append((image, img_kwargs, "image"))
-        background = background_color(samples[0].image, rgb=rgb)
+        background = background_color(samples[0].image[..., 0] if channels else samples[0].image, rgb=rgb)
         for task in TASKS:
             n = n_task_classes(task, dataset.classes.n_classes)
             dtype = np.uint8 if n < 256 else np.uint16
@@ -487,7 +589,8 @@ def layer_data_to_dataset(layer_data: Sequence[tuple], classes: ClassSpec | None
     for data, attrs in images:
         meta = (attrs.get("metadata") or {}).get(META, {})
         rgb = bool(attrs.get("rgb", False))
-        shape = plane_shape(np.asarray(data), rgb)
+        axis = _channel_axis(tuple(np.shape(data)), rgb, meta)
+        shape = plane_shape(np.asarray(data), rgb, axis)
         if found_classes is None and meta.get("classes"):
             found_classes = ClassSpec.from_dict(meta["classes"])
         name = attrs.get("name", "image")
@@ -512,10 +615,10 @@ def layer_data_to_dataset(layer_data: Sequence[tuple], classes: ClassSpec | None
         if not stems or len(stems) != n:
             stems = _plane_names(name, n, stacked=n > 1)
         arr = np.asarray(data)
-        geometry = image_geometry(attrs)
+        geometry = image_geometry(attrs, axis)
         for i in range(n):
             maps = {t: (task_data[t] if n == 1 else task_data[t][i]) if t in task_data else None for t in TASKS}
-            samples.append(Sample(name=stems[i], image=arr if n == 1 else arr[i], geometry=geometry, **maps))
+            samples.append(Sample(name=stems[i], image=_plane(arr, i, len(shape) == 3, rgb, axis), geometry=geometry, **maps))
     return LazyDataset(classes=found_classes or ClassSpec(), samples=samples)
 
 

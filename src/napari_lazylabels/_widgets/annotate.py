@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -57,7 +58,8 @@ def format_classes(classes: ClassSpec) -> str:
 
 
 class AnnotationWidget(QWidget):
-    """Set up and track lazy annotations of one image layer (2D, RGB or a stack)."""
+    """Set up and track lazy annotations of one image layer (2D, RGB, multi-channel or a
+    stack)."""
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
@@ -70,6 +72,13 @@ class AnnotationWidget(QWidget):
             "Comma-separated class names, background first (label value 1); optional colours "
             "as name:#rrggbb. Object class i is painted with label value i + 1."
         )
+        self.first_axis_channels = QCheckBox("its first axis holds channels (C, Y, X)")
+        self.first_axis_channels.setToolTip(
+            "A 3D image with a few planes may be channels of one image (e.g. a fluorescence TIFF: "
+            "napari shows a slider over them) or a stack of images. Ticked: one image with these "
+            "channels, labelled once; unticked: each plane is an image of its own."
+        )
+        self.first_axis_channels.toggled.connect(self._set_channel_axis)
         self.brush = QSpinBox()
         self.brush.setRange(1, 200)
         self.brush.setValue(DEFAULT_BRUSH)
@@ -98,6 +107,7 @@ class AnnotationWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("image", self.image_combo)
+        form.addRow("", self.first_axis_channels)
         form.addRow("classes", self.classes_edit)
         form.addRow("brush size", self.brush)
         lay = QVBoxLayout(self)
@@ -141,9 +151,30 @@ class AnnotationWidget(QWidget):
             src = layer.metadata.get(_layers.META, {}).get("source")
             if src and not self.project.text():
                 self.project.setText(str(src))
+        self._show_channel_choice(layer)
         self._watch()
         self.refresh_table()
         self._update_legend()
+
+    def _show_channel_choice(self, layer) -> None:
+        """Offer "first axis holds channels" for a layer that may be ``(C, Y, X)``, ticked
+        as :func:`._layers.channel_axis` finds it (the file's axes, or an earlier choice)."""
+        ambiguous = layer is not None and _layers.may_hold_channels(layer)
+        self.first_axis_channels.setVisible(ambiguous)
+        if ambiguous:
+            self.first_axis_channels.blockSignals(True)
+            self.first_axis_channels.setChecked(_layers.channel_axis(layer) == 0)
+            self.first_axis_channels.blockSignals(False)
+
+    def _set_channel_axis(self, checked: bool) -> None:
+        """Record the choice on the layer: its labels become ``(Y, X)`` (channels) or
+        ``(C, Y, X)`` (a stack); press Create to make them."""
+        layer = self.image_layer()
+        if layer is None or not _layers.may_hold_channels(layer):
+            return
+        layer.metadata.setdefault(_layers.META, {})["channel_axis"] = 0 if checked else None
+        self._watch()
+        self.refresh_table()
 
     def _watch(self) -> None:
         for ly in self._watched:

@@ -88,6 +88,36 @@ def _train_worker_fn(dataset, out_dir, train_config, resume, size, model_options
     )
 
 
+class ChannelChoice(QWidget):
+    """One check box per channel of a multi-channel image: the channels a new model reads
+    (all ticked by default; a new image of as many channels keeps the choice)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.boxes: list[QCheckBox] = []
+        self._row = QHBoxLayout(self)
+        self._row.setContentsMargins(0, 0, 0, 0)
+
+    def set_count(self, n: int) -> None:
+        """Show ``n`` channels (all ticked when ``n`` changes)."""
+        if n == len(self.boxes):
+            return
+        for box in self.boxes:
+            self._row.removeWidget(box)
+            box.deleteLater()
+        self.boxes = []
+        for c in range(n):
+            box = QCheckBox(str(c))
+            box.setChecked(True)
+            box.setToolTip(f"Train on channel {c} (each channel gets its own intensity range)")
+            self._row.addWidget(box)
+            self.boxes.append(box)
+
+    def chosen(self) -> tuple[int, ...]:
+        """The ticked channels, in order."""
+        return tuple(c for c, box in enumerate(self.boxes) if box.isChecked())
+
+
 def _preview_worker_fn(checkpoint, device, crop):
     """Predict one crop with a checkpoint (worker thread); returns the class map."""
     from ..core.checkpoint import load_model
@@ -183,6 +213,9 @@ class TrainWidget(QWidget):
             wrow.addWidget(sp)
         self.label_mode = QComboBox()
         self.label_mode.addItems(LABEL_MODES)
+        self.channels = ChannelChoice()
+        self.channels_label = QLabel("channels")
+        self.channels.setToolTip("The channels of the multi-channel image a new model trains on (and reads when it predicts).")
         self.model_dir, mrow = path_row("(<project>/models/model once saved, else a new unsaved-models folder)", self._browse_model_dir)
         self.resume = QCheckBox("continue from the folder's latest checkpoint")
         self.resume.setChecked(True)
@@ -207,6 +240,7 @@ class TrainWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("preview image", self.image_combo)
+        form.addRow(self.channels_label, self.channels)
         form.addRow("device", self.device)
         brow = QHBoxLayout()
         brow.addWidget(self.budget)
@@ -234,6 +268,10 @@ class TrainWidget(QWidget):
         lay.addWidget(self.plot)
         lay.addWidget(self.status)
         lay.addStretch(1)
+
+        self.image_combo.currentTextChanged.connect(self._show_channels)
+        napari_viewer.layers.events.inserted.connect(self._show_channels)
+        self._show_channels()
 
         sess = session(napari_viewer)
         sess.listeners.append(self._on_session_model)
@@ -271,6 +309,35 @@ class TrainWidget(QWidget):
             val_every=50 if not seconds else 100,
             num_threads=limit_torch_threads(),
         )
+
+    def _show_channels(self, *_) -> None:
+        """Show the channel boxes of the chosen image when it has channels (else hide them)."""
+        layer = self.image_combo.layer()
+        try:
+            n = _layers.channel_count(layer) if layer is not None and _layers.channel_axis(layer) is not None else 0
+        except (ValueError, AttributeError):
+            n = 0
+        if n:
+            self.channels.set_count(n)
+        self.channels.setVisible(bool(n))
+        self.channels_label.setVisible(bool(n))
+
+    def channel_options(self, used) -> dict:
+        """``{"channels": ...}`` for a new model of the image layers ``used`` when they have
+        channels (the ticked ones; all when the boxes show another image's), else ``{}``."""
+        counts = {_layers.channel_count(ly) for ly in used if _layers.channel_axis(ly) is not None}
+        if not counts:
+            return {}
+        if len(counts) > 1:
+            raise ValueError(
+                f"The annotated images have different numbers of channels ({', '.join(map(str, sorted(counts)))}): "
+                "a model takes one kind. Annotate images with the same channels, or delete the others' labels."
+            )
+        n = counts.pop()
+        chosen = self.channels.chosen() if len(self.channels.boxes) == n else tuple(range(n))
+        if not chosen:
+            raise ValueError("Tick at least one channel to train on (channels, under the preview image).")
+        return {"channels": chosen}
 
     def _set_auto_dir(self, path) -> None:
         self._auto_dir = str(path)
@@ -384,6 +451,8 @@ class TrainWidget(QWidget):
             options["scale"] = float(self.scale.currentText())
         if resume is None and self.widths is not None:
             options["widths"], size = tuple(self.widths), None
+        if resume is None:
+            options.update(self.channel_options(used))
         limit_torch_threads()
         self._stop_requested = False
         self._quit_requested = False
