@@ -135,3 +135,28 @@ def test_train_widget_chooses_channels_and_predict_refuses_other_images(
     pw.run()
     qtbot.waitUntil(lambda: not pw.is_running(), timeout=120_000)
     assert viewer.layers["images classes"].data.shape == (2, 96, 96)
+
+
+@pytest.mark.gui
+def test_layers_split_per_channel_combine_into_one_image(make_napari_viewer):
+    """napari splits an image with ``channel_axis`` into one layer per channel: selected and
+    combined, they are one multi-channel image, its channels named after the layers."""
+    from napari_lazylabels._widgets import _layers
+    from napari_lazylabels._widgets.train import TrainWidget
+
+    cyx = np.random.default_rng(0).integers(0, 4000, (2, 64, 80)).astype(np.uint16)
+    viewer = make_napari_viewer(show=True)
+    split = viewer.add_image(cyx, channel_axis=0, name=["DAPI", "GFP"], scale=(0.5, 0.5))
+    ann = _annotation(viewer)
+    viewer.layers.selection = set(split)
+    image = ann.combine_channels()
+    assert image.data.shape == (2, 64, 80) and tuple(image.scale)[-2:] == (0.5, 0.5)
+    assert ann.image_combo.currentText() == image.name and not any(ly.visible for ly in split)
+    np.testing.assert_array_equal(_layers.image_plane(image), np.moveaxis(cyx, 0, -1))
+    tasks = ann.create_layers()
+    assert all(ly.data.shape == (64, 80) and tuple(ly.scale) == (0.5, 0.5) for ly in tasks.values())
+    tw = TrainWidget(viewer)
+    tw.image_combo.setCurrentText(image.name)
+    assert [b.text() for b in tw.channels.boxes] == ["0 DAPI", "1 GFP"]
+    with pytest.raises(ValueError, match="2D shape"):
+        _layers.channels_layer_data([split[0]])

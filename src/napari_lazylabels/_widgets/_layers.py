@@ -154,6 +154,44 @@ def may_hold_channels(image_layer) -> bool:
     return not _is_rgb(image_layer) and len(shape) == 3 and 2 <= shape[0] <= MAX_CHANNELS and shape[-1] >= MIN_IMAGE_SIDE
 
 
+def channel_names(image_layer) -> list[str]:
+    """Names of a multi-channel layer's channels (``metadata["lazylabels"]["channel_names"]``,
+    e.g. the layers :func:`channels_layer_data` stacked), else ``["0", "1", ...]``."""
+    n = channel_count(image_layer)
+    names = image_layer.metadata.get(META, {}).get("channel_names")
+    return [str(v) for v in names] if names and len(names) == n else [str(c) for c in range(n)]
+
+
+def channels_layer_data(layers: Sequence) -> tuple:
+    """One ``(C, Y, X)`` Image layer data tuple of 2D image layers that are the channels of
+    one image (e.g. those napari makes of a file or an array with ``channel_axis``: one
+    layer per channel), in the order given; it takes the first layer's geometry.
+
+    Raises:
+        ValueError: fewer than 2 or more than :data:`MAX_CHANNELS` layers, or layers that are
+            not 2D gray images of one shape.
+    """
+    layers = [ly for ly in layers if ly.__class__.__name__ == "Image"]
+    shapes = {tuple(ly.data.shape) for ly in layers}
+    if not 2 <= len(layers) <= MAX_CHANNELS or len(shapes) != 1 or len(shapes.pop()) != 2 or any(_is_rgb(ly) for ly in layers):
+        raise ValueError(
+            f"Select 2 to {MAX_CHANNELS} image layers of one 2D shape, one per channel (gray, not RGB), "
+            "to combine them into one multi-channel image."
+        )
+    names = [ly.name for ly in layers]
+    data = np.stack([np.asarray(ly.data) for ly in layers])
+    meta = {META: {"channel_axis": 0, "channel_names": names}}
+    kwargs = {"name": _common_name(names), "metadata": meta, **geometry_kwargs(layers[0], ndim=3)}
+    return data, kwargs, "image"
+
+
+def _common_name(names: Sequence[str]) -> str:
+    """A layer name for channels named ``names``: their common beginning, else the first's,
+    with ``" channels"`` after it."""
+    prefix = os.path.commonprefix(list(names)).strip(" _-[(")
+    return f"{prefix or names[0]} channels"
+
+
 def plane_shape(data: np.ndarray, rgb: bool, channel_axis: int | None = None) -> tuple[int, ...]:
     """Shape of the label maps of an image array: ``(H, W)`` or ``(N, H, W)``.
 

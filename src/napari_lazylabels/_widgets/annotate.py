@@ -85,6 +85,13 @@ class AnnotationWidget(QWidget):
         self.brush.valueChanged.connect(self._set_brush)
         self.create_btn = QPushButton("Create / update label layers")
         self.create_btn.clicked.connect(self.create_layers)
+        self.combine_btn = QPushButton("Combine selected layers as channels")
+        self.combine_btn.setToolTip(
+            "Image layers that are the channels of one image (napari opens some files as one "
+            "layer per channel): select them in the layer list, then press this to make one "
+            "multi-channel image to annotate and train on."
+        )
+        self.combine_btn.clicked.connect(lambda: self.combine_channels())
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
         self.table = QTableWidget(0, 3)
@@ -112,6 +119,7 @@ class AnnotationWidget(QWidget):
         form.addRow("brush size", self.brush)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
+        lay.addWidget(self.combine_btn)
         lay.addWidget(self.create_btn)
         lay.addWidget(self.legend)
         lay.addWidget(QLabel("annotated (double-click a row to go there)"))
@@ -220,7 +228,10 @@ class AnnotationWidget(QWidget):
             raise ValueError("Open an image first (File > Open), then create the label layers.")
         classes = self.classes()
         _layers.label_shape(layer)  # raises for unsupported shapes
-        layer.metadata.setdefault(_layers.META, {})["classes"] = classes.to_dict()
+        meta = layer.metadata.setdefault(_layers.META, {})
+        meta["classes"] = classes.to_dict()
+        if _layers.channel_axis(layer) is not None:  # kept with the layer (File > Save Selected Layers)
+            meta["channel_axis"] = _layers.channel_axis(layer)
         tasks = self.task_layers()
         # Compare names, not objects: from the Plugins menu the widget holds napari's viewer
         # proxy, which hands out a new wrapper object for the same layer on every access.
@@ -252,6 +263,22 @@ class AnnotationWidget(QWidget):
         self.refresh_table()
         self._update_legend()
         return tasks
+
+    @notify_errors
+    def combine_channels(self, layers=None):
+        """Add one multi-channel image of the selected image layers (or ``layers``), in the
+        layer list's order, and choose it (:func:`._layers.channels_layer_data`)."""
+        if layers is None:  # names: the viewer proxy hands out new wrappers of the same layers
+            selected = {ly.name for ly in self.viewer.layers.selection}
+            layers = [ly for ly in self.viewer.layers if ly.name in selected]
+        data, kwargs, _ = _layers.channels_layer_data(layers)
+        layer = self.viewer.add_image(data, **kwargs)
+        for ly in layers:
+            ly.visible = False
+        self.image_combo.refresh()
+        self.image_combo.setCurrentText(layer.name)
+        self._image_changed()
+        return layer
 
     def _set_brush(self, value: int) -> None:
         for ly in self.task_layers().values():

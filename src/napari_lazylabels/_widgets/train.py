@@ -98,20 +98,22 @@ class ChannelChoice(QWidget):
         self._row = QHBoxLayout(self)
         self._row.setContentsMargins(0, 0, 0, 0)
 
-    def set_count(self, n: int) -> None:
-        """Show ``n`` channels (all ticked when ``n`` changes)."""
-        if n == len(self.boxes):
-            return
-        for box in self.boxes:
-            self._row.removeWidget(box)
-            box.deleteLater()
-        self.boxes = []
-        for c in range(n):
-            box = QCheckBox(str(c))
-            box.setChecked(True)
-            box.setToolTip(f"Train on channel {c} (each channel gets its own intensity range)")
-            self._row.addWidget(box)
-            self.boxes.append(box)
+    def set_channels(self, names: list[str]) -> None:
+        """Show one box per channel, labelled by its number and name (all ticked when the
+        number of channels changes)."""
+        if len(names) != len(self.boxes):
+            for box in self.boxes:
+                self._row.removeWidget(box)
+                box.deleteLater()
+            self.boxes = []
+            for _ in names:
+                box = QCheckBox()
+                box.setChecked(True)
+                self._row.addWidget(box)
+                self.boxes.append(box)
+        for c, (box, name) in enumerate(zip(self.boxes, names, strict=True)):
+            box.setText(str(c) if name == str(c) else f"{c} {name}")
+            box.setToolTip(f"Train on channel {c} ({name}); each channel gets its own intensity range")
 
     def chosen(self) -> tuple[int, ...]:
         """The ticked channels, in order."""
@@ -314,13 +316,13 @@ class TrainWidget(QWidget):
         """Show the channel boxes of the chosen image when it has channels (else hide them)."""
         layer = self.image_combo.layer()
         try:
-            n = _layers.channel_count(layer) if layer is not None and _layers.channel_axis(layer) is not None else 0
+            names = _layers.channel_names(layer) if layer is not None and _layers.channel_axis(layer) is not None else []
         except (ValueError, AttributeError):
-            n = 0
-        if n:
-            self.channels.set_count(n)
-        self.channels.setVisible(bool(n))
-        self.channels_label.setVisible(bool(n))
+            names = []
+        if names:
+            self.channels.set_channels(names)
+        self.channels.setVisible(bool(names))
+        self.channels_label.setVisible(bool(names))
 
     def channel_options(self, used) -> dict:
         """``{"channels": ...}`` for a new model of the image layers ``used`` when they have
