@@ -123,6 +123,8 @@ def _channel_axis(shape: tuple[int, ...], rgb: bool, meta: dict, source_axis: in
     if axis is None or not -len(shape) <= int(axis) < len(shape):
         return None
     axis = int(axis) % len(shape)
+    if shape[axis] > MAX_CHANNELS:  # more than an image may have: a stack, as before
+        return None
     return axis if axis < len(shape) - 2 or axis == len(shape) - 1 else None
 
 
