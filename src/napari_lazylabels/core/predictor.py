@@ -568,8 +568,8 @@ class Predictor:
         if isinstance(images, np.ndarray):
             if images.ndim == 3 and images.shape[-1] <= MAX_CHANNELS:
                 raise ValueError(
-                    f"predict_stack got shape {images.shape}, which looks like one RGB or multi-channel "
-                    "image; use predict() for a single image, or pass (N, H, W[, C])."
+                    f"predict_stack got shape {images.shape}, which looks like one RGB image (or one with "
+                    "channels); use predict() for a single image, or pass (N, H, W[, C])."
                 )
             if images.ndim not in (3, 4):
                 raise ValueError(
