@@ -123,14 +123,15 @@ def test_train_widget_chooses_channels_and_predict_refuses_other_images(
     pw.device.setCurrentText("cpu")
     pw.tta.setCurrentIndex(0)
     shown.clear()
-    pw.set_chosen(["gray"])
+    pw.set_chosen(["images", "gray"])  # the gray image is refused before the other is predicted
     with qtbot.capture_exceptions():
         pw.run()
         qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
     errors = [m for lvl, m in shown if lvl == "error"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "trained on 4-channel images" in errors[0] and "has 1 channel" in errors[0]
-    assert "gray classes" not in viewer.layers
+    assert "gray classes" not in viewer.layers and "images classes" not in viewer.layers
+    shown.clear()
     pw.set_chosen(["images"])
     pw.run()
     qtbot.waitUntil(lambda: not pw.is_running(), timeout=120_000)
@@ -160,3 +161,22 @@ def test_layers_split_per_channel_combine_into_one_image(make_napari_viewer):
     assert [b.text() for b in tw.channels.boxes] == ["0 DAPI", "1 GFP"]
     with pytest.raises(ValueError, match="2D shape"):
         _layers.channels_layer_data([split[0]])
+
+
+def test_a_model_of_three_chosen_channels_is_not_called_a_colour_model():
+    """The Predict widget's model report names an RGB model used on gray images; a model
+    reading three channels of a multi-channel image is not an RGB model, so an image whose
+    channels look alike gets no such note."""
+    from types import SimpleNamespace
+
+    from napari_lazylabels._widgets.predict import _model_report
+    from napari_lazylabels.core.labels import ClassSpec
+    from napari_lazylabels.core.model import ModelConfig
+
+    flat = np.full((32, 32, 4), 7, np.uint8)  # every channel alike: looks gray
+    classes = ClassSpec(names=("background", "cell"))
+    rgb = SimpleNamespace(model_config=ModelConfig(in_channels=3), iteration=500, metrics={}, classes=classes)
+    chosen = SimpleNamespace(model_config=ModelConfig(in_channels=3, channels=(0, 2, 3), source_channels=4),
+                             iteration=500, metrics={}, classes=classes)
+    assert any("colour (RGB)" in n for n in _model_report(rgb, [("im", [flat[..., :3]])])[1])
+    assert not any("colour (RGB)" in n for n in _model_report(chosen, [("im", [flat])])[1])

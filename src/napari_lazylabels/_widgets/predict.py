@@ -206,6 +206,9 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
         if resolve_device(device).type == "cpu":
             extra["batch_size"] = CPU_BATCH
         predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
+        for job_name, planes in jobs:  # refuse an image of other channels before predicting any
+            for plane in planes[:1]:
+                predictor.check(plane, what=job_name)
         settings = predictor.instance_settings()
         yield PredictEvent("loading", 1, 1, name, model=_model_report(ck, jobs))
         for name, planes in jobs:
@@ -238,7 +241,7 @@ def _model_report(ck, jobs) -> tuple[str, list[str]]:
 
     notes = list(warnings_for(ck.metrics, ck.iteration))
     gray = [name for name, planes in jobs if planes and image_channels(planes[0]) == 1]
-    if ck.model_config.in_channels == 3 and gray:
+    if ck.model_config.in_channels == 3 and ck.model_config.channels is None and gray:
         notes.append(
             f"The model was trained on colour (RGB) images; {', '.join(gray)} is gray, so each pixel is "
             "repeated into three equal channels the model never saw. Train a model on gray images for it."
