@@ -64,6 +64,8 @@ SEEDS = (0, 1, 2)
 BUDGETS = (3.0, 10.0)
 STRONG_FRACTION = 0.094
 BASELINES = ("strong-only", "pseudo-labels", "random-forest")
+#: the baselines that are a U-net trained by ``lazylabels train`` on a folder of their own
+UNET_BASELINES = ("strong-only", "pseudo-labels")
 
 
 def lazylabels() -> str:
@@ -149,7 +151,7 @@ def execute(dataset: str, seed: int, budget: float, train_args: list[str], root:
     cmds = {
         "simulate": [exe, "simulate", str(work / "train-gt" / "masks"), "--images", str(work / "train-gt" / "images"),
                      "--out", str(work / "ds"), "--strong-fraction", str(STRONG_FRACTION), "--seed", str(seed)],
-        "train": [exe, "train", str(work / "ds"), "--out", str(work / "model"), "--minutes", f"{budget:g}", *train_args],
+        "train": [exe, "train", str(work / ("ds-baseline" if baseline in UNET_BASELINES else "ds")), "--out", str(work / "model"), "--minutes", f"{budget:g}", *train_args],
         "predict": [exe, "predict", str(work / "model"), str(work / "val" / "images"), "--out", str(work / "pred")],
         "evaluate": [exe, "evaluate", str(work / "pred"), str(work / "val" / "masks"), "--json", str(work / "scores.json")],
     }
@@ -161,10 +163,9 @@ def execute(dataset: str, seed: int, budget: float, train_args: list[str], root:
         else:
             out[step] = _run(cmd, work / f"{step}.log", timeout=budget * 60 * 3 + 1800)
         times[step] = round(time.perf_counter() - t0, 1)
-        if step == "simulate" and baseline in ("strong-only", "pseudo-labels"):
+        if step == "simulate" and baseline in UNET_BASELINES:
             _baseline_dataset(baseline, work / "ds", work / "ds-baseline")
             times["baseline labels"] = round(time.perf_counter() - t0 - times[step], 1)
-            cmds["train"][2] = str(work / "ds-baseline")
     scores = json.loads((work / "scores.json").read_text())
     trained = next((ln for ln in out["train"] if ln.startswith("trained ")), "")
     m = re.match(r"trained (\d+) iterations", trained)
