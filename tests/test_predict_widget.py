@@ -253,3 +253,39 @@ def test_the_model_says_what_it_is_worth(make_napari_viewer, qtbot, tmp_path, mo
     assert "weak" in text and "colour (RGB)" in text and "only 0 iterations" in text
     assert "Classes:" in text and "1 = cell" in text  # the class map's legend
     assert len(shown) == 3 and len(set(shown)) == 3  # once each, not again on the second run
+
+
+def test_a_stack_layer_gets_instance_ids_unique_across_slices_or_linked(make_napari_viewer, qtbot, tmp_path):
+    """A (Z, Y, X) image layer with the same plane twice: each plane's object gets its own id,
+    or, with "link objects across slices" ticked, the id of the object it continues; Re-split
+    keeps the choice (issue 26, stacks)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
+    model = build_model(cfg)
+    with torch.no_grad():  # one object everywhere, no interface
+        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
+        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
+    save_checkpoint(tmp_path / "one" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.stack([_image(96)] * 2), name="zs", scale=(2.0, 0.5, 0.5))
+    pw = _widget(viewer, tmp_path / "one")
+    pw.set_chosen(["zs"])
+
+    def ids(plane):
+        return set(np.unique(viewer.layers["zs instances"].data[plane])) - {0}
+
+    pw.run()
+    qtbot.waitUntil(lambda: "zs instances" in viewer.layers and not pw.is_running(), timeout=60_000)
+    assert viewer.layers["zs instances"].data.shape == (2, 96, 96)
+    assert viewer.layers["zs instances"].scale[0] == 2.0
+    assert ids(0) == {1} and ids(1) == {2}
+    pw.link_slices.setChecked(True)
+    pw.resplit()
+    qtbot.waitUntil(lambda: not pw.is_running() and ids(1) == {1}, timeout=30_000)
+    assert ids(0) == {1}
+    pw.link_slices.setChecked(False)
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running() and ids(1) == {2}, timeout=60_000)
+    pw.link_slices.setChecked(True)
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running() and ids(1) == {1}, timeout=60_000)

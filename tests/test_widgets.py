@@ -348,6 +348,7 @@ def test_resplit_applies_instance_settings_without_the_network(make_napari_viewe
     assert resplit(0.5).data.max() == 2
     assert resplit(0.9, min_size=5000).data.max() == 0  # 1600 px bar: a speck now
     assert inst.metadata[META]["settings"] == {"interface_threshold": 0.9, "neck_depth": 0.0, "min_object_size": 5000,
+                                               "link_slices": False,
                                                "auto_min_object_size": 500, "auto_interface_threshold": 0.9}
 
     shown = []

@@ -31,9 +31,11 @@ EPILOG_PREDICT = """examples:
   lazylabels predict runs/isbi-model image1.png image2.tif --out runs/pred
   lazylabels predict runs/isbi-model/best.pt my_images/ --out runs/pred --no-probabilities
   lazylabels predict runs/isbi-model huge_slide.tif --out runs/pred --tta 1   # 4x faster, a little less accurate
+  lazylabels predict runs/em-model zstack.tif --out runs/pred --link-slices   # one id per cell through Z
 writes per image: STEM_classes.png (0 = background, c = class c), STEM_instances.png/.tif,
 STEM_interfaces.tif (interface probability) and STEM_probabilities.tif (per class), and
-lazylabels-predict.json (the model and how instances were cut).
+lazylabels-predict.json (the model and how instances were cut). The slices of a stack
+(Z or T) are written as STEM_z000_*, STEM_z001_*, ..., their instance ids unique across the stack.
 """
 EPILOG_INSTANCES = """Cuts the objects of a lazylabels predict --out folder again from its STEM_classes.png
 and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. examples:
@@ -331,6 +333,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .core.io import list_images, read_images
     from .core.predict import PredictConfig, Predictor, predict_file, save_prediction_settings
     from .core.runfolder import check_writable, folder_lock
+    from .core.stacks import StackIds
 
     device = _device(a.device)
     check_writable(a.out)
@@ -340,7 +343,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         tile=a.tile, overlap=a.overlap, batch_size=a.batch_size, device=str(device),
         save_probabilities=not a.no_probabilities, seed_probability=a.split_uncertain,
         neck_depth=a.split_necks, min_object_size=a.min_size,
-        interface_threshold=a.interface_threshold, **({} if a.tta is None else {"tta": a.tta, "large_image_tta": None}),
+        interface_threshold=a.interface_threshold, link_slices=a.link_slices, **({} if a.tta is None else {"tta": a.tta, "large_image_tta": None}),
     )
     predictor = Predictor(model, ck.model_config, pcfg)
     files = list_images(a.images)
@@ -357,12 +360,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
                 failed.append(f)
                 continue
             predictor.check(images[0][1], what=f.name)  # a model refuses images of other channels
+            ids = StackIds(pcfg.link_slices) if len(images) > 1 else None  # ids unique across a stack
             for name, image in images:
                 if name in written:
                     log.error("skipped %s (%s): its outputs %s_* were already written for %s", f, name, name, written[name])
                     failed.append(f)
                     continue
-                predict_file(predictor, f, out, image=image, stem=name)
+                predict_file(predictor, f, out, image=image, stem=name, stack_ids=ids)
                 written[name] = f
                 n += 1
         if n:
@@ -414,7 +418,7 @@ def _refuse_same_stems(files: list[Path]) -> None:
 def cmd_instances(a: argparse.Namespace) -> int:
     from .core.predict import resplit_folder
 
-    written = resplit_folder(a.predictions, a.interface_threshold, a.min_size, a.split_necks, a.images)
+    written = resplit_folder(a.predictions, a.interface_threshold, a.min_size, a.split_necks, a.images, a.link_slices)
     _out(f"cut the instances of {len(written)} images again in {a.predictions}")
     return 0
 
@@ -501,7 +505,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-def _instance_options(parser: argparse.ArgumentParser, threshold_default: str, size_default: str) -> None:
+def _instance_options(
+    parser: argparse.ArgumentParser, threshold_default: str, size_default: str, link_default: bool | None = False
+) -> None:
     """How instances are cut: the options ``predict`` and ``instances`` share."""
     parser.add_argument("--interface-threshold", type=float, metavar="T",
                         help=f"interface probability that splits objects (default: {threshold_default}): "
@@ -513,6 +519,11 @@ def _instance_options(parser: argparse.ArgumentParser, threshold_default: str, s
                         help="also split instances at necks at least H pixels shallower than the "
                         "objects' centres (round touching objects such as nuclei: about a tenth of "
                         "their radius); off by default, as it cuts irregular objects apart")
+    parser.add_argument("--link-slices", action=argparse.BooleanOptionalAction, default=link_default,
+                        help="in a stack (Z or T), give an object the id of the object of the slice "
+                        "before that it overlaps (intersection over union above 0.5), so one object "
+                        "through the stack is one id; ids are unique across the stack either way "
+                        f"(default: {'as recorded by lazylabels predict' if link_default is None else 'off'})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -637,7 +648,7 @@ def _add_other_commands(sub, fmt) -> None:
     ins.add_argument("predictions", help="the --out folder of lazylabels predict")
     ins.add_argument("--images", nargs="+", metavar="STEM", help="only these images (default: all)")
     _instance_options(ins, "the model's own, recorded by lazylabels predict",
-                      "the model's automatic size, recorded by lazylabels predict")
+                      "the model's automatic size, recorded by lazylabels predict", link_default=None)
     ins.set_defaults(func=cmd_instances)
     e = sub.add_parser("evaluate", help="dice, object F1 and interface scores against masks",
                        epilog=EPILOG_EVALUATE, formatter_class=fmt)

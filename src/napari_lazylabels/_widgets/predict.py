@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -195,6 +196,7 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
     from ..core.checkpoint import load_model
     from ..core.model import resolve_device
     from ..core.predict import PredictConfig, Predictor
+    from ..core.stacks import StackIds
 
     name = jobs[0][0] if jobs else ""
     try:
@@ -213,11 +215,14 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
         yield PredictEvent("loading", 1, 1, name, model=_model_report(ck, jobs))
         for name, planes in jobs:
             preds = []
+            ids = StackIds(predictor.predict_config.link_slices) if len(planes) > 1 else None
             for i, plane in enumerate(planes):
                 n = predictor.orientations(tuple(round(d * ck.model_config.scale) for d in plane.shape[:2]))
                 tiles = f"tiles ({n} orientation{'s' if n > 1 else ''}{', large image' if n != predictor.predict_config.tta else ''})"
                 job = predictor.predict_iter(plane, should_stop=should_stop)
                 pred = yield from _image_events(job, name, tiles, i, len(planes))
+                if ids is not None and pred.instances is not None:
+                    pred.instances = ids.add(pred.instances)
                 # Only p(background) is shown: keep one plane of the probabilities.
                 pred.probabilities = np.ascontiguousarray(pred.probabilities[:1])
                 preds.append(pred)
@@ -256,7 +261,7 @@ class WorkerError(Exception):
     leave the widget busy for good."""
 
 
-def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
+def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None, link_slices: bool = False):
     """Worker generator: instances again from kept class and interface maps (no network).
 
     ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
@@ -265,13 +270,17 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
     the job form of ``instances_from_prediction``: it reports its components and stops
     inside a plane). Yields :class:`PredictEvent` ``"instances"`` (components of a plane, as
     they are cut) and one with the image's instances layer in ``layers`` and the ``settings``
-    used; returns True when ``should_stop()`` ended it, else False."""
+    used; returns True when ``should_stop()`` ended it, else False. The planes of a stack get
+    ids unique across it, linked between slices with ``link_slices``
+    (:class:`~napari_lazylabels.core.stacks.StackIds`)."""
     from ..core.jobs import stoppable
     from ..core.predict import iter_instances_from_prediction
+    from ..core.stacks import StackIds
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
         out = np.zeros(classes.shape, np.int32)
         n = classes.shape[0]
+        ids = StackIds(link_slices)
         try:
             for i in range(n):
                 job = iter_instances_from_prediction(
@@ -279,10 +288,12 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None):
                     threshold, min_size, neck_depth=neck_depth,
                 )
                 phase = "instances" if n == 1 else f"instances (plane {i + 1}/{n})"
-                out[i] = yield from _image_events(stoppable(job, should_stop), name, phase=phase)
+                cut = yield from _image_events(stoppable(job, should_stop), name, phase=phase)
+                out[i] = ids.add(cut) if n > 1 else cut
         except Cancelled:
             return True
-        settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size, **auto}
+        settings = {"interface_threshold": threshold, "neck_depth": neck_depth, "min_object_size": min_size,
+                    "link_slices": link_slices, **auto}
         layer = _layers.compact_labels(_layers.instances_layer_data(name, out if n > 1 else out[0], settings))
         yield PredictEvent("instances", 1, 1, name, layers=(layer,), settings=settings)
     return False
@@ -314,7 +325,8 @@ class PredictionRunner:
         on_model: called with ``(line, [warnings])`` once the model is loaded: what its
             validation score measures and what is wrong with it, if anything.
         post: instance settings (:class:`PredictConfig` fields ``interface_threshold``,
-            ``min_object_size``, ``neck_depth``); default: the model's defaults.
+            ``min_object_size``, ``neck_depth``, ``link_slices``); default: the model's
+            defaults.
     """
 
     def __init__(self, viewer, device: str = "auto", tile: int = 256, on_finished=None, on_progress=None,
@@ -387,8 +399,9 @@ class PredictionRunner:
     def resplit(self, image_names, settings: dict) -> None:
         """Instances again for ``image_names`` from their ``"<image> classes"`` and
         ``"<image> interfaces"`` layers, with ``settings`` (``interface_threshold`` and
-        ``min_object_size``, ``None`` for the model's own, as recorded when it predicted, and
-        ``neck_depth``); the ``"<image> instances"`` layers are updated in place."""
+        ``min_object_size``, ``None`` for the model's own, as recorded when it predicted,
+        ``neck_depth`` and ``link_slices``); the ``"<image> instances"`` layers are updated in
+        place."""
         from ..core.predict import recorded_instance_settings
 
         jobs = []
@@ -406,7 +419,7 @@ class PredictionRunner:
             raise ValueError("Choose at least one predicted image to re-split.")
         worker = quiet_worker(
             _resplit_worker_fn, jobs, settings.get("neck_depth", 0.0), self._stop.is_set,
-            error_prefix="Re-splitting instances failed",
+            bool(settings.get("link_slices", False)), error_prefix="Re-splitting instances failed",
         )
         self._start(worker, "Splitting instances")
 
@@ -564,6 +577,7 @@ class PredictWidget(QWidget):
         form.addRow("interface threshold", self.interface_threshold)
         form.addRow("smallest object", self.min_size)
         form.addRow("split necks", self.necks)
+        form.addRow("stacks", self.link_slices)
         form.addRow("", self.resplit_btn)
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("images to predict"))
@@ -614,6 +628,13 @@ class PredictWidget(QWidget):
             "Also cut objects at necks this many pixels shallower than their centres: for round "
             "touching objects such as nuclei (about a tenth of their radius); cuts irregular "
             "objects apart, so off by default."
+        )
+        self.link_slices = QCheckBox("link objects across slices")
+        self.link_slices.setToolTip(
+            "In a stack (Z or T): an object that overlaps an object of the slice before (more "
+            "than half of their union) keeps its id, so one cell through the stack is one label. "
+            "Off: every object of every slice has its own id. Ids are unique across the stack "
+            "either way."
         )
         self.resplit_btn = QPushButton("Re-split")
         self.resplit_btn.setToolTip("Cut the instances of the ticked images again with these settings (no network).")
@@ -681,6 +702,7 @@ class PredictWidget(QWidget):
             "interface_threshold": float(self.interface_threshold.value()) or None,
             "min_object_size": self.min_size.value() or None,
             "neck_depth": float(self.necks.value()),
+            "link_slices": self.link_slices.isChecked(),
         }
 
     @notify_errors

@@ -39,6 +39,7 @@ from .predictor import (
     Predictor,
 )
 from .runfolder import check_writable, folder_lock
+from .stacks import StackIds, slice_groups
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def resplit_folder(
     min_object_size: int | None = None,
     neck_depth: float = 0.0,
     stems: Iterable[str] | None = None,
+    link_slices: bool | None = None,
 ) -> list[Path]:
     """Cut the instances of predictions already written by :func:`predict_file` again.
 
@@ -132,7 +134,12 @@ def resplit_folder(
         neck_depth: see :class:`~napari_lazylabels.core.predictor.PredictConfig`.
         min_object_size: smallest object in pixels; ``None``: the model's automatic size,
             read from ``lazylabels-predict.json`` (16 px without that file).
-        stems: only these images (default: all).
+        stems: only these images (default: all). The slices of a stack (``x_z000``,
+            ``x_z001``, ...) are cut together, in order, so that their ids stay unique across
+            the stack (:class:`~napari_lazylabels.core.stacks.StackIds`); asking for one slice
+            cuts its whole stack.
+        link_slices: see :attr:`~napari_lazylabels.core.predictor.PredictConfig.link_slices`;
+            ``None``: as recorded when the folder was predicted (off without a record).
 
     Returns:
         the instance files written.
@@ -145,20 +152,28 @@ def resplit_folder(
     pred_dir = Path(pred_dir)
     settings = _read_settings(pred_dir / PREDICTION_SETTINGS)
     interface_threshold, min_object_size = recorded_instance_settings(settings, interface_threshold, min_object_size)
-    found = _class_maps(pred_dir, stems)
+    if link_slices is None:
+        link_slices = bool(settings.get("link_slices", False))
+    found = _class_maps(pred_dir, None)
+    wanted = _class_maps(pred_dir, stems)
+    groups = [g for g in slice_groups(found) if any(stem in wanted for stem in g)]
     written = []
     with folder_lock(pred_dir, "instances"):
-        for stem, cls_path in found.items():
-            classes = read_label(cls_path)
-            itf_path = pred_dir / f"{stem}_interfaces.tif"
-            interfaces = read_image(itf_path) if itf_path.exists() else None
-            inst = instances_from_prediction(
-                classes, interfaces, interface_threshold, min_object_size, neck_depth=neck_depth
-            )
-            written.append(write_instances(pred_dir, stem, inst))
-            log.info("%s: %d instances", stem, int(inst.max(initial=0)))
+        for group in groups:
+            ids = StackIds(link_slices)
+            for stem in group:
+                classes = read_label(found[stem])
+                itf_path = pred_dir / f"{stem}_interfaces.tif"
+                interfaces = read_image(itf_path) if itf_path.exists() else None
+                inst = instances_from_prediction(
+                    classes, interfaces, interface_threshold, min_object_size, neck_depth=neck_depth
+                )
+                if len(group) > 1:
+                    inst = ids.add(inst)
+                written.append(write_instances(pred_dir, stem, inst))
+                log.info("%s: %d instances", stem, len(np.unique(inst)) - int(inst.min(initial=0) == 0))
         settings.update(interface_threshold=interface_threshold, min_object_size=min_object_size,
-                        neck_depth=neck_depth, seed_probability=None)
+                        neck_depth=neck_depth, seed_probability=None, link_slices=link_slices)
         atomic_write_json(pred_dir / PREDICTION_SETTINGS, settings)
     return written
 
@@ -213,11 +228,14 @@ def predict_file(
     large_pixels: int = LARGE_IMAGE_PIXELS,
     image: np.ndarray | None = None,
     stem: str | None = None,
+    stack_ids: StackIds | None = None,
 ) -> dict[str, Path]:
     """Predict an image file and write the results next to each other in ``out_dir``.
 
     ``image`` and ``stem`` override the pixels and the output name (used for the slices of a
-    stack, see :func:`napari_lazylabels.core.io.read_images`).
+    stack, see :func:`napari_lazylabels.core.io.read_images`); ``stack_ids``, the same
+    :class:`~napari_lazylabels.core.stacks.StackIds` for every slice of a stack in order,
+    numbers its instances uniquely across the stack.
 
     Files (``<stem>`` is the image's file stem), each written atomically:
 
@@ -260,6 +278,8 @@ def predict_file(
             pred = predictor.predict(
                 image, outputs, should_stop=should_stop, progress=progress, instances=instances
             )
+            if stack_ids is not None and pred.instances is not None:
+                pred.instances = stack_ids.add(pred.instances)
             # float maps that are memmaps are streamed
             written = _write_prediction(pred, out_dir, stem, bool(outputs), save_probabilities)
             _remove_stale_outputs(out_dir, stem, written)

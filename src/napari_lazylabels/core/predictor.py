@@ -37,6 +37,7 @@ from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
 from .options import DEFAULT_TTA, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
 from .prepare import NormalizedSource, check_channels, prepare_image
+from .stacks import StackIds
 from .tiling import (
     Forward,
     TileSource,
@@ -133,6 +134,11 @@ class PredictConfig:
             this to ``None``.
         large_image_pixels: images with more pixels (at the working scale) than this are
             predicted in ``large_image_tta`` orientations.
+        link_slices: in a stack (:meth:`Predictor.iter_stack`), an object that overlaps an
+            object of the slice before (intersection over union above 0.5) keeps its id, so
+            one cell through a Z stack or one nucleus over time is one label; otherwise
+            (default) every object of every slice gets its own id. Either way ids are unique
+            across the stack (:class:`~napari_lazylabels.core.stacks.StackIds`).
 
     The Gaussian blending width is not a setting: it is
     :data:`~napari_lazylabels.core.tiling.SIGMA_SCALE` (experiments vary it through
@@ -155,6 +161,7 @@ class PredictConfig:
     tta: int = DEFAULT_TTA
     large_image_tta: int | None = LARGE_IMAGE_TTA
     large_image_pixels: int = LARGE_TTA_PIXELS
+    link_slices: bool = False
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_CHOICES:
@@ -265,7 +272,7 @@ class Predictor:
     def instance_settings(self) -> dict:
         """How this predictor cuts instances, and the model's own values for "auto":
         ``interface_threshold``, ``auto_interface_threshold``, ``min_object_size``,
-        ``auto_min_object_size``, ``neck_depth``, ``seed_probability`` (recorded with
+        ``auto_min_object_size``, ``neck_depth``, ``seed_probability``, ``link_slices`` (recorded with
         predictions so that
         :func:`~napari_lazylabels.core.instances.recorded_instance_settings` can re-cut them
         later)."""
@@ -277,6 +284,7 @@ class Predictor:
             "auto_min_object_size": auto_min_object_size(self.config),
             "neck_depth": pc.neck_depth,
             "seed_probability": pc.seed_probability,
+            "link_slices": pc.link_slices,
         }
 
     def orientations(self, shape: tuple[int, ...]) -> int:
@@ -554,7 +562,8 @@ class Predictor:
                 :class:`~napari_lazylabels.core.jobs.Cancelled`.
             progress: called with every event of every slice; ``"tiles"`` events count the
                 tiles over the whole stack (assuming slices of equal size).
-            instances: also compute instances.
+            instances: also compute instances, with ids unique across the stack (linked
+                between slices with :attr:`PredictConfig.link_slices`).
 
         Returns:
             one :class:`Prediction` per slice.
@@ -576,6 +585,7 @@ class Predictor:
                     f"Expected a stack (N, H, W) or (N, H, W, C), got shape {images.shape}."
                 )
         n = len(images)
+        ids = StackIds(self.predict_config.link_slices)
         for i in range(n):
             slice_progress = None
             if progress is not None:
@@ -585,6 +595,7 @@ class Predictor:
                         event = Progress("tiles", i * event.total + event.done, n * event.total)
                     progress(event)
 
-            yield self.predict(
-                images[i], should_stop=should_stop, progress=slice_progress, instances=instances
-            )
+            pred = self.predict(images[i], should_stop=should_stop, progress=slice_progress, instances=instances)
+            if pred.instances is not None:
+                pred.instances = ids.add(pred.instances)
+            yield pred

@@ -1,0 +1,130 @@
+"""Instance ids across the slices of a stack.
+
+Each slice of a ``(Z or T, Y, X)`` stack is predicted on its own, so its objects are
+numbered 1, 2, ... again. :class:`StackIds` renumbers them, slice after slice, so that an id
+names one object in the whole stack: either every object of every slice gets its own id, or
+(``link=True``) an object that overlaps an object of the slice before by more than
+``min_iou`` (intersection over union) keeps that object's id, so one cell through a Z stack
+or one nucleus over time is one label.
+
+It holds only the previous slice, so a stack of any length is renumbered while its slices are
+written one by one (``lazylabels predict`` on a stack TIFF, the Predict widget on a stack
+layer, and both of their re-splits).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+MIN_IOU = 0.5
+"""Overlap (intersection over union) above which two objects of adjacent slices are one
+object: above 0.5 an object can match at most one object of the other slice."""
+
+_SLICE = re.compile(r"^(?P<stack>.+)_z(?P<index>\d{3,})$")
+
+
+class StackIds:
+    """Renumbers the instance maps of a stack's slices, in order, to ids unique in the stack.
+
+    Args:
+        link: give an object the id of the object of the previous slice it overlaps with
+            intersection over union above ``min_iou`` (one-to-one); otherwise every object of
+            every slice gets a new id.
+        min_iou: see ``link``; in ``[0.5, 1)`` so that matches are one-to-one.
+
+    Example::
+
+        ids = StackIds(link=True)
+        stack = [ids.add(plane) for plane in per_slice_instances]
+    """
+
+    def __init__(self, link: bool = False, min_iou: float = MIN_IOU) -> None:
+        if not 0.5 <= min_iou < 1:
+            raise ValueError(f"min_iou must be in [0.5, 1) (one-to-one matches), got {min_iou}.")
+        self.link = bool(link)
+        self.min_iou = float(min_iou)
+        self.next_id = 1
+        self._previous: np.ndarray | None = None
+
+    def add(self, instances: np.ndarray) -> np.ndarray:
+        """The next slice's instances with stack-wide ids.
+
+        Args:
+            instances: ``(H, W)`` integer ids of this slice, 0 = no object (any numbering).
+
+        Returns:
+            ``(H, W)`` int32 (int64 past 2**31 - 1 ids): 0 stays 0; each object gets the id of
+            the previous slice's object it continues (``link``) or the next unused id, new
+            objects numbered in the order of their ids in ``instances``.
+        """
+        instances = np.asarray(instances)
+        if instances.ndim != 2:
+            raise ValueError(f"A slice's instances are (H, W), got shape {instances.shape}.")
+        if self._previous is not None and self._previous.shape != instances.shape:
+            raise ValueError(
+                f"Slices of one stack have one shape: {instances.shape} after {self._previous.shape}."
+            )
+        local, inverse = np.unique(instances, return_inverse=True)
+        inverse = inverse.reshape(instances.shape)
+        objects = local != 0
+        new_ids = np.zeros(len(local), dtype=np.int64)
+        matched = self._matches(inverse, local) if self.link and self._previous is not None else {}
+        for i in np.flatnonzero(objects):
+            if i in matched:
+                new_ids[i] = matched[i]
+            else:
+                new_ids[i] = self.next_id
+                self.next_id += 1
+        dtype = np.int32 if self.next_id <= np.iinfo(np.int32).max else np.int64
+        out = new_ids.astype(dtype)[inverse]
+        self._previous = out
+        return out
+
+    def _matches(self, inverse: np.ndarray, local: np.ndarray) -> dict[int, int]:
+        """``{index into local: previous slice's id}`` for pairs above ``min_iou``."""
+        prev = self._previous
+        both = (local[inverse] != 0) & (prev != 0)
+        if not both.any():
+            return {}
+        pairs, inter = np.unique(
+            np.stack([inverse[both].astype(np.int64), prev[both].astype(np.int64)]), axis=1, return_counts=True
+        )
+        area_local = np.bincount(inverse.ravel(), minlength=len(local))
+        prev_ids, prev_area = np.unique(prev, return_counts=True)
+        area_prev = prev_area[np.searchsorted(prev_ids, pairs[1])]
+        iou = inter / (area_local[pairs[0]] + area_prev - inter)
+        matched: dict[int, int] = {}
+        taken: set[int] = set()
+        for k in np.argsort(-iou, kind="stable"):
+            if iou[k] <= self.min_iou:
+                break
+            i, p = int(pairs[0, k]), int(pairs[1, k])
+            if i not in matched and p not in taken:
+                matched[i] = p
+                taken.add(p)
+        return matched
+
+
+def stack_instances(slices: Iterable[np.ndarray], link: bool = False, min_iou: float = MIN_IOU) -> np.ndarray:
+    """``(N, H, W)`` instance ids unique across a stack (see :class:`StackIds`) from the
+    slices' own ``(H, W)`` instance maps."""
+    ids = StackIds(link, min_iou)
+    return np.stack([ids.add(s) for s in slices])
+
+
+def slice_groups(stems: Iterable[str]) -> list[list[str]]:
+    """Output stems grouped by the stack they are slices of, in the order first seen.
+
+    ``lazylabels predict`` writes the slices of a stack file ``x.tif`` as ``x_z000``,
+    ``x_z001``, ...; those stems form one group, in slice order. Every other stem is a group
+    of its own.
+    """
+    groups: dict[tuple[bool, str], list[tuple[int, str]]] = {}
+    for stem in stems:
+        m = _SLICE.match(stem)
+        key, index = ((True, m["stack"]), int(m["index"])) if m else ((False, stem), -1)
+        groups.setdefault(key, []).append((index, stem))
+    return [[s for _, s in sorted(v)] for v in groups.values()]
