@@ -36,6 +36,8 @@ writes per image: STEM_classes.png (0 = background, c = class c), STEM_instances
 STEM_interfaces.tif (interface probability) and STEM_probabilities.tif (per class), and
 lazylabels-predict.json (the model and how instances were cut). The slices of a stack
 (Z or T) are written as STEM_z000_*, STEM_z001_*, ..., their instance ids unique across the stack.
+A stack, or a TIFF with a physical pixel size (OME or ImageJ), also gets STEM_classes.ome.tif and
+STEM_instances.ome.tif: the whole (Z, Y, X) maps at the image's pixel size, for viewers.
 """
 EPILOG_INSTANCES = """Cuts the objects of a lazylabels predict --out folder again from its STEM_classes.png
 and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. examples:
@@ -361,6 +363,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                 continue
             predictor.check(images[0][1], what=f.name)  # a model refuses images of other channels
             ids = StackIds(pcfg.link_slices) if len(images) > 1 else None  # ids unique across a stack
+            done = []
             for name, image in images:
                 if name in written:
                     log.error("skipped %s (%s): its outputs %s_* were already written for %s", f, name, name, written[name])
@@ -368,7 +371,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
                     continue
                 predict_file(predictor, f, out, image=image, stem=name, stack_ids=ids)
                 written[name] = f
+                done.append(name)
                 n += 1
+            _whole_image_outputs(out, f, images, done)
         if n:
             save_prediction_settings(out, predictor, a.model)
     _out(f"predicted {n} images from {len(files)} files into {out}")
@@ -377,6 +382,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
                   ", ".join(str(f) for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
         return 1
     return 0
+
+
+def _whole_image_outputs(out: Path, f: Path, images: list, done: list[str]) -> None:
+    """A stack, or an image with a physical pixel size: its class and instance maps also as
+    ``STEM_classes.ome.tif`` / ``STEM_instances.ome.tif`` at the image's pixel size (a
+    ``(Z, Y, X)`` stack for a stack), which viewers open at the image's scale."""
+    from .core.outputs import remove_whole_image_outputs, write_whole_image_outputs
+    from .core.pixelsize import read_pixel_size
+
+    pixel_size = read_pixel_size(f)
+    if len(done) == len(images) and (len(images) > 1 or pixel_size is not None):
+        for path in write_whole_image_outputs(out, f.stem, done, pixel_size):
+            log.info("Wrote %s%s", path.name, f" ({pixel_size.x:g} {pixel_size.unit} pixels)" if pixel_size else "")
+    else:
+        remove_whole_image_outputs(out, f.stem)
 
 
 def _warn_other_models_outputs(out: Path, model: str, files: list[Path]) -> None:

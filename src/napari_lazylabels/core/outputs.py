@@ -30,6 +30,7 @@ from .io import (
 )
 from .jobs import Progress
 from .labels import n_task_classes
+from .pixelsize import PixelSize, read_pixel_size, write_ome_labels
 from .predictor import (
     INTERFACES,
     LARGE_IMAGE_PIXELS,
@@ -39,7 +40,7 @@ from .predictor import (
     Predictor,
 )
 from .runfolder import check_writable, folder_lock
-from .stacks import StackIds, slice_groups
+from .stacks import StackIds, slice_groups, stack_name
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,66 @@ def save_prediction_settings(out_dir: str | os.PathLike, predictor: Predictor, m
     )
 
 
+# --------------------------------------------------------------------------- whole images
+WHOLE_IMAGE_KINDS = ("classes", "instances")
+"""The maps :func:`write_whole_image_outputs` writes as ``<stem>_<kind>.ome.tif``."""
+
+
+def write_whole_image_outputs(
+    out_dir: str | os.PathLike, stem: str, slice_stems: list[str], pixel_size: PixelSize | None
+) -> list[Path]:
+    """Write ``<stem>_classes.ome.tif`` and ``<stem>_instances.ome.tif``: the class and
+    instance maps of one input file, a ``(Z, Y, X)`` stack for a stack's slices
+    (``slice_stems`` in order) or ``(Y, X)``, with the file's physical pixel size.
+
+    The per-slice files that :func:`predict_file` wrote stay the folder's working files
+    (``lazylabels evaluate`` and ``instances`` read them); these are what a viewer opens at the
+    image's scale. Built from those files one plane at a time (bounded memory), atomically.
+    """
+    out_dir = Path(out_dir)
+    written = [_write_whole(out_dir, stem, slice_stems, kind, pixel_size) for kind in WHOLE_IMAGE_KINDS]
+    return [p for p in written if p is not None]
+
+
+def _write_whole(out_dir: Path, stem: str, slice_stems: list[str], kind: str, pixel_size: PixelSize | None) -> Path | None:
+    """``<stem>_<kind>.ome.tif`` from the slices' ``<slice>_<kind>.png|.tif`` (``None``
+    where a slice has none)."""
+    files = [_slice_file(out_dir, s, kind) for s in slice_stems]
+    if any(f is None for f in files):
+        return None
+    first = read_label(files[0])
+    dtype = np.uint32 if any(f.suffix == ".tif" for f in files) else first.dtype
+    shape = (len(files), *first.shape) if len(files) > 1 else first.shape
+    planes = (np.asarray(read_label(f), dtype) for f in files)
+    return write_ome_labels(out_dir / f"{stem}_{kind}.ome.tif", planes, pixel_size, shape, dtype)
+
+
+def remove_whole_image_outputs(out_dir: str | os.PathLike, stem: str) -> None:
+    """Remove ``<stem>_{classes,instances}.ome.tif`` that an earlier prediction left (this
+    one writes none: they would show another prediction)."""
+    for kind in WHOLE_IMAGE_KINDS:
+        old = Path(out_dir) / f"{stem}_{kind}.ome.tif"
+        if old.exists():
+            old.unlink()
+            log.info("Removed %s, left by an earlier prediction", old.name)
+
+
+def _slice_file(out_dir: Path, stem: str, kind: str) -> Path | None:
+    for suffix in (".png", ".tif"):
+        if (out_dir / f"{stem}_{kind}{suffix}").exists():
+            return out_dir / f"{stem}_{kind}{suffix}"
+    return None
+
+
+def _rewrite_whole_instances(out_dir: Path, group: list[str]) -> None:
+    """After a re-cut: the group's ``<stem>_instances.ome.tif``, if one was written, again
+    (with the pixel size it has)."""
+    stem = stack_name(group[0]) if len(group) > 1 else group[0]
+    path = out_dir / f"{stem}_instances.ome.tif"
+    if path.exists():
+        _write_whole(out_dir, stem, group, "instances", read_pixel_size(path))
+
+
 # --------------------------------------------------------------------------- cut again
 def resplit_folder(
     pred_dir: str | os.PathLike,
@@ -172,6 +233,7 @@ def resplit_folder(
                     inst = ids.add(inst)
                 written.append(write_instances(pred_dir, stem, inst))
                 log.info("%s: %d instances", stem, len(np.unique(inst)) - int(inst.min(initial=0) == 0))
+            _rewrite_whole_instances(pred_dir, group)
         settings.update(interface_threshold=interface_threshold, min_object_size=min_object_size,
                         neck_depth=neck_depth, seed_probability=None, link_slices=link_slices)
         atomic_write_json(pred_dir / PREDICTION_SETTINGS, settings)

@@ -115,6 +115,13 @@ def stack_instances(slices: Iterable[np.ndarray], link: bool = False, min_iou: f
     return np.stack([ids.add(s) for s in slices])
 
 
+def stack_name(stem: str) -> str:
+    """The stem of the stack file a slice's output stem (``x_z003``) comes from (``x``); any
+    other stem as it is."""
+    m = _SLICE.match(stem)
+    return m["stack"] if m else stem
+
+
 def slice_groups(stems: Iterable[str]) -> list[list[str]]:
     """Output stems grouped by the stack they are slices of, in the order first seen.
 
