@@ -180,3 +180,21 @@ def test_a_model_of_three_chosen_channels_is_not_called_a_colour_model():
                              iteration=500, metrics={}, classes=classes)
     assert any("colour (RGB)" in n for n in _model_report(rgb, [("im", [flat[..., :3]])])[1])
     assert not any("colour (RGB)" in n for n in _model_report(chosen, [("im", [flat])])[1])
+
+
+@pytest.mark.gui
+def test_channel_names_come_from_the_file_napari_opened(make_napari_viewer, tmp_path):
+    """ImageJ slice labels (and OME channel names) of a (C, Y, X) TIFF name the Train widget's
+    channel boxes; a file without names keeps the numbers."""
+    cyx = np.random.default_rng(0).integers(0, 4000, (2, 64, 80)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "named.tif", cyx, imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "GFP"]})
+    tifffile.imwrite(tmp_path / "ome.ome.tif", cyx, ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["Hoechst", "actin"]}})
+    tifffile.imwrite(tmp_path / "plain.tif", cyx, imagej=True, metadata={"axes": "CYX"})
+    viewer = make_napari_viewer(show=True)
+    _, tw = viewer.window.add_plugin_dock_widget("napari-lazylabels", "Train")
+    for name, expected in (("named", ["0 DAPI", "1 GFP"]), ("ome.ome", ["0 Hoechst", "1 actin"]), ("plain", ["0", "1"])):
+        viewer.open(str(tmp_path / f"{name}.tif"))
+        tw.image_combo.setCurrentText(name)
+        tw._show_channels()
+        assert not tw.channels.isHidden() and [b.text() for b in tw.channels.boxes] == expected, name

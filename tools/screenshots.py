@@ -10,6 +10,12 @@ widgets' own slots, and the whole window saved with ``viewer.screenshot(canvas_o
   the model's score and any warning in the status.
 * ``predict``: a default model trained for ``--seconds`` on the sample, the Predict widget
   docked, the nuclei stack predicted, its instances shown.
+* ``channels``: a two-channel ImageJ TIFF (the StarDist nuclei as "DAPI" and a cytoplasm-like
+  ring channel made from them) opened with ``viewer.open`` (napari's File > Open path), Lazy
+  annotation and Train docked: one image with channels, one box per channel.
+* ``stack``: a Z stack (the StarDist nuclei drifting and blurring through 6 slices, an ImageJ
+  TIFF with a pixel size) opened with ``viewer.open``, predicted by the Predict widget with
+  "link objects across slices" ticked, a middle slice shown.
 
 Needs a display: run it under Xvfb::
 
@@ -118,15 +124,7 @@ def shot_train(args) -> None:
 
 def shot_predict(args) -> None:
     """The Predict widget's result on the sample's nuclei stack with a freshly trained model."""
-    from napari_lazylabels.core.io import load_dataset
-    from napari_lazylabels.core.model import resolve_device
-    from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config
-    from napari_lazylabels.sample_data import sample_paths
-
-    ds = load_dataset(sample_paths()["dataset"])
-    model_dir = Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "model"
-    fit(ds, model_dir, infer_model_config(ds, resolve_device("auto")),
-        TrainConfig(iterations=None, time_budget=args.seconds))
+    model_dir = _trained_sample_model(args.seconds)
     viewer = _viewer_with_sample()
     _, pw = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
     pw.model_dir.setText(str(model_dir))
@@ -142,7 +140,89 @@ def shot_predict(args) -> None:
     viewer.close()
 
 
-SHOTS = {"annotate": shot_annotate, "train": shot_train, "predict": shot_predict}
+def _trained_sample_model(seconds: float) -> Path:
+    """A default model trained ``seconds`` on the bundled sample (as the one-click button)."""
+    from napari_lazylabels.core.io import load_dataset
+    from napari_lazylabels.core.model import resolve_device
+    from napari_lazylabels.core.train import TrainConfig, fit, infer_model_config
+    from napari_lazylabels.sample_data import sample_paths
+
+    ds = load_dataset(sample_paths()["dataset"])
+    model_dir = Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "model"
+    fit(ds, model_dir, infer_model_config(ds, resolve_device("auto")), TrainConfig(iterations=None, time_budget=seconds))
+    return model_dir
+
+
+def _stardist_nuclei():
+    from napari_lazylabels.core.io import read_image
+    from napari_lazylabels.sample_data import sample_paths
+
+    return read_image(sample_paths()["dataset"] / "images" / "stardist_nuclei.png")
+
+
+def shot_channels(args) -> None:
+    """A (C, Y, X) fluorescence TIFF opened as a person does: one image, two channel boxes."""
+    import napari
+    import numpy as np
+    import tifffile
+    from scipy import ndimage as ndi
+
+    dapi = _stardist_nuclei().astype(np.float32)
+    smooth = ndi.gaussian_filter(dapi, 6)
+    ring = np.clip(ndi.grey_dilation(smooth, size=15) - smooth, 0, None)  # a cytoplasm-like ring
+    data = np.stack([dapi, ring * (dapi.max() / max(ring.max(), 1e-6))]).astype(np.uint16)
+    path = Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "two_channels.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "cytoplasm"]})
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.open(str(path))
+    name = viewer.layers[0].name
+    _, ann = viewer.window.add_plugin_dock_widget(PLUGIN, "Lazy annotation")
+    ann.image_combo.setCurrentText(name)
+    _wait(lambda: False, 2)
+    ann.create_layers()
+    _, tw = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    _focus(viewer, name)
+    _save(viewer, "channels")
+    viewer.close()
+
+
+def shot_stack(args) -> None:
+    """A Z stack opened with viewer.open, predicted with its objects linked across slices."""
+    import napari
+    import numpy as np
+    import tifffile
+    from scipy import ndimage as ndi
+
+    model_dir = _trained_sample_model(args.seconds)
+    nuclei = _stardist_nuclei().astype(np.float32)
+    planes = [ndi.gaussian_filter(ndi.shift(nuclei, (1.5 * z, 1.0 * z), mode="reflect"), 0.4 * abs(z - 2.5))
+              for z in range(6)]
+    path = Path(tempfile.mkdtemp(prefix="lazylabels-shot-")) / "nuclei_zstack.tif"
+    tifffile.imwrite(path, np.stack(planes).astype(np.uint8), imagej=True, resolution=(1 / 0.16, 1 / 0.16),
+                     metadata={"axes": "ZYX", "spacing": 0.5, "unit": "um"})
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.open(str(path))
+    name = viewer.layers[0].name
+    _, pw = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    pw.model_dir.setText(str(model_dir))
+    pw.set_chosen([name])
+    pw.link_slices.setChecked(True)
+    pw.run()
+    _wait(pw.is_running, 600)
+    log.info("Predict status: %s", pw.status.text())
+    for layer in viewer.layers:
+        layer.visible = layer.name in (name, f"{name} instances")
+    viewer.dims.set_current_step(0, 3)
+    _focus(viewer, name)
+    viewer.layers.selection.active = viewer.layers[f"{name} instances"]
+    _save(viewer, "stack")
+    viewer.close()
+
+
+SHOTS = {"annotate": shot_annotate, "train": shot_train, "predict": shot_predict, "channels": shot_channels,
+         "stack": shot_stack}
 
 
 def main(argv=None) -> int:

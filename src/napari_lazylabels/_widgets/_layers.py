@@ -49,7 +49,7 @@ from ..core.io import (
     Sample,
     is_multichannel,
     normalize_geometry,
-    tiff_channel_axis,
+    tiff_channels,
 )
 from ..core.labels import (
     DETECTION,
@@ -93,20 +93,26 @@ def _is_rgb(layer_or_data, rgb: bool | None = None) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _file_channel_axis(path: str, mtime: float) -> int | None:
-    """:func:`~napari_lazylabels.core.io.tiff_channel_axis` of a file, cached per version."""
-    return tiff_channel_axis(path)
+def _file_channels(path: str, mtime: float) -> tuple[int | None, list[str] | None]:
+    """:func:`~napari_lazylabels.core.io.tiff_channels` of a file, cached per version."""
+    return tiff_channels(path)
+
+
+def _source_channels(layer) -> tuple[int | None, list[str] | None]:
+    """The channel axis and channel names the TIFF a layer was opened from gives (``(None,
+    None)``: no such file, or none given)."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or not str(path).lower().endswith((".tif", ".tiff")):
+        return None, None
+    try:
+        return _file_channels(str(path), os.stat(path).st_mtime)
+    except OSError:
+        return None, None
 
 
 def _source_channel_axis(layer) -> int | None:
     """The channel axis the TIFF a layer was opened from names (``None``: no such file)."""
-    path = getattr(getattr(layer, "source", None), "path", None)
-    if not path or not str(path).lower().endswith((".tif", ".tiff")):
-        return None
-    try:
-        return _file_channel_axis(str(path), os.stat(path).st_mtime)
-    except OSError:
-        return None
+    return _source_channels(layer)[0]
 
 
 def _channel_axis(shape: tuple[int, ...], rgb: bool, meta: dict, source_axis: int | None = None) -> int | None:
@@ -157,10 +163,15 @@ def may_hold_channels(image_layer) -> bool:
 
 
 def channel_names(image_layer) -> list[str]:
-    """Names of a multi-channel layer's channels (``metadata["lazylabels"]["channel_names"]``,
-    e.g. the layers :func:`channels_layer_data` stacked), else ``["0", "1", ...]``."""
+    """Names of a multi-channel layer's channels: ``metadata["lazylabels"]["channel_names"]``
+    (e.g. the layers :func:`channels_layer_data` stacked), else those of the TIFF it was
+    opened from (OME channel names, ImageJ labels) when they name the layer's channel axis,
+    else ``["0", "1", ...]``."""
     n = channel_count(image_layer)
     names = image_layer.metadata.get(META, {}).get("channel_names")
+    if not names:
+        axis, file_names = _source_channels(image_layer)
+        names = file_names if axis is not None and axis == channel_axis(image_layer) else None
     return [str(v) for v in names] if names and len(names) == n else [str(c) for c in range(n)]
 
 

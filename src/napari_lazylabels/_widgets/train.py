@@ -221,13 +221,13 @@ class TrainWidget(QWidget):
         self.model_dir, mrow = path_row("(<project>/models/model once saved, else a new unsaved-models folder)", self._browse_model_dir)
         self.resume = QCheckBox("continue from the folder's latest checkpoint")
         self.resume.setChecked(True)
-        self.preview = QCheckBox("preview the current view at each new best model")
+        self.preview = QCheckBox("preview the current view whenever the model is updated")
         # Off by default: the preview predicts in a second thread beside training (on a few
         # cores both slow down) and adding its layer holds the viewer once (docs/benchmarks.md,
         # "Viewer freezes while training").
         self.preview.setChecked(False)
         self.preview.setToolTip(
-            "Predict the visible region with each new best model while training runs. Costs training "
+            "Predict the visible region with each new model (best.pt) while training runs. Costs training "
             "speed on a CPU, and the viewer pauses briefly when the preview layer first appears."
         )
 

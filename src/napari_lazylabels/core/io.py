@@ -229,14 +229,44 @@ def tiff_channel_axis(path: str | os.PathLike) -> int | None:
     ``C``; e.g. ``0`` for ``(C, Y, X)``), read from the header only; ``None`` when it names no
     channel axis or the file cannot be read. napari's own reader opens such a file as a plain
     ``(C, Y, X)`` array; the plugin asks this to know the first axis is not a stack."""
+    return tiff_channels(path)[0]
+
+
+def tiff_channels(path: str | os.PathLike) -> tuple[int | None, list[str] | None]:
+    """``(channel axis, channel names)`` of a TIFF's first series from its header:
+    :func:`tiff_channel_axis`, and the names the file gives its channels (OME ``Channel
+    Name``, or ImageJ's slice ``Labels`` of a ``(C, Y, X)`` file), ``None`` when it gives
+    none, or not one per channel."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            axes = str(tif.series[0].axes).upper()
+            series = tif.series[0]
+            axes = str(series.axes).upper()
+            if "C" not in axes:
+                return None, None
+            axis, n = axes.index("C"), int(series.shape[axes.index("C")])
+            names = None
+            if tif.is_ome and tif.ome_metadata:
+                names = _ome_channel_names(tif.ome_metadata)
+            elif tif.is_imagej and tif.imagej_metadata:
+                names = tif.imagej_metadata.get("Labels")
     except Exception:  # any file napari opened; not ours to judge
+        return None, None
+    names = [str(v) for v in names] if isinstance(names, (list, tuple)) and len(names) == n else None
+    return axis, names if names and all(names) else None
+
+
+def _ome_channel_names(xml: str) -> list[str] | None:
+    """The ``Name`` of each ``Channel`` of an OME-XML document's first image."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
         return None
-    return axes.index("C") if "C" in axes else None
+    channels = [el for el in pixels if el.tag.rsplit("}", 1)[-1] == "Channel"]
+    return [el.get("Name", "") for el in channels] or None
 
 
 # --------------------------------------------------------------------------- images
