@@ -61,6 +61,17 @@ def test_weak_empty_and_short_models_are_named():
     assert quality.describe_score({"dice": math.nan}) == "no validation score"
 
 
+def test_a_weak_model_trained_long_is_not_told_to_train_longer():
+    """GlaS at 30 minutes (4797 steps) scored no better than at 10 (1600): after a long run
+    the advice is more labels, not more time."""
+    weak = {"dice": 0.55, "n": 1, "measure": quality.EXACT, "trivial": 0.47, "foreground": 0.4}
+    (short,) = quality.warnings_for(weak, 500)
+    assert "or train longer" in short and "more images" in short
+    (long,) = quality.warnings_for(weak, quality.LONG_ITERATIONS + 2797)
+    assert "train longer" not in long.replace("training longer is unlikely", "")
+    assert "after 4797 iterations, training longer is unlikely to help" in long and "more images" in long
+
+
 def test_only_background_refuses_to_train_before_work(tmp_path):
     det = np.zeros((32, 32), np.uint8)
     det[:4] = 1

@@ -36,11 +36,19 @@ TRIVIAL_MARGIN = 0.03
 NO_OBJECT = 0.001
 #: fewer optimiser steps than this cannot make a useful model at the default learning rate
 FEW_ITERATIONS = 100
+#: after this many steps a longer run no longer helps a weak model (the product path's
+#: curves, docs/benchmarks.md: GlaS 0.770 at 10 minutes, 1410-1600 steps, 0.764 at 30
+#: minutes, 4797 steps); its labels do
+LONG_ITERATIONS = 2000
 
-_WHAT_TO_DO = (
-    "mark more objects (and some background), draw exact masks on a few more images "
-    "(GrabCut), or train longer"
-)
+_MORE_LABELS = "mark more objects (and some background), draw exact masks on a few more images (GrabCut)"
+
+
+def _what_to_do(iteration: int | None) -> str:
+    """What improves a weak model: more labels, and a longer run only when the run was short."""
+    if iteration is not None and iteration >= LONG_ITERATIONS:
+        return f"{_MORE_LABELS}; after {iteration} iterations, training longer is unlikely to help"
+    return f"{_MORE_LABELS}, or train longer"
 
 
 def reference(sample: Sample) -> tuple[np.ndarray | None, bool]:
@@ -177,13 +185,15 @@ def warnings_for(metrics: dict | None, iteration: int | None = None) -> list[str
     if trivial is not None and value <= trivial + TRIVIAL_MARGIN:
         out.append(
             f"The model does no better ({value:.2f}) than calling every pixel one class ({trivial:.2f}): "
-            f"it has not learned the objects. To fix: {_WHAT_TO_DO}."
+            f"it has not learned the objects. To fix: {_what_to_do(iteration)}."
         )
     elif measure in (EXACT, MIXED) and value < WEAK_DICE:
-        out.append(f"The model is weak (validation dice {value:.2f} on exact masks). To improve: {_WHAT_TO_DO}.")
+        out.append(
+            f"The model is weak (validation dice {value:.2f} on exact masks). To improve: {_what_to_do(iteration)}."
+        )
     foreground = metrics.get("foreground")
     if foreground is not None and foreground < NO_OBJECT:
-        out.append("The model predicts (almost) no object on the validation images. To fix: " + _WHAT_TO_DO + ".")
+        out.append(f"The model predicts (almost) no object on the validation images. To fix: {_what_to_do(iteration)}.")
     if measure == MARKS:
         out.append(
             "No held-out image has an exact mask, so the score shown only checks your marks, not the object "
