@@ -116,3 +116,13 @@ def test_cutting_a_stack_again_keeps_ids_unique_across_it(tmp_path):
     # asking for one slice cuts its whole stack, so its ids still follow the slice before
     resplit_folder(tmp_path, min_object_size=0, stems=["stack_z001"])
     assert ids("stack_z001") == {3, 4}
+
+
+def test_any_numbering_and_negative_ids():
+    """Ids far above the pixel count (an earlier stack's) are renumbered in their order."""
+    a = np.zeros((30, 30), np.int64)
+    a[2:8, 2:8], a[20:25, 20:25] = 3_000_000_000, 7
+    out = StackIds().add(a)
+    assert out[3, 3] == 2 and out[21, 21] == 1 and out.dtype == np.int32
+    with pytest.raises(ValueError, match=">= 0"):
+        StackIds().add(-a)

@@ -67,45 +67,62 @@ class StackIds:
             raise ValueError(
                 f"Slices of one stack have one shape: {instances.shape} after {self._previous.shape}."
             )
-        local, inverse = np.unique(instances, return_inverse=True)
-        inverse = inverse.reshape(instances.shape)
-        objects = local != 0
-        new_ids = np.zeros(len(local), dtype=np.int64)
-        matched = self._matches(inverse, local) if self.link and self._previous is not None else {}
-        for i in np.flatnonzero(objects):
-            if i in matched:
-                new_ids[i] = matched[i]
-            else:
-                new_ids[i] = self.next_id
-                self.next_id += 1
+        if instances.size and instances.min() < 0:
+            raise ValueError("Instance ids are >= 0 (0 = no object).")
+        dense = _dense(instances)
+        present = np.flatnonzero(np.bincount(dense.ravel())[1:]) + 1
+        lut = np.zeros(int(present[-1]) + 1 if len(present) else 1, dtype=np.int64)
+        matched = self._matches(dense) if self.link and self._previous is not None else {}
+        if matched:
+            lut[np.fromiter(matched, np.int64)] = np.fromiter(matched.values(), np.int64)
+        new = present[lut[present] == 0]
+        lut[new] = np.arange(self.next_id, self.next_id + len(new))
+        self.next_id += len(new)
         dtype = np.int32 if self.next_id <= np.iinfo(np.int32).max else np.int64
-        out = new_ids.astype(dtype)[inverse]
+        out = lut.astype(dtype)[dense]
         self._previous = out
         return out
 
-    def _matches(self, inverse: np.ndarray, local: np.ndarray) -> dict[int, int]:
-        """``{index into local: previous slice's id}`` for pairs above ``min_iou``."""
+    def _matches(self, dense: np.ndarray) -> dict[int, int]:
+        """``{id in dense: previous slice's id}`` for pairs above ``min_iou``, one-to-one."""
         prev = self._previous
-        both = (local[inverse] != 0) & (prev != 0)
+        both = (dense != 0) & (prev != 0)
         if not both.any():
             return {}
-        pairs, inter = np.unique(
-            np.stack([inverse[both].astype(np.int64), prev[both].astype(np.int64)]), axis=1, return_counts=True
-        )
-        area_local = np.bincount(inverse.ravel(), minlength=len(local))
-        prev_ids, prev_area = np.unique(prev, return_counts=True)
-        area_prev = prev_area[np.searchsorted(prev_ids, pairs[1])]
-        iou = inter / (area_local[pairs[0]] + area_prev - inter)
+        base = int(prev.max()) + 1
+        keys, inter = np.unique(dense[both].astype(np.int64) * base + prev[both], return_counts=True)
+        ids, prev_ids = keys // base, keys % base
+        area = np.bincount(dense.ravel())[ids]
+        prev_area = _areas(prev, prev_ids)
+        iou = inter / (area + prev_area - inter)
+        keep = iou > self.min_iou  # above 0.5 an object has at most one partner either way
         matched: dict[int, int] = {}
         taken: set[int] = set()
-        for k in np.argsort(-iou, kind="stable"):
-            if iou[k] <= self.min_iou:
-                break
-            i, p = int(pairs[0, k]), int(pairs[1, k])
+        for k in np.flatnonzero(keep)[np.argsort(-iou[keep], kind="stable")]:
+            i, p = int(ids[k]), int(prev_ids[k])
             if i not in matched and p not in taken:
                 matched[i] = p
                 taken.add(p)
         return matched
+
+
+def _dense(instances: np.ndarray) -> np.ndarray:
+    """``instances`` with ids small enough for lookup tables: as they are when the largest id
+    is of the order of the pixels (ids 1..n, as the instance step numbers them), else
+    renumbered 1..n in the order of the ids (0 stays 0)."""
+    top = int(instances.max(initial=0))
+    if top <= 4 * instances.size + 1024:
+        return instances.astype(np.int64, copy=False)
+    ids = np.unique(instances)
+    if ids[0] != 0:
+        ids = np.concatenate([[0], ids])
+    return np.searchsorted(ids, instances).astype(np.int64)
+
+
+def _areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixel counts of ``ids`` in ``labels``."""
+    found, counts = np.unique(labels, return_counts=True)
+    return counts[np.searchsorted(found, ids)]
 
 
 def stack_instances(slices: Iterable[np.ndarray], link: bool = False, min_iou: float = MIN_IOU) -> np.ndarray:
