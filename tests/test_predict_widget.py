@@ -289,3 +289,37 @@ def test_a_stack_layer_gets_instance_ids_unique_across_slices_or_linked(make_nap
     pw.link_slices.setChecked(True)
     pw.run()
     qtbot.waitUntil(lambda: not pw.is_running() and ids(1) == {1}, timeout=60_000)
+
+
+def test_a_lazy_stack_is_read_plane_by_plane_by_the_worker(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """A dask-backed stack layer (as napari's lazy readers give) is not loaded whole when
+    Predict is pressed: each plane is read when the worker reaches it, off the main thread."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    from napari_lazylabels._widgets import _layers
+
+    reads: list[tuple[int, str]] = []
+
+    def plane(block, block_info=None):
+        reads.append((block_info[None]["chunk-location"][0], threading.current_thread().name))
+        return block
+
+    data = da.from_array(np.stack([_image(96)] * 3), chunks=(1, 96, 96)).map_blocks(plane, dtype=np.uint8)
+    monkeypatch.setitem(dask.config.config, "scheduler", "synchronous")  # chunks computed by the caller's thread
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(data, name="lazy")
+    planes = _layers.Planes(layer)
+    reads.clear()
+    assert len(planes) == 3 and reads == []  # made without reading
+    assert planes[2].shape == (96, 96) and [i for i, _ in reads] == [2]
+    pw = _widget(viewer, model_dir)
+    pw.set_chosen(["lazy"])
+    reads.clear()
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=120_000)
+    worker_reads = {i for i, name in reads if name != threading.main_thread().name}
+    assert worker_reads == {0, 1, 2}  # every plane, each by the worker (dask computes in its caller here)
+    assert viewer.layers["lazy instances"].data.shape == (3, 96, 96)

@@ -254,6 +254,32 @@ def image_plane(image_layer, index: int = 0) -> np.ndarray:
     return _plane(image_layer.data, index, stacked, _is_rgb(image_layer), channel_axis(image_layer))
 
 
+class Planes(Sequence):
+    """The 2D images of an Image layer, read one at a time when asked for (:func:`_plane`).
+
+    Made on the main thread (it reads the layer's data, rgb flag and channel axis once) and
+    read in a worker: a lazy (dask, zarr) stack is not loaded whole before a prediction
+    starts, and reading it does not hold the viewer.
+    """
+
+    def __init__(self, image_layer) -> None:
+        self._data = image_layer.data
+        self._stacked = len(label_shape(image_layer)) == 3
+        self._rgb = _is_rgb(image_layer)
+        self._axis = channel_axis(image_layer)
+        self._n = n_planes(image_layer)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._n))]
+        if not -self._n <= index < self._n:
+            raise IndexError(f"plane {index} of {self._n}")
+        return _plane(self._data, index % self._n, self._stacked, self._rgb, self._axis)
+
+
 def label_plane(labels_layer, index: int = 0) -> np.ndarray:
     """The ``index``-th 2D map of a Labels layer (a view for numpy data)."""
     data = labels_layer.data

@@ -362,10 +362,7 @@ class PredictionRunner:
         """Start predicting ``image_layers`` with the model at ``model_path``."""
         if model_path is None:
             raise ValueError("No model yet: train one (Train widget) or load a model folder.")
-        jobs = [
-            (ly.name, [_layers.image_plane(ly, i) for i in range(_layers.n_planes(ly))])
-            for ly in image_layers
-        ]
+        jobs = [(ly.name, _layers.Planes(ly)) for ly in image_layers]  # read by the worker, plane by plane
         if not jobs:
             raise ValueError("Choose at least one image layer to predict.")
 
