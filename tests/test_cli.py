@@ -51,7 +51,10 @@ def test_simulate_train_predict_evaluate(tmp_path, capsys, caplog, monkeypatch, 
     before = {p.name: p.stat().st_mtime_ns for p in pred.glob("*_instances.*")}
     assert main(["instances", str(pred), "--interface-threshold", "0.9", "--min-size", "100000"]) == 0
     assert {p.name for p in pred.glob("*_instances.*")} == set(before)
-    assert all(read_label(pred / n).max() == 0 for n in before)  # 96x112 images: all specks
+    assert "stack_instances.ome.tif" in before  # the stack's whole (Z, Y, X) map, rewritten too
+    assert all(read_label(pred / n).max() == 0 for n in before if not n.endswith(".ome.tif"))  # all specks
+    assert tifffile.imread(pred / "stack_instances.ome.tif").shape == (2, 96, 112)
+    assert tifffile.imread(pred / "stack_instances.ome.tif").max() == 0
     assert json.loads((pred / "lazylabels-predict.json").read_text())["interface_threshold"] == 0.9
     assert main(["instances", str(tmp_path / "nowhere")]) == 2
     assert "give the --out folder of lazylabels predict" in caplog.text
