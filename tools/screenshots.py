@@ -212,10 +212,10 @@ def shot_stack(args) -> None:
     pw.run()
     _wait(pw.is_running, 600)
     log.info("Predict status: %s", pw.status.text())
-    for layer in viewer.layers:
-        layer.visible = layer.name in (name, f"{name} instances")
     viewer.dims.set_current_step(0, 3)
     _focus(viewer, name)
+    for layer in viewer.layers:  # the image and its instances only
+        layer.visible = layer.name in (name, f"{name} instances")
     viewer.layers.selection.active = viewer.layers[f"{name} instances"]
     _save(viewer, "stack")
     viewer.close()
