@@ -125,18 +125,26 @@ def shot_train(args) -> None:
 def shot_predict(args) -> None:
     """The Predict widget's result on the sample's nuclei stack with a freshly trained model."""
     model_dir = _trained_sample_model(args.seconds)
-    viewer = _viewer_with_sample()
+    _predict_and_save(_viewer_with_sample(), STACK, model_dir, "predict")
+
+
+def _predict_and_save(viewer, image: str, model_dir: Path, shot: str, link_slices: bool = False, step=None) -> None:
+    """Predict ``image`` with the Predict widget from the Plugins menu, show the image and
+    its instances only (at slice ``step`` of a stack), save the shot and close the viewer."""
     _, pw = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
     pw.model_dir.setText(str(model_dir))
-    pw.set_chosen([STACK])
+    pw.set_chosen([image])
+    pw.link_slices.setChecked(link_slices)
     pw.run()
     _wait(pw.is_running, 600)
     log.info("Predict status: %s", pw.status.text())
-    _focus(viewer, STACK)
+    if step is not None:
+        viewer.dims.set_current_step(0, step)
+    _focus(viewer, image)
     for layer in viewer.layers:  # the image and its instances only
-        layer.visible = layer.name in (STACK, f"{STACK} instances")
-    viewer.layers.selection.active = viewer.layers[f"{STACK} instances"]
-    _save(viewer, "predict")
+        layer.visible = layer.name in (image, f"{image} instances")
+    viewer.layers.selection.active = viewer.layers[f"{image} instances"]
+    _save(viewer, shot)
     viewer.close()
 
 
@@ -204,21 +212,7 @@ def shot_stack(args) -> None:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 950)
     viewer.open(str(path))
-    name = viewer.layers[0].name
-    _, pw = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
-    pw.model_dir.setText(str(model_dir))
-    pw.set_chosen([name])
-    pw.link_slices.setChecked(True)
-    pw.run()
-    _wait(pw.is_running, 600)
-    log.info("Predict status: %s", pw.status.text())
-    viewer.dims.set_current_step(0, 3)
-    _focus(viewer, name)
-    for layer in viewer.layers:  # the image and its instances only
-        layer.visible = layer.name in (name, f"{name} instances")
-    viewer.layers.selection.active = viewer.layers[f"{name} instances"]
-    _save(viewer, "stack")
-    viewer.close()
+    _predict_and_save(viewer, viewer.layers[0].name, model_dir, "stack", link_slices=True, step=3)
 
 
 SHOTS = {"annotate": shot_annotate, "train": shot_train, "predict": shot_predict, "channels": shot_channels,

@@ -257,12 +257,17 @@ def tiff_channels(path: str | os.PathLike) -> tuple[int | None, list[str] | None
     return axis, names if names and all(names) else None
 
 
-def _ome_channel_names(xml: str) -> list[str] | None:
-    """The ``Name`` of each ``Channel`` of an OME-XML document's first image."""
+def ome_pixels(xml: str):
+    """The ``Pixels`` element of an OME-XML document's first image (its sizes, channels and
+    physical pixel sizes), or ``None``."""
     import xml.etree.ElementTree as ET
 
-    root = ET.fromstring(xml)
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    return next((el for el in ET.fromstring(xml).iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+
+
+def _ome_channel_names(xml: str) -> list[str] | None:
+    """The ``Name`` of each ``Channel`` of an OME-XML document's first image."""
+    pixels = ome_pixels(xml)
     if pixels is None:
         return None
     channels = [el for el in pixels if el.tag.rsplit("}", 1)[-1] == "Channel"]

@@ -229,10 +229,8 @@ def resplit_folder(
                 inst = instances_from_prediction(
                     classes, interfaces, interface_threshold, min_object_size, neck_depth=neck_depth
                 )
-                if len(group) > 1:
-                    inst = ids.add(inst)
-                written.append(write_instances(pred_dir, stem, inst))
-                log.info("%s: %d instances", stem, len(np.unique(inst)) - int(inst.min(initial=0) == 0))
+                log.info("%s: %d instances", stem, int(inst.max(initial=0)))  # numbered 1..n here
+                written.append(write_instances(pred_dir, stem, ids.add(inst) if len(group) > 1 else inst))
             _rewrite_whole_instances(pred_dir, group)
         settings.update(interface_threshold=interface_threshold, min_object_size=min_object_size,
                         neck_depth=neck_depth, seed_probability=None, link_slices=link_slices)

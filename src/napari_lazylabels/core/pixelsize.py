@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
+from .io import atomic_path, ome_pixels
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,7 @@ def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
 
 def _from_ome(xml: str) -> PixelSize | None:
     """The first image's ``Pixels`` sizes of an OME-XML document (Y and X must be given)."""
-    root = ET.fromstring(xml)
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    pixels = ome_pixels(xml)
     if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
         return None
     unit = pixels.get("PhysicalSizeXUnit", OME_DEFAULT_UNIT)
