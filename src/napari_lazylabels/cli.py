@@ -38,6 +38,9 @@ lazylabels-predict.json (the model and how instances were cut). The slices of a 
 (Z or T) are written as STEM_z000_*, STEM_z001_*, ..., their instance ids unique across the stack.
 A stack, or a TIFF with a physical pixel size (OME or ImageJ), also gets STEM_classes.ome.tif and
 STEM_instances.ome.tif: the whole (Z, Y, X) maps at the image's pixel size, for viewers.
+Zarr and OME-Zarr inputs, TIFFs with planes above 10000x10000 px (and any TIFF with --ome-zarr)
+are predicted block by block in bounded memory into STEM.ome.zarr: the image, and the class and
+instance maps under labels/ (OME-NGFF 0.4, with pyramids and the image's pixel size).
 """
 EPILOG_INSTANCES = """Cuts the objects of a lazylabels predict --out folder again from its STEM_classes.png
 and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. examples:
@@ -355,6 +358,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
     n, failed, written = 0, [], {}
     with folder_lock(out, "predict"):
         for f in _tqdm(iterable=files, desc="predict", unit="file"):
+            lazy = _lazy_image(f, a.ome_zarr)
+            if lazy is not None:
+                n += _predict_blockwise(predictor, lazy, out, pcfg)
+                written[f.stem] = f
+                continue
             try:
                 images = read_images(f)  # a stack TIFF gives one image per slice
             except (ValueError, OSError) as e:  # one unreadable image does not stop the batch
@@ -382,6 +390,41 @@ def cmd_predict(a: argparse.Namespace) -> int:
                   ", ".join(str(f) for f in failed[:5]) + (" ..." if len(failed) > 5 else ""))
         return 1
     return 0
+
+
+def _lazy_image(f: Path, always: bool):
+    """The file opened lazily when it is predicted block by block into an OME-Zarr: a zarr
+    or OME-Zarr folder, a TIFF whose planes exceed ``BLOCKWISE_PIXELS``, any TIFF with
+    ``--ome-zarr``; else ``None`` (read whole). A file that cannot be opened lazily is read
+    whole (its error is reported there)."""
+    from .core.io import is_zarr
+    from .core.options import BLOCKWISE_PIXELS
+    from .core.zarrio import open_lazy_image
+
+    if not (is_zarr(f) or f.suffix.lower() in (".tif", ".tiff")):
+        return None
+    try:
+        lazy = open_lazy_image(f)
+    except ValueError:
+        if is_zarr(f):
+            raise
+        return None
+    h, w = lazy.plane_shape
+    return lazy if is_zarr(f) or always or h * w > BLOCKWISE_PIXELS else None
+
+
+def _predict_blockwise(predictor, lazy, out: Path, pcfg) -> int:
+    """Predict a lazy image block by block into ``OUT/STEM.ome.zarr``; returns its planes."""
+    from .core.blocks import iter_predict_ome_zarr, ome_zarr_path
+
+    h, w = lazy.plane_shape
+    path = ome_zarr_path(out, lazy.name)
+    if pcfg.link_slices and lazy.n_stack:
+        log.warning("%s: --link-slices is not applied block by block; ids are unique across the stack", lazy.name)
+    log.info("%s: %dx%d%s, predicted block by block into %s", lazy.name, h, w,
+             f" x {lazy.n_planes} planes" if lazy.n_stack else "", path)
+    _run_job(iter_predict_ome_zarr(predictor, lazy, path), desc=lazy.name, unit="tile")
+    return lazy.n_planes
 
 
 def _whole_image_outputs(out: Path, f: Path, images: list, done: list[str]) -> None:
@@ -653,6 +696,9 @@ def _add_predict(sub, fmt) -> None:
                     "default; --tta sets every image's)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--no-probabilities", action="store_true", help="skip STEM_probabilities.tif")
+    pr.add_argument("--ome-zarr", action="store_true",
+                    help="predict every TIFF block by block into STEM.ome.zarr (bounded memory); zarr and "
+                    "OME-Zarr inputs, and TIFFs with planes above 10000x10000 px, always are")
     _instance_options(pr, "the model's own, tuned on its exact masks when training ended, else 0.5",
                       "a tenth of the area of the typical object the model was trained on, at least 16")
     pr.add_argument("--split-uncertain", type=float, metavar="P",

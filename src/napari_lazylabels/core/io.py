@@ -673,14 +673,29 @@ def save_dataset(dataset: LazyDataset, path: str | os.PathLike, write_images: bo
     return root
 
 
+ZARR_MARKERS = (".zarray", ".zgroup", ".zattrs", "zarr.json")
+"""Files that make a folder a zarr array or group (format 2 or 3)."""
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zarr array or group folder, e.g. ``cells.ome.zarr``."""
+    p = Path(path)
+    return p.is_dir() and (p.suffix.lower() == ".zarr" or any((p / m).is_file() for m in ZARR_MARKERS))
+
+
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (and dataset folders, via ``images/``) into image files."""
+    """Expand files and folders (and dataset folders, via ``images/``) into image files; a
+    zarr folder (``*.zarr``, an OME-Zarr) is one image."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if is_zarr(p):
+            out.append(p)
+        elif p.is_dir():
             d = p / "images" if (p / "images").is_dir() else p
             out += sorted(
-                f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+                f for f in d.iterdir()
+                if (f.suffix.lower() in IMAGE_SUFFIXES or f.suffix.lower() == ".zarr" and f.is_dir())
+                and not f.name.startswith(".")
             )
         elif p.exists():
             out.append(p)

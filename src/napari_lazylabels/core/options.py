@@ -48,3 +48,9 @@ LARGE_TTA_PIXELS = 2048 * 2048
 LARGE_IMAGE_TTA = 2
 """Orientations for large images by default (docs/benchmarks.md, "Orientations for large
 images")."""
+
+BLOCKWISE_PIXELS = 100_000_000
+"""Planes with more pixels than this (10000 x 10000) are predicted block by block from the
+file into an OME-Zarr (:mod:`~napari_lazylabels.core.blocks`), in bounded memory; smaller
+ones whole, into PNG/TIFF files (whole-image prediction holds ~20 bytes per pixel: 2 GB at
+this size)."""

@@ -36,7 +36,7 @@ from .jobs import Cancelled, Progress, drive, stoppable
 from .labels import DETECTION, SEGMENTATION, SEPARATION, n_task_classes
 from .model import ModelConfig
 from .options import DEFAULT_TTA, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
-from .prepare import NormalizedSource, check_channels, prepare_image
+from .prepare import NormalizedSource, check_channels, image_value_range, prepare_image
 from .stacks import StackIds
 from .tiling import (
     Forward,
@@ -367,7 +367,7 @@ class Predictor:
         c = self.config
         check_channels(image, c.in_channels, c.channels, c.source_channels, what)
 
-    def prepare(self, image: np.ndarray) -> np.ndarray | TileSource:
+    def prepare(self, image: np.ndarray, value_range=None) -> np.ndarray | TileSource:
         """Validate and normalise an image for the network, as training does
         (:func:`~napari_lazylabels.core.prepare.prepare_image`): the intensity range from the
         image at its own resolution, then the working scale; images whose float32 copy is
@@ -375,6 +375,8 @@ class Predictor:
 
         Args:
             image: ``(H, W)`` or ``(H, W, C)``, any dtype.
+            value_range: the intensity range to normalise with instead of the image's own
+                (:meth:`value_range` of the whole image, for one block of it).
 
         Returns:
             ``(C, H, W)`` float32 array (at the model's working scale) or a lazy
@@ -387,11 +389,18 @@ class Predictor:
         c = self.config
         src = prepare_image(
             image, c.in_channels, c.norm_percentiles, c.scale, eager_bytes=EAGER_NORMALIZE_BYTES,
-            channels=c.channels, source_channels=c.source_channels,
+            channels=c.channels, source_channels=c.source_channels, value_range=value_range,
         )
         if isinstance(src, NormalizedSource):
             log.info("Normalising a %dx%d image tile by tile (range %s)", *src.shape[1:], src.value_range)
         return src
+
+    def value_range(self, image):
+        """The intensity range :meth:`prepare` takes from ``image`` ``(H, W[, C])``, read from
+        a subsample of a lazy array (zarr, dask, memory map) without loading it
+        (:func:`~napari_lazylabels.core.prepare.image_value_range`)."""
+        c = self.config
+        return image_value_range(image, c.in_channels, c.norm_percentiles, c.channels, c.source_channels)
 
     # ------------------------------------------------------------------ prediction
     def predict_iter(
@@ -433,11 +442,17 @@ class Predictor:
         outputs: dict[str, np.ndarray] | None,
         instances: bool,
         should_stop: Callable[[], bool] | None,
+        value_range=None,
+        orientations: int | None = None,
     ) -> Iterator[Progress]:
-        """:meth:`predict_iter`'s job: prepare, tiles (and resizing), post-processing."""
+        """:meth:`predict_iter`'s job: prepare, tiles (and resizing), post-processing.
+
+        ``value_range`` and ``orientations`` replace the image's own (those of the whole image
+        when ``image`` is one block of it, :mod:`~napari_lazylabels.core.blocks`)."""
         full_shape = as_image(image).shape[:2]
-        src = self.prepare(image)
-        forward = self._tile_forward(should_stop, self.orientations(src.shape[1:]))
+        src = self.prepare(image, value_range)
+        n = self.orientations(src.shape[1:]) if orientations is None else orientations
+        forward = self._tile_forward(should_stop, n)
         maps = yield from self._iter_maps(src, forward, self._kept(outputs), full_shape)
         del src  # the normalised input (4 bytes per pixel) is not needed after the tiles
         return (yield from self._iter_post_process(maps, instances))

@@ -304,6 +304,7 @@ def prepare_image(
     channels_first: bool = True,
     channels=None,
     source_channels: int | None = None,
+    value_range=None,
 ) -> np.ndarray | NormalizedSource:
     """An image as the network sees it, at the working scale.
 
@@ -326,6 +327,8 @@ def prepare_image(
             made at once (prediction).
         channels_first: ``(C, H, W)``, the network's layout (``False``: ``(H, W, C)``, for
             training's patch warps; only for the eager result).
+        value_range: the intensity range to use instead of the image's own: that of the
+            whole image when ``image`` is one block of it (:func:`image_value_range`).
 
     Returns:
         float32 ``(C, h, w)`` (``(h, w, C)``) at the working scale, or a lazy
@@ -337,12 +340,31 @@ def prepare_image(
     """
     if channels is None:
         img = _model_channels(image, in_channels)
-        value_range = intensity_range(img, in_channels, norm_percentiles)
+        if value_range is None:
+            value_range = intensity_range(img, in_channels, norm_percentiles)
     else:
         img = select_channels(image, channels, source_channels)
-        value_range = channel_ranges(img, norm_percentiles)
+        if value_range is None:
+            value_range = channel_ranges(img, norm_percentiles)
     img = resize_image(img, scale)
     h, w = img.shape[:2]
     if eager_bytes is not None and in_channels * h * w * 4 > eager_bytes:
         return NormalizedSource(img, in_channels, value_range)
     return normalize(img, in_channels, value_range=value_range, channels_first=channels_first)
+
+
+def image_value_range(
+    image, in_channels: int, norm_percentiles=(1.0, 99.8), channels=None, source_channels: int | None = None,
+    max_pixels: int = RANGE_PIXELS,
+):
+    """The intensity range :func:`prepare_image` takes from a whole image, read from a lazy
+    one (a zarr, dask or memory-mapped ``(H, W[, C])`` array) without loading it: the same
+    strided subsample of about ``max_pixels`` pixels (every ``s``-th row and column), then
+    the same percentiles, so block by block prediction normalises every block as the whole
+    image would be."""
+    h, w = image.shape[:2]
+    s = max(1, int(math.sqrt(h * w / max_pixels)))
+    sub = np.asarray(image[::s, ::s])
+    if channels is None:
+        return intensity_range(_model_channels(sub, in_channels), in_channels, norm_percentiles, max_pixels)
+    return channel_ranges(select_channels(sub, channels, source_channels), norm_percentiles, max_pixels)

@@ -1,0 +1,111 @@
+"""Peak memory and time of ``lazylabels predict`` on images larger than memory (not a test).
+
+Writes a synthetic ``SIDE x SIDE`` uint8 zarr (bright discs of 4-14 px radius on a noisy dark
+background, chunk by chunk, so that making it needs no memory either), then runs the
+installed console script as a user does, with defaults:
+
+    lazylabels predict MODEL big.zarr --out OUT
+
+and records its peak resident memory (``/usr/bin/time``'s maximum resident set size), wall time, megapixels per
+second and the objects found, appending a record to
+``benchmarks/results/blockwise/records.jsonl``.
+
+    python benchmarks/blockwise_memory.py MODEL --sides 10000 40000 --work /tmp/blockwise
+
+MODEL is any trained model folder (e.g. from ``lazylabels train <sample dataset> --minutes 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS, append_jsonl, git_commit, machine, utc_now, versions
+
+MB = 2**20
+
+
+def make_zarr(path: Path, side: int, chunk: int = 1024, seed: int = 0) -> Path:
+    """A ``side x side`` uint8 zarr of discs, written one chunk at a time (kept if present)."""
+    import cv2
+    import zarr
+
+    if path.exists():
+        return path
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    arr = zarr.create_array(str(tmp), shape=(side, side), chunks=(chunk, chunk), dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    for y in range(0, side, chunk):
+        for x in range(0, side, chunk):
+            h, w = min(chunk, side - y), min(chunk, side - x)
+            block = rng.normal(30, 8, (h, w)).clip(0, 255).astype(np.uint8)
+            for _ in range(h * w // 900):
+                cv2.circle(block, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(4, 15)),
+                           int(rng.integers(150, 230)), -1)
+            arr[y : y + h, x : x + w] = block
+    tmp.rename(path)
+    return path
+
+
+def run(model: str, image: Path, out: Path) -> dict:
+    """The console script on one image, in a child process under ``/usr/bin/time``: wall
+    seconds, exit code and the child's peak resident memory."""
+    shutil.rmtree(out, ignore_errors=True)
+    exe = Path(sys.executable).with_name("lazylabels")
+    cmd = [str(exe), "predict", model, str(image), "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    peak_kb = int(proc.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0])
+    return {"command": " ".join(["lazylabels", *cmd[1:]]), "seconds": round(seconds, 1),
+            "peak_rss_mb": round(peak_kb / 1024)}
+
+
+def count_objects(out: Path, name: str) -> int:
+    import zarr
+
+    root = zarr.open_group(str(out / f"{name}.ome.zarr"), mode="r")
+    inst = root["labels/instances/0"]
+    top = 0
+    for y in range(0, inst.shape[0], 4096):  # the largest id, read in bands
+        top = max(top, int(np.asarray(inst[y : y + 4096]).max()))
+    return top
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--sides", type=int, nargs="+", default=[10000, 40000])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lazylabels-blockwise"))
+    ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for side in args.sides:
+        name = f"discs{side}"
+        t0 = time.perf_counter()
+        image = make_zarr(args.work / f"{name}.zarr", side)
+        made = time.perf_counter() - t0
+        out = args.work / f"out{side}"
+        rec = {"kind": "blockwise_memory", "date": utc_now(), "commit": git_commit(), "side": side,
+               "megapixels": side * side / 1e6, **run(args.model, image, out)}
+        rec["mp_per_s"] = round(rec["megapixels"] / rec["seconds"], 3)
+        rec["objects"] = count_objects(out, name)
+        rec.update(make_seconds=round(made, 1), machine=machine(), versions=versions())
+        append_jsonl(RESULTS / "blockwise" / "records.jsonl", rec)
+        sys.stdout.write(json.dumps({k: rec[k] for k in ("side", "seconds", "peak_rss_mb", "mp_per_s", "objects")}) + "\n")
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

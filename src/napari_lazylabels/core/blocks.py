@@ -1,0 +1,269 @@
+"""Prediction of images larger than memory: block by block, from a lazy array into an OME-Zarr.
+
+:func:`iter_predict_ome_zarr` predicts a :class:`~napari_lazylabels.core.zarrio.LazyImage`
+(zarr, OME-Zarr, a large TIFF; a stack plane by plane) into ``STEM.ome.zarr``: the image,
+``labels/classes`` and ``labels/instances``. The image is cut into square *blocks* of
+:data:`BLOCK` pixels; each is predicted with a *halo* of context around it
+(:func:`block_halo`), so only one window of ``(BLOCK + 2 halo)^2`` pixels is in memory at a
+time, whatever the image's size:
+
+* every window is normalised with the intensity range of the whole image (read from a
+  subsample, :meth:`~napari_lazylabels.core.predictor.Predictor.value_range`) and predicted in
+  the orientations the whole image would get, so blocks agree with each other;
+* the class map is written for the block's core;
+* instances are cut in the window, and each object that reaches into the core is written
+  whole (also where it reaches into neighbouring blocks), on pixels no earlier block has
+  claimed, unless an earlier block already wrote more than half of it (the same object, seen
+  from the other side) (:func:`merge_instances`). An object larger than the halo can be cut in
+  two at a block edge; the halo is twice the model's typical object diameter.
+
+Peak memory: the Python process with torch and the model, plus about ``(BLOCK + 2 halo)^2``
+pixels times ~60 bytes (the window, its normalised copy, the float maps, the instance maps;
+measured in docs/benchmarks.md), plus one decoded chunk of the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .jobs import Cancelled, Progress, stoppable
+from .predictor import Predictor
+from .prepare import scaled_shape
+from .tiling import tile_starts
+from .zarrio import LazyImage, OmeZarrWriter
+
+log = logging.getLogger(__name__)
+
+BLOCK = 2048
+"""Side of the blocks whose predictions are written (without their halo), in image pixels."""
+
+MAX_HALO = 1024
+"""The largest halo read around a block."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: its ``core`` (written) and its ``window`` (read, the core with its halo),
+    each ``(y0, y1, x0, x1)`` in image pixels."""
+
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+    def local_core(self) -> tuple[slice, slice]:
+        """The core as slices into the window."""
+        (y0, y1, x0, x1), (wy, _, wx, _) = self.core, self.window
+        return slice(y0 - wy, y1 - wy), slice(x0 - wx, x1 - wx)
+
+
+def block_halo(predictor: Predictor) -> int:
+    """Context read around each block, in image pixels: half a tile of the network (its
+    tiles see that far) and twice the model's typical object diameter (an object that
+    reaches into the block is then seen whole), rounded up to 64, at most :data:`MAX_HALO`."""
+    scale = predictor.config.scale
+    need = predictor.predict_config.tile / scale / 2
+    if predictor.config.object_diameter:
+        need = max(need, 2 * predictor.config.object_diameter)
+    return int(min(MAX_HALO, 64 * math.ceil(need / 64)))
+
+
+def block_grid(shape: tuple[int, int], block: int = BLOCK, halo: int = 0) -> list[Block]:
+    """The blocks of an ``(H, W)`` image in raster order (the last row and column of blocks
+    may be smaller), with windows clipped to the image."""
+    h, w = shape
+    out = []
+    for y0 in range(0, h, block):
+        for x0 in range(0, w, block):
+            y1, x1 = min(h, y0 + block), min(w, x0 + block)
+            out.append(Block((y0, y1, x0, x1), (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))))
+    return out
+
+
+def merge_instances(
+    out: np.ndarray, inst: np.ndarray, core: tuple[slice, slice], next_id: int
+) -> tuple[np.ndarray, int]:
+    """Add a window's objects to the instance map written so far.
+
+    Args:
+        out: ``(h, w)`` uint32, the written map over the window (0 = unclaimed); changed in place.
+        inst: ``(h, w)`` int, the window's own instances (0 = none).
+        core: the block's core within the window.
+        next_id: the first free id.
+
+    Returns:
+        ``(out, next_id)``: the objects that reach into the core, numbered from ``next_id``,
+        written on unclaimed pixels, except those more than half claimed already.
+    """
+    ids = np.unique(inst[core])
+    ids = ids[ids > 0]
+    if not ids.size:
+        return out, next_id
+    flat = inst.ravel()
+    n = int(flat.max()) + 1
+    area = np.bincount(flat, minlength=n)
+    claimed = np.bincount(flat, weights=(out.ravel() != 0), minlength=n)
+    keep = ids[claimed[ids] <= 0.5 * area[ids]]
+    lut = np.zeros(n, np.uint32)
+    lut[keep] = np.arange(next_id, next_id + keep.size, dtype=np.uint32)
+    new = lut[inst]
+    free = (new != 0) & (out == 0)
+    out[free] = new[free]
+    return out, next_id + int(keep.size)
+
+
+def _window_tiles(predictor: Predictor, block: Block) -> int:
+    pc = predictor.predict_config
+    y0, y1, x0, x1 = block.window
+    h, w = scaled_shape((y1 - y0, x1 - x0), predictor.config.scale)
+    return len(tile_starts(h, pc.tile, pc.overlap)) * len(tile_starts(w, pc.tile, pc.overlap))
+
+
+def iter_predict_blocks(
+    predictor: Predictor,
+    image,
+    classes,
+    instances=None,
+    image_copy=None,
+    block: int = BLOCK,
+    halo: int | None = None,
+    first_id: int = 1,
+    should_stop: Callable[[], bool] | None = None,
+    tiles_before: int = 0,
+    tiles_total: int | None = None,
+) -> Iterator[Progress]:
+    """Job: predict a lazy ``(H, W[, C])`` image block by block into lazy outputs.
+
+    Args:
+        predictor: the model.
+        image: ``(H, W[, C])`` array-like whose slices read that region only (zarr, dask,
+            :class:`~napari_lazylabels.core.zarrio.AxesView`, a memory map).
+        classes: ``(H, W)`` writable array-like for the class map.
+        instances: ``(H, W)`` readable and writable uint32 array-like for instance ids
+            (zeros to start), or ``None`` for none.
+        image_copy: ``(H, W[, C])`` writable array-like that receives the image (the
+            OME-Zarr's own copy), or ``None``.
+        block: the blocks' side; halo: context around each (default :func:`block_halo`).
+        first_id: the first instance id (a stack's planes continue the ids of the one before).
+        should_stop: asked at every event and between orientations; raises
+            :class:`~napari_lazylabels.core.jobs.Cancelled`.
+        tiles_before, tiles_total: offset and total of the ``"tiles"`` events (a stack counts
+            the tiles of all its planes).
+
+    Yields ``Progress("tiles", done, total)`` over all blocks, and the phases of each block.
+
+    Returns:
+        the next free instance id.
+    """
+    return (yield from stoppable(
+        _predict_blocks(predictor, image, classes, instances, image_copy, block, halo, first_id,
+                        should_stop, tiles_before, tiles_total), should_stop))
+
+
+def count_tiles(predictor: Predictor, shape: tuple[int, int], block: int = BLOCK, halo: int | None = None) -> int:
+    """Tiles the network sees over all blocks of an ``(H, W)`` image."""
+    halo = block_halo(predictor) if halo is None else halo
+    return sum(_window_tiles(predictor, b) for b in block_grid(shape, block, halo))
+
+
+def _predict_blocks(predictor, image, classes, instances, image_copy, block, halo, first_id, should_stop,
+                    tiles_before, tiles_total) -> Iterator[Progress]:
+    shape = tuple(int(s) for s in image.shape[:2])
+    halo = block_halo(predictor) if halo is None else halo
+    blocks = block_grid(shape, block, halo)
+    value_range = predictor.value_range(image)
+    orientations = predictor.orientations(scaled_shape(shape, predictor.config.scale))
+    total = tiles_total if tiles_total is not None else tiles_before + sum(_window_tiles(predictor, b) for b in blocks)
+    log.info("Predicting %dx%d in %d blocks of %d px (halo %d px, %d orientations)", *shape, len(blocks), block, halo, orientations)
+    done, next_id = tiles_before, first_id
+    for b in blocks:
+        y0, y1, x0, x1 = b.window
+        window = np.asarray(image[y0:y1, x0:x1])
+        job = predictor._predict(window, None, instances is not None, should_stop, value_range, orientations)
+        pred = yield from _offset_tiles(job, done, total)
+        done += _window_tiles(predictor, b)
+        cy, cx = b.local_core()
+        (py0, py1, px0, px1) = b.core
+        classes[py0:py1, px0:px1] = pred.classes[cy, cx]
+        if image_copy is not None:
+            part = window[cy, cx]
+            image_copy[py0:py1, px0:px1] = part[..., None] if part.ndim < image_copy.ndim else part
+        if instances is not None:
+            out = np.asarray(instances[y0:y1, x0:x1], np.uint32)
+            out, next_id = merge_instances(out, pred.instances, (cy, cx), next_id)
+            instances[y0:y1, x0:x1] = out
+        del pred, window
+        yield Progress("tiles", done, total)
+    return next_id
+
+
+def _offset_tiles(job, before: int, total: int) -> Iterator[Progress]:
+    """Re-yield a window's job with its ``"tiles"`` events counted over the whole image."""
+    try:
+        event = next(job)
+        while True:
+            if event.phase == "tiles":
+                event = Progress("tiles", before + event.done, total)
+            try:
+                yield event
+            except Cancelled as e:
+                event = job.throw(e)
+            else:
+                event = next(job)
+    except StopIteration as end:
+        return end.value
+    finally:
+        job.close()
+
+
+def ome_zarr_path(out_dir: str | os.PathLike, stem: str) -> Path:
+    """Where :func:`iter_predict_ome_zarr` writes an image's prediction: ``STEM.ome.zarr``."""
+    return Path(out_dir) / f"{stem}.ome.zarr"
+
+
+def iter_predict_ome_zarr(
+    predictor: Predictor,
+    image: LazyImage,
+    path: str | os.PathLike,
+    instances: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    block: int = BLOCK,
+) -> Iterator[Progress]:
+    """Job: predict a lazy image (a stack plane by plane, instance ids unique across it) into
+    an OME-Zarr at ``path``: the image at the root, ``labels/classes`` (uint8, uint16 above
+    255 classes) and ``labels/instances`` (uint32), each with a pyramid and the image's
+    pixel size (:class:`~napari_lazylabels.core.zarrio.OmeZarrWriter`). Nothing is left at
+    ``path`` unless complete (a stop or an error removes the partial folder).
+
+    Returns:
+        ``path``.
+    """
+    predictor.check(image.plane(0)[:8, :8], what=image.name)  # channels, before any work
+    labels = {"classes": np.uint8 if predictor.config.n_classes < 256 else np.uint16}
+    if instances:
+        labels["instances"] = np.uint32
+    writer = OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
+                           image.n_channels, labels, image.pixel_size, name=image.name)
+    try:
+        halo = block_halo(predictor)
+        per_plane = count_tiles(predictor, image.plane_shape, block, halo)
+        total = per_plane * image.n_planes
+        next_id = 1
+        for z in range(image.n_planes):
+            zi = z if image.n_stack else None
+            next_id = yield from iter_predict_blocks(
+                predictor, image.plane(z), writer.label("classes", zi),
+                writer.label("instances", zi) if instances else None, writer.image_plane(zi), block, halo,
+                next_id, should_stop, z * per_plane, total,
+            )
+        if instances:
+            log.info("%s: %d objects", image.name, next_id - 1)
+        return (yield from writer.iter_finish())
+    except BaseException:
+        writer.abort()
+        raise

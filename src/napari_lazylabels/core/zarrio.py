@@ -1,0 +1,519 @@
+"""Images that need not fit in memory: lazy reading (zarr, OME-Zarr, large TIFFs) and OME-Zarr
+prediction outputs.
+
+:func:`open_lazy_image` opens a zarr array, an OME-Zarr image (NGFF 0.4 or 0.5) or a TIFF
+without reading its pixels: a :class:`LazyImage` whose :attr:`LazyImage.data` reads only the
+region it is sliced with, in the axis order the rest of the package uses (``(*stack, H, W[,
+C])``), with the physical pixel size the file gives.
+
+:class:`OmeZarrWriter` writes a prediction as an OME-Zarr image (NGFF 0.4, zarr format 2, which
+napari-ome-zarr, Fiji's MoBIE/BigDataViewer, QuPath and ``ome-zarr-py`` open): the input image
+at the root and the label images under ``labels/`` (``classes`` and ``instances``), each a
+pyramid of halved resolutions for viewers, with the pixel size as the ``scale`` of every level.
+It writes into a hidden ``.NAME.partial`` folder, which replaces ``NAME`` only when complete.
+
+Why zarr (and tifffile) rather than a reader framework: zarr is the reference implementation
+of the format OME-Zarr builds on, reads and writes chunk by chunk with bounded memory, and
+tifffile (already used for TIFF) exposes a TIFF as a zarr store; bioio would add a plugin
+system and a dozen packages for the same two formats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import MAX_CHANNELS, MIN_IMAGE_SIDE, is_zarr
+from .jobs import Progress
+from .pixelsize import OME_DEFAULT_UNIT, PixelSize, read_pixel_size
+
+log = logging.getLogger(__name__)
+
+NGFF_VERSION = "0.4"
+"""The OME-NGFF version :class:`OmeZarrWriter` writes (zarr format 2; the version every
+OME-Zarr viewer reads)."""
+
+CHUNK = 1024
+"""Side of the Y/X chunks written (and of the blocks the pyramid is built in)."""
+
+PYRAMID_MIN_SIDE = 1024
+"""The pyramid halves the resolution until the longer side is at most this."""
+
+_NGFF_UNITS = {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "m": "meter", "cm": "centimeter",
+               "Å": "angstrom", "pm": "picometer"}
+_UNITS_BACK = {v: k for k, v in _NGFF_UNITS.items()} | {"micron": "µm"}
+
+
+# --------------------------------------------------------------------------- lazy views
+class AxesView:
+    """A lazy array seen with other axes: the axes of ``array`` named by ``axes`` (one letter
+    each), shown in the order ``order`` (a subset), the others held at the index ``fixed``
+    gives them (0 by default). Slicing reads only the region asked for and returns a NumPy
+    array in ``order``; assigning writes it (label maps written plane by plane).
+
+    ``AxesView(zarr_array, "CYX", "YXC")`` reads a channel-first OME-Zarr channels-last;
+    ``AxesView(stack, "ZYX", "YX", {"Z": 3})`` is the fourth plane of a stack.
+    """
+
+    def __init__(self, array, axes: str, order: str, fixed: dict[str, int] | None = None) -> None:
+        if len(axes) != len(array.shape) or len(set(axes)) != len(axes) or not set(order) <= set(axes):
+            raise ValueError(f"Cannot view axes {axes!r} of shape {tuple(array.shape)} as {order!r}.")
+        self.array, self.axes, self.order = array, axes, order
+        self.fixed = {a: int((fixed or {}).get(a, 0)) for a in axes if a not in order}
+        self.shape = tuple(int(array.shape[axes.index(a)]) for a in order)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(order)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _key(self, key) -> tuple[tuple, str]:
+        """The key into ``array`` for ``key`` (over ``order``) and the axes the result keeps."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim:
+            raise IndexError(f"Too many indices for a view of shape {self.shape}.")
+        by_axis = dict(zip(self.order, key, strict=True))
+        src = tuple(self.fixed[a] if a in self.fixed else by_axis[a] for a in self.axes)
+        kept = "".join(a for a in self.axes if a not in self.fixed and not isinstance(by_axis[a], (int, np.integer)))
+        return src, kept
+
+    def __getitem__(self, key) -> np.ndarray:
+        src, kept = self._key(key)
+        out = np.asarray(self.array[src])
+        want = [a for a in self.order if a in kept]
+        return out.transpose([kept.index(a) for a in want]) if list(kept) != want else out
+
+    def __setitem__(self, key, value) -> None:
+        src, kept = self._key(key)
+        value = np.asarray(value)
+        want = [a for a in self.order if a in kept]
+        if list(kept) != want:
+            value = value.transpose([want.index(a) for a in kept])
+        self.array[src] = value
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass
+class LazyImage:
+    """An image read region by region.
+
+    Attributes:
+        data: ``(H, W)``, ``(H, W, C)``, ``(N, H, W)`` or ``(N, H, W, C)`` array-like: slicing
+            it reads that region only and returns a NumPy array (an :class:`AxesView`).
+        n_stack: leading stack axes (0 or 1: Z or T).
+        channels: whether the last axis holds channels (or RGB colours).
+        pixel_size: the physical pixel size the file gives, else ``None``.
+        name: the file's name without its suffixes (``cells`` for ``cells.ome.zarr``).
+    """
+
+    data: AxesView
+    n_stack: int
+    channels: bool
+    pixel_size: PixelSize | None
+    name: str
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of each plane."""
+        return tuple(self.data.shape[self.n_stack : self.n_stack + 2])
+
+    @property
+    def n_planes(self) -> int:
+        return int(self.data.shape[0]) if self.n_stack else 1
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.data.shape[-1]) if self.channels else 1
+
+    def plane(self, i: int = 0) -> AxesView:
+        """Plane ``i`` as a lazy ``(H, W[, C])`` array."""
+        if not self.n_stack:
+            if i != 0:
+                raise IndexError(f"{self.name} is one plane; asked for plane {i}.")
+            return self.data
+        order = self.data.order[1:]
+        return AxesView(self.data.array, self.data.axes, order, {**self.data.fixed, self.data.order[0]: i})
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _arrange(array, axes: str, what: str) -> tuple[AxesView, int, bool]:
+    """View ``array`` with axes ``axes`` (upper case; ``C``/``S`` channels, ``Y``, ``X``, any
+    other letter a stack axis) as ``(*stack, Y, X[, C])``: axes of length 1 are dropped, at
+    most one stack axis and one channel axis may be longer."""
+    if len(axes) != len(array.shape):
+        raise ValueError(f"{what} has shape {tuple(array.shape)} but its metadata names the axes {axes!r}.")
+    shape = dict(zip(axes, (int(s) for s in array.shape), strict=True))
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"{what} has axes {axes!r}: it needs Y and X.")
+    chan = [a for a in axes if a in "CS" and shape[a] > 1]
+    stack = [a for a in axes if a not in "CSYX" and shape[a] > 1]
+    if len(chan) > 1:
+        raise ValueError(f"{what} has both colour samples and channels ({axes}); keep one.")
+    if len(stack) > 1:
+        raise ValueError(
+            f"{what} has shape {tuple(array.shape)} with axes {axes}: {len(stack)} stack axes "
+            f"({', '.join(stack)}); keep one (save each time point as its own image)."
+        )
+    order = "".join(stack) + "YX" + "".join(chan)
+    view = AxesView(array, axes, order)
+    if chan and view.shape[-1] > MAX_CHANNELS:
+        raise ValueError(f"{what} has {view.shape[-1]} channels; at most {MAX_CHANNELS} are supported.")
+    if min(shape["Y"], shape["X"]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{what} is {shape['Y']}x{shape['X']} pixels; images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}.")
+    return view, len(stack), bool(chan)
+
+
+def _guess_axes(shape: tuple[int, ...]) -> str:
+    """Axes of a zarr array without metadata: ``YX``, ``YXC`` (a last axis too short to be a
+    width), ``ZYX``, ``ZYXC``."""
+    n = len(shape)
+    if n == 2:
+        return "YX"
+    if n == 3:
+        return "YXC" if shape[-1] < MIN_IMAGE_SIDE else "ZYX"
+    if n == 4 and shape[-1] < MIN_IMAGE_SIDE:
+        return "ZYXC"
+    raise ValueError(f"a zarr array of shape {shape} without OME axes; expected (Y, X[, C]) or (Z, Y, X[, C]).")
+
+
+def _ome_multiscales(attrs: dict) -> list | None:
+    """The ``multiscales`` of NGFF 0.4 (top-level) or 0.5 (under ``ome``) attributes."""
+    ms = attrs.get("multiscales")
+    if ms is None and isinstance(attrs.get("ome"), dict):
+        ms = attrs["ome"].get("multiscales")
+    return ms if isinstance(ms, list) and ms else None
+
+
+def _scale(transforms) -> list[float] | None:
+    for t in transforms or []:
+        if isinstance(t, dict) and t.get("type") == "scale":
+            return [float(v) for v in t["scale"]]
+    return None
+
+
+def _ome_pixel_size(ms: dict, axes: list[str]) -> PixelSize | None:
+    """Pixel size from the first dataset's ``scale`` (times the multiscale's own) and the
+    space axes' units (micrometer when none is given, as OME's default)."""
+    scale = _scale(ms["datasets"][0].get("coordinateTransformations"))
+    if scale is None or len(scale) != len(axes):
+        return None
+    outer = _scale(ms.get("coordinateTransformations"))
+    if outer is not None and len(outer) == len(scale):
+        scale = [a * b for a, b in zip(scale, outer, strict=True)]
+    units = {}
+    for ax in ms.get("axes", []):
+        if isinstance(ax, dict) and ax.get("unit"):
+            units[str(ax["name"]).upper()] = _UNITS_BACK.get(ax["unit"], ax["unit"])
+    size = dict(zip(axes, scale, strict=True))
+    unit = units.get("X", OME_DEFAULT_UNIT)
+    if units.get("Y", unit) != unit or all(size[a] == 1 for a in "YX") and "X" not in units:
+        return None  # no physical size: a scale of 1 without units is pixels
+    z = size.get("Z") if units.get("Z", unit) == unit else None
+    try:
+        return PixelSize(size["Y"], size["X"], unit, z)
+    except ValueError:
+        return None
+
+
+def _open_zarr(path: Path) -> LazyImage:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several kinds for foreign folders
+        raise ValueError(f"Could not read {path}: not a zarr array or group ({type(e).__name__}: {e}).") from e
+    what = f"The image {path.name}"
+    if isinstance(node, zarr.Array):
+        view, n_stack, chan = _arrange(node, _guess_axes(node.shape), what)
+        return LazyImage(view, n_stack, chan, None, _stem(path))
+    ms = _ome_multiscales(dict(node.attrs))
+    if ms is None:
+        raise ValueError(f"Could not read {path}: a zarr group without OME-Zarr multiscales metadata.")
+    ms = ms[0]
+    array = node[ms["datasets"][0]["path"]]
+    names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])] or list("tczyx"[-array.ndim :])
+    axes = "".join(n.upper()[0] for n in names)
+    view, n_stack, chan = _arrange(array, axes, what)
+    return LazyImage(view, n_stack, chan, _ome_pixel_size(ms, list(axes)), _stem(path))
+
+
+def _open_tiff(path: Path) -> LazyImage:
+    import tifffile
+    import zarr
+
+    from .io import _tiff_error
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = str(series.axes).upper()
+            rgb = series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB
+        node = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+    except Exception as e:  # tifffile raises many kinds for truncated or foreign files
+        raise _tiff_error(path, e) from e
+    if len(axes) != node.ndim:
+        axes = _guess_axes(tuple(node.shape))
+    axes = axes.replace("Q", "Z").replace("I", "Z")
+    if "S" in axes and not rgb:
+        axes = axes.replace("S", "C")
+    if "S" in axes and node.shape[axes.index("S")] == 4:  # RGBA: the colours, as for PNG
+        log.info("%s: alpha dropped", path.name)
+    view, n_stack, chan = _arrange(node, axes, f"The image {path.name}")
+    if "S" in axes and view.shape[-1] == 4:
+        view = _rgb_of_rgba(view)
+    return LazyImage(view, n_stack, chan, read_pixel_size(path), _stem(path))
+
+
+class _RgbView(AxesView):
+    """An RGBA view that reads the first three samples."""
+
+    def __init__(self, view: AxesView) -> None:
+        super().__init__(view.array, view.axes, view.order, view.fixed)
+        self.shape = self.shape[:-1] + (3,)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return super().__getitem__(key)[..., :3]
+
+
+def _rgb_of_rgba(view: AxesView) -> AxesView:
+    return _RgbView(view)
+
+
+def open_lazy_image(path: str | os.PathLike) -> LazyImage:
+    """Open an image without reading its pixels.
+
+    Args:
+        path: a zarr array folder, an OME-Zarr image (its root group, NGFF 0.4 or 0.5: the
+            full-resolution level is read), or a TIFF (tiled or striped, OME, ImageJ or plain:
+            read through tifffile's zarr view, one chunk at a time).
+
+    Returns:
+        the :class:`LazyImage`.
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        ValueError: not an image this reads, or one with axes it cannot take (one line).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such image file or folder: {path}")
+    if is_zarr(path):
+        return _open_zarr(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return _open_tiff(path)
+    raise ValueError(f"Could not read {path} lazily: only zarr, OME-Zarr and TIFF images are read region by region.")
+
+
+# --------------------------------------------------------------------------- writing
+def _ngff_axes(letters: str, unit: str | None) -> list[dict]:
+    kinds = {"C": "channel", "T": "time"}
+    out = []
+    for a in letters:
+        ax = {"name": a.lower(), "type": kinds.get(a, "space")}
+        if ax["type"] == "space" and unit is not None:
+            ax["unit"] = _NGFF_UNITS.get(unit, unit)
+        out.append(ax)
+    return out
+
+
+def pyramid_shapes(shape_yx: tuple[int, int], min_side: int = PYRAMID_MIN_SIDE) -> list[tuple[int, int]]:
+    """``(H, W)`` of every level: the image, then halved (rounding up) until the longer side
+    is at most ``min_side``."""
+    shapes = [tuple(int(s) for s in shape_yx)]
+    while max(shapes[-1]) > min_side:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+class OmeZarrWriter:
+    """Writes an OME-Zarr image with label images, full resolution block by block, then the
+    pyramids and the metadata, into ``.NAME.partial`` that replaces ``path`` when complete.
+
+    Args:
+        path: the OME-Zarr folder to write (``STEM.ome.zarr``).
+        plane_shape: ``(H, W)``.
+        n_planes: planes of a stack (``None``: one 2D image).
+        image_dtype: dtype of the image copied to the root.
+        n_channels: the image's channels (1: gray).
+        labels: ``{name: dtype}`` of the label images (``labels/<name>``), in order.
+        pixel_size: the image's, written as each level's ``scale`` with the unit.
+        colors: ``{label name: {value: (r, g, b, a)}}`` for the labels' ``image-label`` colours.
+        name: the image's name in the metadata.
+
+    The arrays (:attr:`image`, :meth:`label`) are zarr arrays in the NGFF axis order:
+    ``(C, [Z,] Y, X)`` for the image, ``([Z,] Y, X)`` for labels.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        plane_shape: tuple[int, int],
+        n_planes: int | None,
+        image_dtype,
+        n_channels: int,
+        labels: dict[str, np.dtype],
+        pixel_size: PixelSize | None = None,
+        colors: dict[str, dict[int, tuple[int, int, int, int]]] | None = None,
+        name: str | None = None,
+    ) -> None:
+        import zarr
+
+        self.path = Path(path)
+        self.tmp = self.path.parent / f".{self.path.name}.partial"
+        if self.tmp.exists():  # left by a run that was killed
+            shutil.rmtree(self.tmp)
+        self.plane_shape = tuple(int(s) for s in plane_shape)
+        self.n_planes = n_planes
+        self.n_channels = int(n_channels)
+        self.pixel_size = pixel_size
+        self.colors = colors or {}
+        self.name = name or _stem(self.path)
+        self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
+        stack = () if n_planes is None else (int(n_planes),)
+        self.image = self._array(self.root, "0", (self.n_channels, *stack, *self.plane_shape), image_dtype)
+        self.labels_group = self.root.create_group("labels")
+        self._labels = {n: self._array(self.labels_group.create_group(n), "0", (*stack, *self.plane_shape), dt)
+                        for n, dt in labels.items()}
+
+    @staticmethod
+    def _array(group, name: str, shape: tuple[int, ...], dtype):
+        chunks = tuple(1 for _ in shape[:-2]) + tuple(min(CHUNK, s) for s in shape[-2:])
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0,
+                                  chunk_key_encoding={"name": "v2", "separator": "/"})
+
+    # ------------------------------------------------------------------ full resolution
+    def image_plane(self, z: int | None = None) -> AxesView:
+        """The image's plane ``z`` as a writable ``(H, W, C)`` view."""
+        axes = "CYX" if self.n_planes is None else "CZYX"
+        return AxesView(self.image, axes, "YXC", {"Z": z or 0})
+
+    def label(self, name: str, z: int | None = None) -> AxesView:
+        """Label image ``name``'s plane ``z`` as a readable, writable ``(H, W)`` view."""
+        arr = self._labels[name]
+        return AxesView(arr, "YX" if self.n_planes is None else "ZYX", "YX", {"Z": z or 0})
+
+    # ------------------------------------------------------------------ finishing
+    def iter_finish(self) -> Iterator[Progress]:
+        """Job: the pyramids (``"pyramid"`` events, one per level of each array), the
+        metadata, then the atomic replacement of :attr:`path`; returns the path."""
+        shapes = pyramid_shapes(self.plane_shape)
+        arrays = [(self.root, self.image, True)] + [
+            (self.labels_group[n], a, False) for n, a in self._labels.items()
+        ]
+        total, done = len(arrays) * (len(shapes) - 1), 0
+        for group, base, is_image in arrays:
+            prev = base
+            for level, shape in enumerate(shapes[1:], start=1):
+                prev = self._downsample(group, str(level), prev, shape, is_image)
+                done += 1
+                yield Progress("pyramid", done, total)
+        self._write_metadata(len(shapes))
+        return _replace_folder(self.tmp, self.path)
+
+    def finish(self) -> Path:
+        """:meth:`iter_finish` without progress."""
+        from .jobs import drive
+
+        return drive(self.iter_finish())
+
+    def abort(self) -> None:
+        """Remove the partial folder (a stopped or failed prediction)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _downsample(self, group, name: str, src, shape: tuple[int, int], mean: bool):
+        """Level ``name`` of ``shape`` from ``src`` (half its resolution), block by block:
+        the mean of each 2x2 for the image, the top-left pixel for labels (ids stay ids)."""
+        lead = tuple(src.shape[:-2])
+        dst = self._array(group, name, (*lead, *shape), src.dtype)
+        step = 2 * CHUNK
+        for idx in np.ndindex(*lead):
+            for y in range(0, src.shape[-2], step):
+                for x in range(0, src.shape[-1], step):
+                    block = np.asarray(src[idx + (slice(y, y + step), slice(x, x + step))])
+                    dst[idx + (slice(y // 2, (y + block.shape[-2] + 1) // 2), slice(x // 2, (x + block.shape[-1] + 1) // 2))] = (
+                        _halve_mean(block) if mean else block[::2, ::2]
+                    )
+        return dst
+
+    def _write_metadata(self, n_levels: int) -> None:
+        ps = self.pixel_size
+        unit = ps.unit if ps is not None else None
+        yx = [ps.y, ps.x] if ps is not None else [1.0, 1.0]
+        zs = [] if self.n_planes is None else [ps.z if ps is not None and ps.z is not None else 1.0]
+        space = "" if self.n_planes is None else "Z"
+
+        def multiscales(letters: str, lead: list[float], name: str) -> list[dict]:
+            datasets = [
+                {"path": str(level), "coordinateTransformations": [
+                    {"type": "scale", "scale": lead + zs + [v * 2**level for v in yx]}]}
+                for level in range(n_levels)
+            ]
+            return [{"version": NGFF_VERSION, "name": name, "axes": _ngff_axes(letters, unit), "datasets": datasets}]
+
+        self.root.attrs.update({
+            "multiscales": multiscales("C" + space + "YX", [1.0], self.name),
+            "omero": {"channels": [{"label": f"channel {c}", "active": True} for c in range(self.n_channels)]},
+        })
+        self.labels_group.attrs.update({"labels": list(self._labels)})
+        for n in self._labels:
+            label = {"version": NGFF_VERSION, "source": {"image": "../../"}}
+            if self.colors.get(n):
+                label["colors"] = [{"label-value": int(v), "rgba": [int(c) for c in rgba]}
+                                   for v, rgba in self.colors[n].items()]
+            self.labels_group[n].attrs.update({"multiscales": multiscales(space + "YX", [], n), "image-label": label})
+
+
+def _halve_mean(block: np.ndarray) -> np.ndarray:
+    """The mean of each 2x2 of the last two axes (an odd edge keeps its last row/column),
+    in the block's dtype."""
+    h, w = block.shape[-2:]
+    pad = [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)]
+    b = np.pad(block, pad, mode="edge").astype(np.float32)
+    out = (b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2]) / 4
+    if np.dtype(block.dtype).kind in "ui":
+        out = np.rint(out)
+    return out.astype(block.dtype)
+
+
+def _replace_folder(tmp: Path, path: Path) -> Path:
+    """Put the complete folder ``tmp`` at ``path``: an earlier ``path`` is moved aside first
+    and removed only once ``tmp`` is in place."""
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def chunk_bytes(view: AxesView) -> int:
+    """Bytes of one chunk of the array behind ``view`` (how much one read of a region
+    decodes at least; a TIFF stored as one strip decodes the whole image)."""
+    chunks = getattr(view.array, "chunks", None) or view.array.shape
+    return int(math.prod(int(c) for c in chunks)) * view.dtype.itemsize

@@ -1,0 +1,211 @@
+"""Tests of block-by-block prediction of images larger than memory (core/blocks.py): blocks
+agree with whole-image prediction, reads stay bounded, the OME-Zarr output opens with its
+pixel size, stacks get unique ids, Stop leaves nothing behind."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_lazylabels.core.blocks import (
+    block_grid,
+    block_halo,
+    iter_predict_blocks,
+    iter_predict_ome_zarr,
+    merge_instances,
+)
+from napari_lazylabels.core.jobs import Cancelled, drive
+from napari_lazylabels.core.labels import SEGMENTATION
+from napari_lazylabels.core.model import ModelConfig, build_model
+from napari_lazylabels.core.pixelsize import PixelSize
+from napari_lazylabels.core.predictor import PredictConfig, Predictor
+from napari_lazylabels.core.zarrio import OmeZarrWriter, open_lazy_image
+
+zarr = pytest.importorskip("zarr")
+
+FAST = PredictConfig(tile=64, overlap=0.25, batch_size=4, device="cpu", min_object_size=4, tta=1)
+
+
+class Bright(torch.nn.Module):
+    """Stand-in network: class 1 where the normalised input is above 0.5, no interfaces; the
+    wrapped model's other heads as they are (its shapes)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        logit = torch.where(x[:, :1] > 0.5, 8.0, -8.0)
+        out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
+        out["separation"] = torch.cat([torch.zeros_like(logit), torch.full_like(logit, -20.0)], 1)
+        return out
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=3, widths=(4, 8), size="custom")
+    return Predictor(Bright(build_model(cfg)), cfg, FAST)
+
+
+def discs(shape=(300, 340), n=60, seed=0, radius=(3, 12)) -> np.ndarray:
+    """uint8 image of bright discs (some touching each other or the image edge) on dark."""
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 20, np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(n):
+        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(*radius)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 220
+    return img
+
+
+class Recording:
+    """An array-like that records the largest region read (the whole-image subsample, ``[::s, ::s]``,
+    aside)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.largest = array, array.shape, array.dtype, 0
+
+    def __getitem__(self, key):
+        out = self.array[key]
+        if not all(k.start is None and k.stop is None for k in key if isinstance(k, slice)):
+            self.largest = max(self.largest, out.shape[0] * out.shape[1])
+        return out
+
+    def __setitem__(self, key, value):
+        self.array[key] = value
+
+
+def _same_objects(a: np.ndarray, b: np.ndarray) -> None:
+    """``a`` and ``b`` hold the same objects, numbered differently: a one-to-one id map."""
+    assert ((a > 0) == (b > 0)).all()
+    pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def test_block_grid_cores_cover_the_image_once():
+    blocks = block_grid((300, 340), block=128, halo=32)
+    cover = np.zeros((300, 340), int)
+    for b in blocks:
+        y0, y1, x0, x1 = b.core
+        cover[y0:y1, x0:x1] += 1
+        wy0, wy1, wx0, wx1 = b.window
+        assert wy0 == max(0, y0 - 32) and wy1 == min(300, y1 + 32) and wx1 == min(340, x1 + 32)
+    assert (cover == 1).all() and len(blocks) == 9
+
+
+def test_merge_instances_writes_an_object_once():
+    """Two windows overlapping on one object: the first writes it whole (also outside its
+    core), the second sees it mostly claimed and skips it, and writes only its own."""
+    out = np.zeros((10, 20), np.uint32)
+    first = np.zeros((10, 12), np.int32)
+    first[2:6, 8:12] = 3  # reaches from the first core into the second
+    w1, nid = merge_instances(out[:, :12].copy(), first, (slice(0, 10), slice(0, 10)), 1)
+    out[:, :12] = w1
+    assert nid == 2 and (out[2:6, 8:12] == 1).all()
+    second = np.zeros((10, 12), np.int32)
+    second[2:6, 0:4] = 1  # the same object seen from the right
+    second[7:9, 5:9] = 2  # its own
+    w2, nid = merge_instances(out[:, 8:].copy(), second, (slice(0, 10), slice(2, 12)), nid)
+    out[:, 8:] = w2
+    assert nid == 3 and set(np.unique(out)) == {0, 1, 2} and (out[7:9, 13:17] == 2).all()
+
+
+def test_blocks_match_the_whole_image(predictor):
+    """Block by block (blocks of 96 px, halo 32 px > the largest disc) gives the class map and
+    the objects of whole-image prediction, ids unique, and never reads or writes more than
+    one window at a time."""
+    image = discs()
+    whole = predictor.predict(image)
+    source = Recording(image)
+    classes = Recording(np.zeros(image.shape, np.uint8))
+    inst = Recording(np.zeros(image.shape, np.uint32))
+    next_id = drive(iter_predict_blocks(predictor, source, classes, inst, block=96, halo=32))
+    np.testing.assert_array_equal(classes.array, whole.classes)
+    _same_objects(inst.array, whole.instances)
+    assert next_id - 1 == whole.instances.max() == len(np.unique(inst.array)) - 1
+    window = (96 + 64) ** 2
+    assert source.largest <= window and inst.largest <= window and classes.largest <= 96 * 96
+
+
+def test_halo_covers_tiles_and_objects(predictor):
+    assert block_halo(predictor) == 64  # half a 64 px tile is 32, rounded up to 64
+    big = Predictor(predictor.model, replace(predictor.config, object_diameter=100.0), FAST)
+    assert block_halo(big) == 256
+
+
+def _ome_zarr_input(path, planes: np.ndarray, pixel_size) -> None:
+    """An OME-Zarr image as another tool writes it (here: our own writer)."""
+    stack = planes.ndim == 3
+    w = OmeZarrWriter(path, planes.shape[-2:], len(planes) if stack else None, planes.dtype, 1, {}, pixel_size)
+    for z in range(len(planes) if stack else 1):
+        w.image_plane(z if stack else None)[:, :] = (planes[z] if stack else planes)[..., None]
+    w.finish()
+
+
+def test_ome_zarr_in_and_out(predictor, tmp_path):
+    """An OME-Zarr input with a pixel size is predicted into an OME-Zarr whose labels
+    (under labels/, NGFF 0.4 multiscales with image-label) match whole-image prediction and
+    carry the pixel size; the image is copied; pyramid levels halve."""
+    image = discs((1100, 1300), n=300)
+    _ome_zarr_input(tmp_path / "in.ome.zarr", image, PixelSize(0.25, 0.25, "µm"))
+    lazy = open_lazy_image(tmp_path / "in.ome.zarr")
+    assert lazy.plane_shape == (1100, 1300) and lazy.pixel_size == PixelSize(0.25, 0.25, "µm")
+    out = drive(iter_predict_ome_zarr(predictor, lazy, tmp_path / "out.ome.zarr", block=512))
+    root = zarr.open_group(str(out), mode="r")
+    assert list(root["labels"].attrs["labels"]) == ["classes", "instances"]
+    classes = root["labels/classes"]
+    ms = classes.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.25, 0.25]
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [0.5, 0.5]
+    assert classes["1"].shape == (550, 650) and "image-label" in classes.attrs
+    whole = predictor.predict(image)
+    np.testing.assert_array_equal(classes["0"][:], whole.classes)
+    _same_objects(root["labels/instances/0"][:], whole.instances)
+    np.testing.assert_array_equal(root["0"][0], image)
+    assert open_lazy_image(out).pixel_size == PixelSize(0.25, 0.25, "µm")
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_stack_ids_unique_across_planes(predictor, tmp_path):
+    planes = np.stack([discs(seed=1), discs(seed=2)])
+    path = tmp_path / "stack.zarr"
+    zarr.create_array(str(path), shape=planes.shape, chunks=(1, 128, 128), dtype=planes.dtype)[:] = planes
+    lazy = open_lazy_image(path)
+    assert lazy.n_stack == 1 and lazy.n_planes == 2
+    out = drive(iter_predict_ome_zarr(predictor, lazy, tmp_path / "stack.ome.zarr", block=128))
+    inst = zarr.open_group(str(out), mode="r")["labels/instances/0"][:]
+    a, b = (set(np.unique(p)) - {0} for p in inst)
+    assert a and b and not a & b
+    for z in range(2):
+        _same_objects(inst[z], predictor.predict(planes[z]).instances)
+
+
+def test_stop_leaves_nothing(predictor, tmp_path):
+    image = discs((600, 600), n=100)
+    path = tmp_path / "im.zarr"
+    zarr.create_array(str(path), shape=image.shape, chunks=(128, 128), dtype=image.dtype)[:] = image
+    target = tmp_path / "im.ome.zarr"
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        drive(iter_predict_ome_zarr(predictor, open_lazy_image(path), target, should_stop=stop, block=128), should_stop=stop)
+    assert not target.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_channels_are_checked_before_any_work(predictor, tmp_path):
+    rgb = np.stack([discs(), discs(seed=3), discs(seed=4)], -1)
+    path = tmp_path / "rgb.zarr"
+    zarr.create_array(str(path), shape=rgb.shape, chunks=(128, 128, 3), dtype=rgb.dtype)[:] = rgb
+    with pytest.raises(ValueError, match="(?i)colou?r|channel"):
+        drive(iter_predict_ome_zarr(predictor, open_lazy_image(path), tmp_path / "rgb.ome.zarr"))
+    assert not (tmp_path / "rgb.ome.zarr").exists()
