@@ -54,12 +54,13 @@ def predictor():
 
 def discs(shape=(300, 340), n=60, seed=0, radius=(3, 12)) -> np.ndarray:
     """uint8 image of bright discs (some touching each other or the image edge) on dark."""
+    import cv2
+
     rng = np.random.default_rng(seed)
     img = np.full(shape, 20, np.uint8)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
     for _ in range(n):
         cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(*radius)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 220
+        cv2.circle(img, (int(cx), int(cy)), int(r), 220, -1)
     return img
 
 
@@ -151,6 +152,7 @@ def test_ome_zarr_in_and_out(predictor, tmp_path):
     """An OME-Zarr input with a pixel size is predicted into an OME-Zarr whose labels
     (under labels/, NGFF 0.4 multiscales with image-label) match whole-image prediction and
     carry the pixel size; the image is copied; pyramid levels halve."""
+    predictor = Predictor(predictor.model, predictor.config, replace(FAST, tile=128, batch_size=8))
     image = discs((1100, 1300), n=300)
     _ome_zarr_input(tmp_path / "in.ome.zarr", image, PixelSize(0.25, 0.25, "µm"))
     lazy = open_lazy_image(tmp_path / "in.ome.zarr")
@@ -168,6 +170,13 @@ def test_ome_zarr_in_and_out(predictor, tmp_path):
     np.testing.assert_array_equal(classes["0"][:], whole.classes)
     _same_objects(root["labels/instances/0"][:], whole.instances)
     np.testing.assert_array_equal(root["0"][0], image)
+    # the pyramids, written block by block, are those of the finished maps (labels: every
+    # other pixel, objects spilling into earlier blocks included; the image: 2x2 means)
+    inst = root["labels/instances/0"][:]
+    np.testing.assert_array_equal(root["labels/instances/1"][:], inst[::2, ::2])
+    np.testing.assert_array_equal(root["labels/classes/1"][:], whole.classes[::2, ::2])
+    level1 = image.reshape(550, 2, 650, 2).astype(np.float32).mean((1, 3))
+    assert np.abs(root["1"][0].astype(np.float32) - level1).max() <= 0.5
     assert open_lazy_image(out).pixel_size == PixelSize(0.25, 0.25, "µm")
     assert not list(tmp_path.glob(".*partial"))
 
@@ -209,3 +218,60 @@ def test_channels_are_checked_before_any_work(predictor, tmp_path):
     with pytest.raises(ValueError, match="(?i)colou?r|channel"):
         drive(iter_predict_ome_zarr(predictor, open_lazy_image(path), tmp_path / "rgb.ome.zarr"))
     assert not (tmp_path / "rgb.ome.zarr").exists()
+
+
+# --------------------------------------------------------------------------- the command line
+@pytest.fixture
+def one_object_model(tmp_path):
+    """A network that sees one object everywhere and no interface."""
+    from napari_lazylabels.core.checkpoint import save_checkpoint
+    from napari_lazylabels.core.labels import ClassSpec
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
+        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
+    return save_checkpoint(tmp_path / "model" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))
+
+
+def test_cli_predicts_zarr_and_large_tiffs_into_ome_zarr(tmp_path, one_object_model, monkeypatch, caplog):
+    """`lazylabels predict` takes a zarr folder (always block by block), a TIFF above the
+    size limit, and any TIFF with --ome-zarr, and writes STEM.ome.zarr with the pixel size; a
+    folder that is not a readable zarr is skipped with one line (exit 1), the rest written;
+    `lazylabels instances` on such a folder says why it cannot cut them again."""
+    import tifffile
+
+    from napari_lazylabels.cli import main
+    from napari_lazylabels.core import options
+
+    image = discs((200, 260))
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=image.shape, chunks=(64, 64), dtype=image.dtype)[:] = image
+    tifffile.imwrite(tmp_path / "ome.tif", image, ome=True, tile=(64, 64),
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    tifffile.imwrite(tmp_path / "small.tif", image)
+    (tmp_path / "broken.zarr").mkdir()
+    out = tmp_path / "pred"
+    args = ["predict", str(one_object_model), str(tmp_path / "plain.zarr"), str(tmp_path / "ome.tif"),
+            str(tmp_path / "small.tif"), str(tmp_path / "broken.zarr"), "--out", str(out), "--device", "cpu",
+            "--tta", "1", "--tile", "64"]
+    monkeypatch.setattr(options, "BLOCKWISE_PIXELS", 200 * 250)  # ome.tif and small.tif are above it
+    assert main(args) == 1
+    assert "skipped" in caplog.text and "broken.zarr" in caplog.text
+    for stem in ("plain", "ome", "small"):
+        root = zarr.open_group(str(out / f"{stem}.ome.zarr"), mode="r")
+        assert root["labels/classes/0"].shape == image.shape
+        assert set(np.unique(root["labels/instances/0"][:])) == {1}  # one object, one block
+    scale = zarr.open_group(str(out / "ome.ome.zarr"), mode="r")["labels/classes"].attrs["multiscales"][0]
+    assert scale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.2, 0.2]
+    assert scale["axes"][0]["unit"] == "micrometer"
+    assert main(["instances", str(out)]) == 2
+    assert "only OME-Zarr predictions" in caplog.text
+    # below the limit a TIFF is predicted whole into PNGs, unless --ome-zarr asks
+    monkeypatch.setattr(options, "BLOCKWISE_PIXELS", 10**9)
+    out2 = tmp_path / "pred2"
+    assert main(args[:2] + [str(tmp_path / "small.tif"), "--out", str(out2)] + args[8:]) == 0
+    assert (out2 / "small_classes.png").exists() and not (out2 / "small.ome.zarr").exists()
+    assert main(args[:2] + [str(tmp_path / "small.tif"), "--out", str(out2), "--ome-zarr"] + args[8:]) == 0
+    assert (out2 / "small.ome.zarr").is_dir()

@@ -358,7 +358,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     n, failed, written = 0, [], {}
     with folder_lock(out, "predict"):
         for f in _tqdm(iterable=files, desc="predict", unit="file"):
-            lazy = _lazy_image(f, a.ome_zarr)
+            try:
+                lazy = _lazy_image(f, a.ome_zarr)
+            except (ValueError, OSError) as e:  # one unreadable image does not stop the batch
+                log.error("skipped %s: %s", f, e)
+                failed.append(f)
+                continue
             if lazy is not None:
                 n += _predict_blockwise(predictor, lazy, out, pcfg)
                 written[f.stem] = f

@@ -270,6 +270,11 @@ def _class_maps(pred_dir: Path, stems: Iterable[str] | None) -> dict[str, Path]:
             raise FileNotFoundError(f"No predictions of {missing} in {pred_dir}: run lazylabels predict first.")
         found = {s: found[s] for s in stems}
     if not found:
+        if any(pred_dir.glob("*.ome.zarr")):
+            raise FileNotFoundError(
+                f"{pred_dir} holds only OME-Zarr predictions (images predicted block by block), which keep "
+                "no interface map to cut again: predict them again with --interface-threshold / --min-size."
+            )
         raise FileNotFoundError(
             f"No *_classes.png in {pred_dir}: give the --out folder of lazylabels predict."
         )

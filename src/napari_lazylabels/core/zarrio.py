@@ -9,8 +9,9 @@ C])``), with the physical pixel size the file gives.
 :class:`OmeZarrWriter` writes a prediction as an OME-Zarr image (NGFF 0.4, zarr format 2, which
 napari-ome-zarr, Fiji's MoBIE/BigDataViewer, QuPath and ``ome-zarr-py`` open): the input image
 at the root and the label images under ``labels/`` (``classes`` and ``instances``), each a
-pyramid of halved resolutions for viewers, with the pixel size as the ``scale`` of every level.
-It writes into a hidden ``.NAME.partial`` folder, which replaces ``NAME`` only when complete.
+pyramid of halved resolutions for viewers (written with every block: no second pass), with
+the pixel size as the ``scale`` of every level. It writes into a hidden ``.NAME.partial``
+folder, which replaces ``NAME`` only when complete.
 
 Why zarr (and tifffile) rather than a reader framework: zarr is the reference implementation
 of the format OME-Zarr builds on, reads and writes chunk by chunk with bounded memory, and
@@ -242,7 +243,7 @@ def _open_zarr(path: Path) -> LazyImage:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:  # zarr raises several kinds for foreign folders
-        raise ValueError(f"Could not read {path}: not a zarr array or group ({type(e).__name__}: {e}).") from e
+        raise ValueError(f"Could not read {path}: not a zarr array or group ({type(e).__name__}).") from e
     what = f"The image {path.name}"
     if isinstance(node, zarr.Array):
         view, n_stack, chan = _arrange(node, _guess_axes(node.shape), what)
@@ -347,9 +348,47 @@ def pyramid_shapes(shape_yx: tuple[int, int], min_side: int = PYRAMID_MIN_SIDE) 
     return shapes
 
 
+class PyramidView:
+    """A writable ``(H, W[, C])`` view of one plane of an OME-Zarr array and its pyramid:
+    reading gives full-resolution pixels; writing a region writes it at full resolution and
+    into every lower level at once (the top-left pixel of each ``2^l`` square: ids stay ids;
+    for the image, the mean of each square where the region starts on it), so the pyramid is
+    complete when the last block is written, with no second pass over the image."""
+
+    def __init__(self, levels: list, axes: str, order: str, z: int | None, mean: bool) -> None:
+        fixed = {"Z": z or 0}
+        self.levels = [AxesView(a, axes, order, fixed) for a in levels]
+        self.shape, self.dtype, self.ndim = self.levels[0].shape, self.levels[0].dtype, self.levels[0].ndim
+        self.mean = mean
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.levels[0][key]
+
+    def __setitem__(self, key, value) -> None:
+        ys, xs = key[:2]
+        y0, x0 = ys.start or 0, xs.start or 0
+        value = np.asarray(value)
+        self.levels[0][ys, xs] = value
+        half = value
+        for level, view in enumerate(self.levels[1:], start=1):
+            s = 2**level
+            ty, tx = -(-y0 // s), -(-x0 // s)  # the first level pixels the region holds
+            aligned = self.mean and y0 % s == 0 and x0 % s == 0
+            if aligned:
+                half = _halve_mean(half, channels_last=value.ndim == 3)
+                part = half
+            else:
+                part = value[ty * s - y0 :: s, tx * s - x0 :: s]
+            if part.shape[0] and part.shape[1]:
+                h = min(part.shape[0], view.shape[0] - ty)
+                w = min(part.shape[1], view.shape[1] - tx)
+                view[ty : ty + h, tx : tx + w] = part[:h, :w]
+
+
 class OmeZarrWriter:
-    """Writes an OME-Zarr image with label images, full resolution block by block, then the
-    pyramids and the metadata, into ``.NAME.partial`` that replaces ``path`` when complete.
+    """Writes an OME-Zarr image with label images block by block, each with its pyramid, then
+    the metadata; into ``.NAME.partial``, which replaces ``path`` when complete (``atomic``),
+    or into ``path`` itself (a viewer shows it while it is written).
 
     Args:
         path: the OME-Zarr folder to write (``STEM.ome.zarr``).
@@ -361,9 +400,11 @@ class OmeZarrWriter:
         pixel_size: the image's, written as each level's ``scale`` with the unit.
         colors: ``{label name: {value: (r, g, b, a)}}`` for the labels' ``image-label`` colours.
         name: the image's name in the metadata.
+        atomic: write into ``.NAME.partial`` and rename when complete.
 
-    The arrays (:attr:`image`, :meth:`label`) are zarr arrays in the NGFF axis order:
-    ``(C, [Z,] Y, X)`` for the image, ``([Z,] Y, X)`` for labels.
+    :meth:`image_plane` and :meth:`label` give :class:`PyramidView` s of a plane to write
+    into; :meth:`levels` the zarr arrays of every level (NGFF axis order: ``(C, [Z,] Y, X)``
+    for the image, ``([Z,] Y, X)`` for labels).
     """
 
     def __init__(
@@ -377,12 +418,14 @@ class OmeZarrWriter:
         pixel_size: PixelSize | None = None,
         colors: dict[str, dict[int, tuple[int, int, int, int]]] | None = None,
         name: str | None = None,
+        atomic: bool = True,
     ) -> None:
         import zarr
 
         self.path = Path(path)
-        self.tmp = self.path.parent / f".{self.path.name}.partial"
-        if self.tmp.exists():  # left by a run that was killed
+        self.atomic = atomic
+        self.tmp = self.path.parent / f".{self.path.name}.partial" if atomic else self.path
+        if self.tmp.exists():  # left by a run that was killed, or (not atomic) the one replaced
             shutil.rmtree(self.tmp)
         self.plane_shape = tuple(int(s) for s in plane_shape)
         self.n_planes = n_planes
@@ -390,12 +433,15 @@ class OmeZarrWriter:
         self.pixel_size = pixel_size
         self.colors = colors or {}
         self.name = name or _stem(self.path)
+        self.shapes = pyramid_shapes(self.plane_shape)
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
         stack = () if n_planes is None else (int(n_planes),)
-        self.image = self._array(self.root, "0", (self.n_channels, *stack, *self.plane_shape), image_dtype)
+        self._image = self._pyramid(self.root, (self.n_channels, *stack), image_dtype)
         self.labels_group = self.root.create_group("labels")
-        self._labels = {n: self._array(self.labels_group.create_group(n), "0", (*stack, *self.plane_shape), dt)
-                        for n, dt in labels.items()}
+        self._labels = {n: self._pyramid(self.labels_group.create_group(n), stack, dt) for n, dt in labels.items()}
+
+    def _pyramid(self, group, lead: tuple[int, ...], dtype) -> list:
+        return [self._array(group, str(level), (*lead, *shape), dtype) for level, shape in enumerate(self.shapes)]
 
     @staticmethod
     def _array(group, name: str, shape: tuple[int, ...], dtype):
@@ -403,34 +449,32 @@ class OmeZarrWriter:
         return group.create_array(name, shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0,
                                   chunk_key_encoding={"name": "v2", "separator": "/"})
 
-    # ------------------------------------------------------------------ full resolution
-    def image_plane(self, z: int | None = None) -> AxesView:
-        """The image's plane ``z`` as a writable ``(H, W, C)`` view."""
-        axes = "CYX" if self.n_planes is None else "CZYX"
-        return AxesView(self.image, axes, "YXC", {"Z": z or 0})
+    @property
+    def image(self):
+        """The image's full-resolution zarr array."""
+        return self._image[0]
 
-    def label(self, name: str, z: int | None = None) -> AxesView:
+    def levels(self, name: str | None = None) -> list:
+        """The zarr arrays of every level of label image ``name`` (``None``: the image)."""
+        return self._image if name is None else self._labels[name]
+
+    def image_plane(self, z: int | None = None) -> PyramidView:
+        """The image's plane ``z`` as a writable ``(H, W, C)`` view."""
+        return PyramidView(self._image, "CYX" if self.n_planes is None else "CZYX", "YXC", z, mean=True)
+
+    def label(self, name: str, z: int | None = None) -> PyramidView:
         """Label image ``name``'s plane ``z`` as a readable, writable ``(H, W)`` view."""
-        arr = self._labels[name]
-        return AxesView(arr, "YX" if self.n_planes is None else "ZYX", "YX", {"Z": z or 0})
+        return PyramidView(self._labels[name], "YX" if self.n_planes is None else "ZYX", "YX", z, mean=False)
 
     # ------------------------------------------------------------------ finishing
     def iter_finish(self) -> Iterator[Progress]:
-        """Job: the pyramids (``"pyramid"`` events, one per level of each array), the
-        metadata, then the atomic replacement of :attr:`path`; returns the path."""
-        shapes = pyramid_shapes(self.plane_shape)
-        arrays = [(self.root, self.image, True)] + [
-            (self.labels_group[n], a, False) for n, a in self._labels.items()
-        ]
-        total, done = len(arrays) * (len(shapes) - 1), 0
-        for group, base, is_image in arrays:
-            prev = base
-            for level, shape in enumerate(shapes[1:], start=1):
-                prev = self._downsample(group, str(level), prev, shape, is_image)
-                done += 1
-                yield Progress("pyramid", done, total)
-        self._write_metadata(len(shapes))
-        return _replace_folder(self.tmp, self.path)
+        """Job: the metadata, then (``atomic``) the replacement of :attr:`path`; returns the
+        path."""
+        yield Progress("saving", 0, 1)
+        self._write_metadata(len(self.shapes))
+        path = _replace_folder(self.tmp, self.path) if self.atomic else self.path
+        yield Progress("saving", 1, 1)
+        return path
 
     def finish(self) -> Path:
         """:meth:`iter_finish` without progress."""
@@ -439,23 +483,10 @@ class OmeZarrWriter:
         return drive(self.iter_finish())
 
     def abort(self) -> None:
-        """Remove the partial folder (a stopped or failed prediction)."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _downsample(self, group, name: str, src, shape: tuple[int, int], mean: bool):
-        """Level ``name`` of ``shape`` from ``src`` (half its resolution), block by block:
-        the mean of each 2x2 for the image, the top-left pixel for labels (ids stay ids)."""
-        lead = tuple(src.shape[:-2])
-        dst = self._array(group, name, (*lead, *shape), src.dtype)
-        step = 2 * CHUNK
-        for idx in np.ndindex(*lead):
-            for y in range(0, src.shape[-2], step):
-                for x in range(0, src.shape[-1], step):
-                    block = np.asarray(src[idx + (slice(y, y + step), slice(x, x + step))])
-                    dst[idx + (slice(y // 2, (y + block.shape[-2] + 1) // 2), slice(x // 2, (x + block.shape[-1] + 1) // 2))] = (
-                        _halve_mean(block) if mean else block[::2, ::2]
-                    )
-        return dst
+        """Remove the partial folder (a stopped or failed prediction); a folder written in
+        place (not ``atomic``) is kept, without its metadata, for what it shows."""
+        if self.atomic:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _write_metadata(self, n_levels: int) -> None:
         ps = self.pixel_size
@@ -485,9 +516,11 @@ class OmeZarrWriter:
             self.labels_group[n].attrs.update({"multiscales": multiscales(space + "YX", [], n), "image-label": label})
 
 
-def _halve_mean(block: np.ndarray) -> np.ndarray:
-    """The mean of each 2x2 of the last two axes (an odd edge keeps its last row/column),
-    in the block's dtype."""
+def _halve_mean(block: np.ndarray, channels_last: bool = False) -> np.ndarray:
+    """The mean of each 2x2 of the first two axes (``channels_last``: ``(H, W, C)``) or the
+    last two (an odd edge keeps its last row/column), in the block's dtype."""
+    if channels_last:
+        return np.moveaxis(_halve_mean(np.moveaxis(block, -1, 0)), 0, -1)
     h, w = block.shape[-2:]
     pad = [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)]
     b = np.pad(block, pad, mode="edge").astype(np.float32)
