@@ -323,3 +323,70 @@ def test_a_lazy_stack_is_read_plane_by_plane_by_the_worker(make_napari_viewer, q
     worker_reads = {i for i, name in reads if name != threading.main_thread().name}
     assert worker_reads == {0, 1, 2}  # every plane, each by the worker (dask computes in its caller here)
     assert viewer.layers["lazy instances"].data.shape == (3, 96, 96)
+
+
+def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_viewer, qtbot, monkeypatch, tmp_path, caplog):
+    """An image layer above the block-by-block limit (a dask array with a physical scale) is
+    predicted from its lazy data into an OME-Zarr in the user's cache: its classes and
+    instances layers are multiscale views of the zarr files, at the image's scale, added
+    while the blocks are written and redrawn as they come; the main thread never reads the
+    image whole; the store opens again (ids equal to the layer's); Re-split says why not."""
+    import threading
+
+    import dask
+    import dask.array as da
+    import zarr
+
+    from napari_lazylabels._widgets import predict as predict_mod
+    from napari_lazylabels.core import options
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(options, "BLOCKWISE_PIXELS", 1000 * 1000)
+    monkeypatch.setattr(predict_mod, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setitem(dask.config.config, "scheduler", "synchronous")
+    image = np.tile(_image(96), (12, 12))[:1100, :1150]  # 1.27 MP: two pyramid levels
+    biggest = {"main": 0}
+
+    def watch(block, block_info=None):
+        if threading.current_thread() is threading.main_thread():
+            biggest["main"] = max(biggest["main"], block.size)
+        return block
+
+    data = da.from_array(image, chunks=(256, 256)).map_blocks(watch, dtype=np.uint8)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
+    model = build_model(cfg)
+    with torch.no_grad():  # one object everywhere, no interface: what to expect is known
+        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
+        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
+    save_checkpoint(tmp_path / "one" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(data, name="big", scale=(0.5, 0.5))
+    pw = _widget(viewer, tmp_path / "one", tile=128)
+    pw.tta.setCurrentIndex(0)  # one orientation
+    pw.set_chosen(["big"])
+    refreshed = []
+    monkeypatch.setattr(predict_mod.PredictionRunner, "_on_yield", _spy_refresh(predict_mod.PredictionRunner._on_yield, refreshed))
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=180_000)
+    classes, inst = viewer.layers["big classes"], viewer.layers["big instances"]
+    assert classes.multiscale and inst.multiscale and len(inst.data) == 2
+    assert tuple(inst.scale) == (0.5, 0.5) and inst.data[0].shape == image.shape
+    assert refreshed and "big instances" in refreshed[-1]
+    assert biggest["main"] <= 256 * 256  # napari drew chunks; the worker read the blocks
+    store = tmp_path / "cache" / "napari-lazylabels" / "predictions" / "big.ome.zarr"
+    root = zarr.open_group(str(store), mode="r")
+    ids = root["labels/instances/0"][:]
+    np.testing.assert_array_equal(ids, np.asarray(inst.data[0]))
+    assert (ids == 1).all() and (root["labels/classes/0"][:] == 1).all()  # one block, one object
+    np.testing.assert_array_equal(root["0"][0], image)  # the image, copied block by block
+    pw.resplit()  # the error is shown in one line, not raised
+    assert not pw.is_running() and "cannot be cut again" in caplog.text
+
+
+def _spy_refresh(on_yield, seen):
+    def spy(self, ev):
+        if ev.refresh:
+            seen.append(ev.refresh)
+        return on_yield(self, ev)
+
+    return spy

@@ -264,13 +264,44 @@ class Planes(Sequence):
 
     def __init__(self, image_layer) -> None:
         self._data = image_layer.data
+        self._multiscale = bool(getattr(image_layer, "multiscale", False))
         self._stacked = len(label_shape(image_layer)) == 3
         self._rgb = _is_rgb(image_layer)
         self._axis = channel_axis(image_layer)
         self._n = n_planes(image_layer)
+        self._pixels = int(np.prod(label_shape(image_layer)[-2:]))
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def plane_pixels(self) -> int:
+        """Pixels of one plane (``H * W``)."""
+        return self._pixels
+
+    def lazy(self, index: int):
+        """Plane ``index`` as a lazy ``(H, W[, C])`` array: slicing it reads that region only
+        (:class:`~napari_lazylabels.core.zarrio.AxesView` over the layer's data, its
+        full-resolution level for a multiscale layer), for prediction block by block."""
+        from ..core.zarrio import AxesView, rgb_of_rgba
+
+        data = self._data[0] if self._multiscale else self._data
+        nd = len(data.shape)
+        axes = ["?"] * nd
+        if self._stacked:
+            axes[0] = "Z"
+        if self._axis is not None:
+            axes[self._axis % nd] = "C"
+        elif self._rgb:
+            axes[-1] = "S"
+        rest = [i for i, a in enumerate(axes) if a == "?"]
+        axes[rest[-2]], axes[rest[-1]] = "Y", "X"
+        letters = "".join(axes)
+        order = "YX" + ("C" if "C" in letters else "S" if "S" in letters else "")
+        view = AxesView(data, letters, order, {"Z": index})
+        if self._rgb and view.shape[-1] == 4:  # RGBA: the colours
+            view = rgb_of_rgba(view)
+        return view
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -784,6 +815,44 @@ def prediction_layer_data(
     return out
 
 
+def lazy_prediction_layer_data(
+    image_name: str, levels: dict[str, list], classes: ClassSpec | None = None, settings: dict | None = None,
+) -> list[tuple]:
+    """Layer data tuples over an OME-Zarr being written block by block
+    (:class:`~napari_lazylabels.core.zarrio.OmeZarrWriter`): ``"<image> classes"`` and
+    ``"<image> instances"`` Labels layers whose data are the zarr arrays of every level
+    (multiscale; read from disk when napari draws them, so refreshing the layers shows the
+    blocks written so far).
+
+    Args:
+        image_name: the image layer's name.
+        levels: ``{"classes": [arrays], "instances": [arrays]}``, full resolution first.
+        classes: the model's classes (colours and names).
+        settings: how instances are cut (kept in the layer's metadata).
+    """
+    classes = classes or ClassSpec(names=("background", "object"))
+    meta = {"image": image_name, "blockwise": True}
+
+    def data(arrays):
+        return list(arrays) if len(arrays) > 1 else arrays[0]
+
+    def multiscale(arrays) -> dict:
+        return {"multiscale": True} if len(arrays) > 1 else {}
+
+    out = [(data(levels["classes"]), {
+        "name": prediction_layer_name(image_name, "classes"), "colormap": prediction_colormap(classes), "opacity": 0.5,
+        "features": class_features("prediction", classes), **multiscale(levels["classes"]),
+        "metadata": {META: {**meta, "prediction": "classes", "classes": classes.to_dict()}}}, "labels")]
+    if "instances" in levels:
+        inst_meta = {**meta, "prediction": "instances"}
+        if settings is not None:
+            inst_meta["settings"] = dict(settings)
+        out.append((data(levels["instances"]), {
+            "name": prediction_layer_name(image_name, "instances"), "opacity": 0.5, **multiscale(levels["instances"]),
+            "metadata": {META: inst_meta}}, "labels"))
+    return out
+
+
 def compact_labels(layer_data: tuple) -> tuple:
     """A Labels layer data tuple with int32 data of fewer than 65536 objects as uint16.
 
@@ -815,6 +884,11 @@ def prediction_maps(layers, image_name: str) -> tuple[np.ndarray, np.ndarray | N
     cls_name, inst_name, itf_name = (prediction_layer_name(image_name, k) for k in ("classes", "instances", "interfaces"))
     if cls_name not in layers:
         return None
+    if layers[cls_name].metadata.get(META, {}).get("blockwise"):
+        raise ValueError(
+            f"'{image_name}' was predicted block by block (a large image): its objects cannot be cut again "
+            "here; change the settings and press Predict."
+        )
     classes = np.asarray(layers[cls_name].data)
     interfaces = np.asarray(layers[itf_name].data) if itf_name in layers else None
     if classes.ndim == 2:

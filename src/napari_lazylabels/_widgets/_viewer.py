@@ -121,7 +121,7 @@ def _with_image_geometry(viewer, data, kwargs: dict, layer_type: str) -> dict:
     image = viewer.layers[image_name]
     if image.__class__.__name__ != "Image":
         return kwargs
-    ndim = np.ndim(data) - (1 if layer_type == "image" and kwargs.get("rgb") else 0)
+    ndim = _ndim(data, kwargs) - (1 if layer_type == "image" and kwargs.get("rgb") else 0)
     return {**kwargs, **geometry_kwargs(image, ndim=ndim)}
 
 
@@ -150,12 +150,19 @@ def restyle_labels(layer, kwargs: dict) -> None:
     layer.metadata.setdefault(META, {}).update(kwargs["metadata"][META])
 
 
+def _ndim(data, kwargs: dict) -> int:
+    """Dimensions of layer data: of its first level for a multiscale list (never converted
+    to an array: its levels may be larger than memory)."""
+    return len(data[0].shape) if kwargs.get("multiscale") else np.ndim(data)
+
+
 def _updatable(existing, data, kwargs: dict, layer_type: str) -> bool:
     """Whether layer ``existing`` (or ``None``) can take ``data`` in place: same type and
-    dimensions."""
+    dimensions, neither multiscale (napari fixes that when it creates a layer)."""
     return (
         existing is not None and existing.__class__.__name__.lower() == layer_type
-        and existing.ndim == np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+        and not kwargs.get("multiscale") and not getattr(existing, "multiscale", False)
+        and existing.ndim == _ndim(data, kwargs) - (1 if kwargs.get("rgb") else 0)
     )
 
 

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core import options
 from ..core.jobs import Cancelled, Progress
 from ..core.options import DEFAULT_TTA, DEVICES, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
 from . import _colors, _common, _layers, _viewer
@@ -159,6 +160,8 @@ class PredictEvent(Progress):
     layers: tuple = ()
     settings: dict | None = None
     model: tuple[str, list[str]] | None = None
+    refresh: tuple = ()  # names of lazy layers whose files the worker has written to since
+    saved: str = ""  # where a block-by-block prediction was written, when done
 
 
 def _image_events(job, image: str, tiles: str = "tiles", plane: int = 0, planes: int = 1, phase: str | None = None):
@@ -209,11 +212,14 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
             extra["batch_size"] = CPU_BATCH
         predictor = Predictor(model, ck.model_config, PredictConfig(device=device, tile=tile, **extra, **(post or {})))
         for job_name, planes in jobs:  # refuse an image of other channels before predicting any
-            for plane in planes[:1]:
-                predictor.check(plane, what=job_name)
+            big = planes.plane_pixels > options.BLOCKWISE_PIXELS  # not read whole: a corner will do
+            predictor.check(planes.lazy(0)[:16, :16] if big else planes[0], what=job_name)
         settings = predictor.instance_settings()
         yield PredictEvent("loading", 1, 1, name, model=_model_report(ck, jobs))
         for name, planes in jobs:
+            if planes.plane_pixels > options.BLOCKWISE_PIXELS:
+                yield from _predict_blockwise(predictor, ck.classes, settings, name, planes, should_stop)
+                continue
             preds = []
             ids = StackIds(predictor.predict_config.link_slices) if len(planes) > 1 else None
             for i, plane in enumerate(planes):
@@ -235,6 +241,66 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
     except RuntimeError as e:  # superqt drops a worker's RuntimeError without "finished"
         raise WorkerError(str(e)) from e
     return False
+
+
+REFRESH_SECONDS = 2.0
+"""How often the layers of a block-by-block prediction are redrawn while it is written."""
+
+
+def prediction_store(name: str) -> Path:
+    """Where the Predict widget writes the OME-Zarr of an image predicted block by block:
+    ``<user cache>/napari-lazylabels/predictions/<name>.ome.zarr`` (replaced by the next
+    prediction of that image; the notification says where, to copy or open it later)."""
+    import os
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "napari-lazylabels" / "predictions" / f"{_layers._stem(name)}.ome.zarr"
+
+
+def _predict_blockwise(predictor, classes, settings: dict, name: str, planes, should_stop=None):
+    """Worker generator for an image above ``BLOCKWISE_PIXELS``: predict it block by block
+    (:mod:`~napari_lazylabels.core.blocks`) from the layer's lazy data into
+    :func:`prediction_store`, written in place; its classes and instances layers (over the
+    zarr files, multiscale) come first, and are redrawn every :data:`REFRESH_SECONDS` as
+    blocks are written. Memory stays bounded by the blocks, whatever the image's size."""
+    import time
+
+    from ..core.blocks import block_halo, count_tiles, iter_predict_blocks
+    from ..core.zarrio import OmeZarrWriter
+
+    first = planes.lazy(0)
+    n = len(planes)
+    labels = {"classes": np.uint8 if len(classes.names) <= 256 else np.uint16, "instances": np.uint32}
+    path = prediction_store(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = OmeZarrWriter(path, first.shape[:2], n if n > 1 else None, first.dtype,
+                           first.shape[2] if len(first.shape) == 3 else 1, labels, name=name, atomic=False)
+    layer_data = _layers.lazy_prediction_layer_data(name, {k: writer.levels(k) for k in labels}, classes, settings)
+    names = tuple(d[1]["name"] for d in layer_data)
+    yield PredictEvent("layers", 1, 1, name, layers=tuple(layer_data), settings=settings)
+    halo = block_halo(predictor)
+    per_plane = count_tiles(predictor, first.shape[:2], halo=halo)
+    orientations = predictor.orientations(tuple(round(d * predictor.config.scale) for d in first.shape[:2]))
+    tiles = f"tiles ({orientations} orientation{'s' if orientations > 1 else ''}, block by block)"
+    next_id, last = 1, time.perf_counter()
+    for z in range(n):
+        zi = z if n > 1 else None
+        job = iter_predict_blocks(predictor, planes.lazy(z), writer.label("classes", zi), writer.label("instances", zi),
+                                  writer.image_plane(zi), halo=halo, first_id=next_id,
+                                  should_stop=should_stop, tiles_before=z * per_plane,
+                                  tiles_total=n * per_plane)
+        while True:
+            try:
+                ev = next(job)
+            except StopIteration as end:
+                next_id = end.value
+                break
+            refresh = ()
+            if time.perf_counter() - last > REFRESH_SECONDS:
+                refresh, last = names, time.perf_counter()
+            yield PredictEvent(tiles if ev.phase == "tiles" else ev.phase, ev.done, ev.total, name, refresh=refresh)
+    writer.finish()
+    yield PredictEvent("saved", 1, 1, name, refresh=names, saved=str(path))
 
 
 def _model_report(ck, jobs) -> tuple[str, list[str]]:
@@ -462,6 +528,11 @@ class PredictionRunner:
             self._pending.append(("done", self.on_result))
             self._push_next()
             return
+        for name in ev.refresh:  # lazy layers over files the worker writes (block by block)
+            if name in self.viewer.layers:
+                self.viewer.layers[name].refresh()
+        if ev.saved:
+            show_info(f"{ev.image}: predicted block by block into {ev.saved} (open it again with File > Open)")
         self.last_progress = (ev.image, ev.phase, ev.done, ev.total)
         if ev.phase.startswith("tiles"):
             self.tiles_phase = ev.phase
@@ -494,7 +565,7 @@ class PredictionRunner:
             layers, self._batch = self._batch, []
             if payload is not None:
                 payload(layers)
-        elif _viewer.needs_new_layer(self.viewer, payload):
+        elif _viewer.needs_new_layer(self.viewer, payload) and not payload[1].get("multiscale"):
             _viewer.upsert_layers(self.viewer, [_viewer.placeholder(payload)])
             self._pending.insert(0, (kind, payload))  # filled on the next turn
         else:

@@ -282,7 +282,7 @@ def _open_tiff(path: Path) -> LazyImage:
         log.info("%s: alpha dropped", path.name)
     view, n_stack, chan = _arrange(node, axes, f"The image {path.name}")
     if "S" in axes and view.shape[-1] == 4:
-        view = _rgb_of_rgba(view)
+        view = rgb_of_rgba(view)
     return LazyImage(view, n_stack, chan, read_pixel_size(path), _stem(path))
 
 
@@ -297,7 +297,7 @@ class _RgbView(AxesView):
         return super().__getitem__(key)[..., :3]
 
 
-def _rgb_of_rgba(view: AxesView) -> AxesView:
+def rgb_of_rgba(view: AxesView) -> AxesView:
     return _RgbView(view)
 
 
