@@ -357,3 +357,40 @@ def test_ome_zarr_opens_without_a_question_with_a_preference(
     arr[:] = 7
     get_settings().plugins.extension2reader = {}
     assert _types(viewer.open(str(tmp_path / "plain.zarr"))) == [("plain", "image")]
+
+
+def test_a_multiscale_image_layer_is_annotated_and_predicted_at_full_resolution():
+    """An OME-Zarr opened as a multiscale layer: the plugin reads its first level (napari's
+    ``np.asarray`` of the layer's data gives the level on screen), eagerly for annotation and
+    training, lazily for prediction block by block."""
+    from napari.layers import Image
+
+    from napari_lazylabels._widgets import _layers
+
+    full = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    layer = Image([full, full[::2, ::2]], multiscale=True)
+    planes = _layers.Planes(layer)
+    np.testing.assert_array_equal(planes[0], full)
+    np.testing.assert_array_equal(_layers.image_plane(layer), full)
+    assert planes.lazy(0).shape == (64, 80) and planes.plane_pixels == 64 * 80
+    np.testing.assert_array_equal(planes.lazy(0)[10:20, 5:9], full[10:20, 5:9])
+
+
+@pytest.mark.parametrize("shape, kwargs, want", [
+    ((3, 40, 50), {}, (40, 50)),  # a stack
+    ((40, 50, 4), {"rgb": True}, (40, 50, 3)),  # RGBA: the colours
+    ((2, 40, 50), {"metadata": {"lazylabels": {"channel_axis": 0}}}, (40, 50, 2)),  # (C, Y, X)
+])
+def test_lazy_planes_read_regions_channels_last(shape, kwargs, want):
+    """Planes.lazy gives each plane as ``(H, W[, C])`` whatever the layer's layout, reading
+    only the region sliced, equal to the eager plane."""
+    from napari.layers import Image
+
+    from napari_lazylabels._widgets import _layers
+
+    data = (np.arange(np.prod(shape)) % 251).astype(np.uint8).reshape(shape)
+    planes = _layers.Planes(Image(data, **kwargs))
+    last = len(planes) - 1
+    lazy = planes.lazy(last)
+    assert lazy.shape == want
+    np.testing.assert_array_equal(lazy[5:15, 7:9], planes[last][5:15, 7:9])

@@ -248,10 +248,16 @@ def _plane(data, index: int, stacked: bool, rgb: bool, axis: int | None) -> np.n
     return plane[..., :3] if rgb and plane.shape[-1] == 4 else plane
 
 
+def full_resolution(layer):
+    """A layer's data at full resolution: the first level of a multiscale layer (an OME-Zarr
+    pyramid; napari's ``np.asarray`` of it would give the level on screen)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def image_plane(image_layer, index: int = 0) -> np.ndarray:
     """The ``index``-th 2D image of a layer, as a numpy array (:func:`_plane`)."""
     stacked = len(label_shape(image_layer)) == 3
-    return _plane(image_layer.data, index, stacked, _is_rgb(image_layer), channel_axis(image_layer))
+    return _plane(full_resolution(image_layer), index, stacked, _is_rgb(image_layer), channel_axis(image_layer))
 
 
 class Planes(Sequence):
@@ -263,8 +269,7 @@ class Planes(Sequence):
     """
 
     def __init__(self, image_layer) -> None:
-        self._data = image_layer.data
-        self._multiscale = bool(getattr(image_layer, "multiscale", False))
+        self._data = full_resolution(image_layer)
         self._stacked = len(label_shape(image_layer)) == 3
         self._rgb = _is_rgb(image_layer)
         self._axis = channel_axis(image_layer)
@@ -285,7 +290,7 @@ class Planes(Sequence):
         full-resolution level for a multiscale layer), for prediction block by block."""
         from ..core.zarrio import AxesView, rgb_of_rgba
 
-        data = self._data[0] if self._multiscale else self._data
+        data = self._data
         nd = len(data.shape)
         axes = ["?"] * nd
         if self._stacked:
