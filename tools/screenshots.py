@@ -16,6 +16,9 @@ widgets' own slots, and the whole window saved with ``viewer.screenshot(canvas_o
 * ``stack``: a Z stack (the StarDist nuclei drifting and blurring through 6 slices, an ImageJ
   TIFF with a pixel size) opened with ``viewer.open``, predicted by the Predict widget with
   "link objects across slices" ticked, a middle slice shown.
+* ``blockwise``: a 10240x10240 lazy (dask) montage of the StarDist nuclei, above the
+  block-by-block limit, predicted by the Predict widget into an OME-Zarr in a temporary cache;
+  the shot is taken mid-run (some blocks predicted, the rest not yet), then the run is stopped.
 
 Needs a display: run it under Xvfb::
 
@@ -215,14 +218,75 @@ def shot_stack(args) -> None:
     _predict_and_save(viewer, viewer.layers[0].name, model_dir, "stack", link_slices=True, step=3)
 
 
+BLOCKWISE_SHARE = 0.16
+"""Share of the montage's tiles predicted before the ``blockwise`` shot (4 of its 25 blocks)."""
+BLOCKWISE_WAIT = 600.0
+"""Seconds the ``blockwise`` shot waits for them at most (then it is taken as it is)."""
+
+
+def shot_blockwise(args) -> None:
+    """A large lazy image predicted block by block, as seen mid-run: the blocks written so far
+    coloured by their classes and instances, the Predict widget's progress in the dock."""
+    import os
+    import shutil
+
+    import dask.array as da
+    import napari
+    import numpy as np
+
+    from napari_lazylabels.core import options
+
+    model_dir = _trained_sample_model(args.seconds)
+    nuclei = _stardist_nuclei().astype(np.uint8)  # 512x512
+    variants = [da.from_array(np.ascontiguousarray(np.rot90(f, k))) for f in (nuclei, nuclei[::-1]) for k in range(4)]
+    side = 10240 // nuclei.shape[0]  # 20 x 20 tiles, each a rotation or mirror of the nuclei
+    data = da.block([[variants[(3 * i + 5 * j) % 8] for j in range(side)] for i in range(side)])
+    assert data.shape[0] * data.shape[1] > options.BLOCKWISE_PIXELS  # predicted block by block
+    cache = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = scratch = tempfile.mkdtemp(prefix="lazylabels-shot-cache-")  # not the user's
+    try:
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1500, 950)
+        viewer.add_image(data, name="montage", scale=(0.2, 0.2),  # a pixel size
+                         contrast_limits=(0, float(np.percentile(nuclei, 99.8))))
+        _, pw = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+        pw.model_dir.setText(str(model_dir))
+        pw.set_chosen(["montage"])
+        pw.run()
+
+        def share() -> float:  # of the tiles predicted so far
+            last = pw.runner.last_progress if pw.runner is not None else None
+            return last[2] / last[3] if last and last[1].startswith("tiles") and last[3] else 0.0
+
+        t0 = time.monotonic()
+        _wait(lambda: pw.is_running() and share() < BLOCKWISE_SHARE and time.monotonic() - t0 < BLOCKWISE_WAIT,
+              BLOCKWISE_WAIT + 60)
+        log.info("Predict status after %.0f s: %s", time.monotonic() - t0, pw.status.text())
+        if "montage instances" in viewer.layers:  # both label layers shown, as the widget adds them
+            viewer.layers.selection.active = viewer.layers["montage instances"]
+        viewer.reset_view()  # the whole montage
+        _wait(lambda: False, 2)
+        _save(viewer, "blockwise")
+        pw.stop()
+        _wait(pw.is_running, 600)
+        log.info("Predict status: %s", pw.status.text())
+        viewer.close()
+    finally:
+        if cache is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = cache
+        shutil.rmtree(scratch, ignore_errors=True)  # the partial OME-Zarr
+
+
 SHOTS = {"annotate": shot_annotate, "train": shot_train, "predict": shot_predict, "channels": shot_channels,
-         "stack": shot_stack}
+         "stack": shot_stack, "blockwise": shot_blockwise}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shots", nargs="+", choices=sorted(SHOTS))
-    ap.add_argument("--seconds", type=float, default=45.0, help="training time of the train and predict shots")
+    ap.add_argument("--seconds", type=float, default=45.0, help="training time of the models of the shots")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in args.shots:
