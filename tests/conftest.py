@@ -47,3 +47,22 @@ def _write_gt_folder(root: Path, n: int = 3, size=(96, 112)) -> Path:
 def gt_folder():
     """Writes a small ground-truth folder: ``gt_folder(root, n=3, size=(96, 112))``."""
     return _write_gt_folder
+
+
+@pytest.fixture
+def one_object_model(tmp_path) -> Path:
+    """A saved model (its ``best.pt``) that sees one object everywhere and no interface, so
+    what prediction gives is known: every pixel class 1, one instance per image (per block)."""
+    import torch
+
+    from napari_lazylabels.core.checkpoint import save_checkpoint
+    from napari_lazylabels.core.labels import ClassSpec
+    from napari_lazylabels.core.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
+        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
+    return save_checkpoint(tmp_path / "model" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))

@@ -221,21 +221,6 @@ def test_channels_are_checked_before_any_work(predictor, tmp_path):
 
 
 # --------------------------------------------------------------------------- the command line
-@pytest.fixture
-def one_object_model(tmp_path):
-    """A network that sees one object everywhere and no interface."""
-    from napari_lazylabels.core.checkpoint import save_checkpoint
-    from napari_lazylabels.core.labels import ClassSpec
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
-        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
-    return save_checkpoint(tmp_path / "model" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))
-
-
 def test_cli_predicts_zarr_and_large_tiffs_into_ome_zarr(tmp_path, one_object_model, monkeypatch, caplog):
     """`lazylabels predict` takes a zarr folder (always block by block), a TIFF above the
     size limit, and any TIFF with --ome-zarr, and writes STEM.ome.zarr with the pixel size; a

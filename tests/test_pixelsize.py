@@ -3,13 +3,9 @@
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_lazylabels.cli import main
-from napari_lazylabels.core.checkpoint import save_checkpoint
 from napari_lazylabels.core.io import write_image
-from napari_lazylabels.core.labels import ClassSpec
-from napari_lazylabels.core.model import ModelConfig, build_model
 from napari_lazylabels.core.pixelsize import PixelSize, read_pixel_size, write_ome_labels
 
 
@@ -41,18 +37,6 @@ def test_label_maps_are_written_plane_by_plane_with_the_pixel_size(tmp_path):
     flat = write_ome_labels(tmp_path / "y_classes.ome.tif", np.ones((20, 30), np.uint8), size)
     assert tifffile.imread(flat).shape == (20, 30) and read_pixel_size(flat) == PixelSize(0.5, 0.25, "µm")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # atomic: no temporary left
-
-
-@pytest.fixture
-def one_object_model(tmp_path):
-    """A network that sees one object everywhere and no interface: instances are predictable."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
-        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
-    return save_checkpoint(tmp_path / "model" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))
 
 
 def test_predicting_a_stack_writes_whole_maps_at_its_pixel_size(tmp_path, one_object_model):

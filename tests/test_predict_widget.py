@@ -325,7 +325,8 @@ def test_a_lazy_stack_is_read_plane_by_plane_by_the_worker(make_napari_viewer, q
     assert viewer.layers["lazy instances"].data.shape == (3, 96, 96)
 
 
-def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_viewer, qtbot, monkeypatch, tmp_path, caplog):
+def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_viewer, qtbot, monkeypatch, tmp_path, caplog,
+                                                                  one_object_model):
     """An image layer above the block-by-block limit (a dask array with a physical scale) is
     predicted from its lazy data into an OME-Zarr in the user's cache: its classes and
     instances layers are multiscale views of the zarr files, at the image's scale, added
@@ -353,15 +354,9 @@ def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_
         return block
 
     data = da.from_array(image, chunks=(256, 256)).map_blocks(watch, dtype=np.uint8)
-    cfg = ModelConfig(in_channels=1, n_classes=2, widths=(4, 8), size="custom")
-    model = build_model(cfg)
-    with torch.no_grad():  # one object everywhere, no interface: what to expect is known
-        model.heads["segmentation"].bias.copy_(torch.tensor([-20.0, 20.0]))
-        model.heads["separation"].bias.copy_(torch.tensor([20.0, -20.0]))
-    save_checkpoint(tmp_path / "one" / "best.pt", model, cfg, ClassSpec(names=("background", "cell")))
     viewer = make_napari_viewer(show=True)
     viewer.add_image(data, name="big", scale=(0.5, 0.5))
-    pw = _widget(viewer, tmp_path / "one", tile=128)
+    pw = _widget(viewer, one_object_model.parent, tile=128)  # one object everywhere
     pw.tta.setCurrentIndex(0)  # one orientation
     pw.set_chosen(["big"])
     refreshed = []
