@@ -260,3 +260,24 @@ def test_cli_predicts_zarr_and_large_tiffs_into_ome_zarr(tmp_path, one_object_mo
     assert (out2 / "small_classes.png").exists() and not (out2 / "small.ome.zarr").exists()
     assert main(args[:2] + [str(tmp_path / "small.tif"), "--out", str(out2), "--ome-zarr"] + args[8:]) == 0
     assert (out2 / "small.ome.zarr").is_dir()
+
+
+def test_a_tiff_in_one_piece_is_read_region_by_region(tmp_path, monkeypatch, caplog):
+    """tifffile writes a plain TIFF as one strip: its zarr view would decode the whole image
+    for every block; such an uncompressed file is read row range by row range from the file
+    instead (a compressed one says how to save it for bounded memory)."""
+    import tifffile
+
+    from napari_lazylabels.core import zarrio
+
+    monkeypatch.setattr(zarrio, "LARGE_CHUNK_BYTES", 1000)
+    image = discs((200, 260)).astype(np.uint16) * 7
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    lazy = open_lazy_image(tmp_path / "plain.tif")
+    assert isinstance(lazy.data.array, zarrio.ContiguousFile)
+    np.testing.assert_array_equal(lazy.data[50:90, 100:260], image[50:90, 100:260])
+    np.testing.assert_array_equal(lazy.data[::7, ::5], image[::7, ::5])
+    tifffile.imwrite(tmp_path / "packed.tif", image, compression="zlib", rowsperstrip=200)
+    packed = open_lazy_image(tmp_path / "packed.tif")
+    np.testing.assert_array_equal(packed.data[10:20, 30:40], image[10:20, 30:40])
+    assert "save it tiled" in caplog.text

@@ -270,9 +270,17 @@ def _open_tiff(path: Path) -> LazyImage:
             series = tif.series[0]
             axes = str(series.axes).upper()
             rgb = series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB
+            offset, byteorder = series.dataoffset, tif.byteorder
         node = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
     except Exception as e:  # tifffile raises many kinds for truncated or foreign files
         raise _tiff_error(path, e) from e
+    if int(math.prod(node.chunks)) * node.dtype.itemsize > LARGE_CHUNK_BYTES:
+        if offset is not None:  # uncompressed, in one piece: read the rows asked for from the file
+            node = ContiguousFile(path, offset, tuple(node.shape), node.dtype.newbyteorder(byteorder))
+        else:
+            log.warning("%s is stored compressed in pieces of %.0f MB: each block decodes a whole piece "
+                        "(save it tiled, e.g. tifffile.imwrite(..., tile=(512, 512)), for bounded memory)",
+                        path.name, math.prod(node.chunks) * node.dtype.itemsize / 2**20)
     if len(axes) != node.ndim:
         axes = _guess_axes(tuple(node.shape))
     axes = axes.replace("Q", "Z").replace("I", "Z")
@@ -284,6 +292,29 @@ def _open_tiff(path: Path) -> LazyImage:
     if "S" in axes and view.shape[-1] == 4:
         view = rgb_of_rgba(view)
     return LazyImage(view, n_stack, chan, read_pixel_size(path), _stem(path))
+
+
+LARGE_CHUNK_BYTES = 64 * 2**20
+"""A TIFF stored in pieces larger than this is read another way (:class:`ContiguousFile`)."""
+
+
+class ContiguousFile:
+    """An uncompressed image stored in one piece in a file (tifffile writes plain TIFFs so),
+    read region by region: each read maps the file, copies the region and unmaps it, so the
+    pages read do not stay resident (a lasting memory map would keep the whole file in the
+    process's memory by the end)."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, int(offset), tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.chunks = (1,) + self.shape[1:]
+
+    def __getitem__(self, key) -> np.ndarray:
+        mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        try:
+            return np.array(mapped[key], dtype=self.dtype.newbyteorder("="))
+        finally:
+            del mapped
 
 
 class _RgbView(AxesView):
