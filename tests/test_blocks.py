@@ -281,3 +281,56 @@ def test_a_tiff_in_one_piece_is_read_region_by_region(tmp_path, monkeypatch, cap
     packed = open_lazy_image(tmp_path / "packed.tif")
     np.testing.assert_array_equal(packed.data[10:20, 30:40], image[10:20, 30:40])
     assert "save it tiled" in caplog.text
+
+
+def test_a_killed_run_goes_on_where_it_stopped(predictor, tmp_path):
+    """With a resume key, a stopped (or killed) run keeps its partial folder and what it
+    finished; the same run again goes on from the first block not recorded, removing what the
+    interrupted block had written, and gives exactly the maps and ids of an uninterrupted run;
+    another key (another model or setting) starts over."""
+    predictor = Predictor(predictor.model, predictor.config, replace(FAST, tile=128, batch_size=8))
+    image = discs((500, 520), n=120)
+    path = tmp_path / "im.zarr"
+    zarr.create_array(str(path), shape=image.shape, chunks=(128, 128), dtype=image.dtype)[:] = image
+    lazy = open_lazy_image(path)
+    whole = drive(iter_predict_ome_zarr(predictor, lazy, tmp_path / "whole.ome.zarr", block=128))
+    key = {"input": str(path), "model": "m1"}
+    target = tmp_path / "im.ome.zarr"
+    partial = tmp_path / ".im.ome.zarr.partial"
+    blocks_done = []
+
+    def stop_after_five():
+        return len(blocks_done) >= 5
+
+    job = iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key, should_stop=stop_after_five)
+    with pytest.raises(Cancelled):
+        for ev in job:
+            if ev.phase == "tiles" and ev.done and json_block(partial) is not None:
+                blocks_done[:] = range(json_block(partial))
+    assert not target.exists() and partial.is_dir() and json_block(partial) >= 5
+    # what the interrupted block wrote of its objects (ids not yet recorded) is removed again
+    inst = zarr.open_group(str(partial), mode="r+")["labels/instances/0"]
+    y0, _, x0, _ = block_grid(image.shape, 128, block_halo(predictor))[json_block(partial)].window
+    region = inst[y0 : y0 + 50, x0 : x0 + 50]
+    inst[y0 : y0 + 50, x0 : x0 + 50] = np.where(region == 0, 100_000, region)  # as a block writes: unclaimed pixels
+    out = drive(iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key))
+    a, b = (zarr.open_group(str(p), mode="r") for p in (out, whole))
+    for name in ("labels/classes/0", "labels/instances/0", "0"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert not partial.exists()
+    # another run's partial folder is not resumed
+    job = iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key, should_stop=lambda: True)
+    with pytest.raises(Cancelled):
+        drive(job)
+    assert partial.is_dir()
+    out = drive(iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key={**key, "model": "m2"}))
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels/instances/0"][:], b["labels/instances/0"][:])
+
+
+def json_block(partial):
+    import json
+
+    try:
+        return json.loads((partial / "lazylabels-progress.json").read_text())["block"]
+    except (OSError, ValueError):
+        return None

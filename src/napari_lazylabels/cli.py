@@ -365,7 +365,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                 failed.append(f)
                 continue
             if lazy is not None:
-                n += _predict_blockwise(predictor, lazy, out, pcfg)
+                n += _predict_blockwise(predictor, lazy, out, pcfg, f, a.model)
                 written[f.stem] = f
                 continue
             try:
@@ -418,9 +418,16 @@ def _lazy_image(f: Path, always: bool):
     return lazy if is_zarr(f) or always or h * w > BLOCKWISE_PIXELS else None
 
 
-def _predict_blockwise(predictor, lazy, out: Path, pcfg) -> int:
-    """Predict a lazy image block by block into ``OUT/STEM.ome.zarr``; returns its planes."""
+def _predict_blockwise(predictor, lazy, out: Path, pcfg, f: Path, model: str) -> int:
+    """Predict a lazy image block by block into ``OUT/STEM.ome.zarr``; returns its planes.
+    A run that was stopped or killed goes on where it stopped when run again with the same
+    input, model and settings (the partial folder records its blocks)."""
+    import dataclasses
+
     from .core.blocks import iter_predict_ome_zarr, ome_zarr_path
+
+    key = {"input": str(f.resolve()), "input_mtime": f.stat().st_mtime_ns, "model": str(Path(model).resolve()),
+           "model_mtime": Path(model).stat().st_mtime_ns, "predict": dataclasses.asdict(pcfg)}
 
     h, w = lazy.plane_shape
     path = ome_zarr_path(out, lazy.name)
@@ -428,7 +435,7 @@ def _predict_blockwise(predictor, lazy, out: Path, pcfg) -> int:
         log.warning("%s: --link-slices is not applied block by block; ids are unique across the stack", lazy.name)
     log.info("%s: %dx%d%s, predicted block by block into %s", lazy.name, h, w,
              f" x {lazy.n_planes} planes" if lazy.n_stack else "", path)
-    _run_job(iter_predict_ome_zarr(predictor, lazy, path), desc=lazy.name, unit="tile")
+    _run_job(iter_predict_ome_zarr(predictor, lazy, path, resume_key=key), desc=lazy.name, unit="tile")
     return lazy.n_planes
 
 

@@ -24,6 +24,7 @@ measured in docs/benchmarks.md), plus one decoded chunk of the input.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write_json
 from .jobs import Cancelled, Progress, stoppable
 from .predictor import Predictor
 from .prepare import scaled_shape
@@ -136,6 +138,8 @@ def iter_predict_blocks(
     should_stop: Callable[[], bool] | None = None,
     tiles_before: int = 0,
     tiles_total: int | None = None,
+    start_block: int = 0,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> Iterator[Progress]:
     """Job: predict a lazy ``(H, W[, C])`` image block by block into lazy outputs.
 
@@ -154,6 +158,9 @@ def iter_predict_blocks(
             :class:`~napari_lazylabels.core.jobs.Cancelled`.
         tiles_before, tiles_total: offset and total of the ``"tiles"`` events (a stack counts
             the tiles of all its planes).
+        start_block: the first block to predict (a resumed run; the blocks before it are
+            written, their ids below ``first_id``).
+        on_block: called with ``(blocks done, next free id)`` after each block is written.
 
     Yields ``Progress("tiles", done, total)`` over all blocks, and the phases of each block.
 
@@ -162,7 +169,7 @@ def iter_predict_blocks(
     """
     return (yield from stoppable(
         _predict_blocks(predictor, image, classes, instances, image_copy, block, halo, first_id,
-                        should_stop, tiles_before, tiles_total), should_stop))
+                        should_stop, tiles_before, tiles_total, start_block, on_block), should_stop))
 
 
 def count_tiles(predictor: Predictor, shape: tuple[int, int], block: int = BLOCK, halo: int | None = None) -> int:
@@ -172,7 +179,7 @@ def count_tiles(predictor: Predictor, shape: tuple[int, int], block: int = BLOCK
 
 
 def _predict_blocks(predictor, image, classes, instances, image_copy, block, halo, first_id, should_stop,
-                    tiles_before, tiles_total) -> Iterator[Progress]:
+                    tiles_before, tiles_total, start_block=0, on_block=None) -> Iterator[Progress]:
     shape = tuple(int(s) for s in image.shape[:2])
     halo = block_halo(predictor) if halo is None else halo
     blocks = block_grid(shape, block, halo)
@@ -180,8 +187,9 @@ def _predict_blocks(predictor, image, classes, instances, image_copy, block, hal
     orientations = predictor.orientations(scaled_shape(shape, predictor.config.scale))
     total = tiles_total if tiles_total is not None else tiles_before + sum(_window_tiles(predictor, b) for b in blocks)
     log.info("Predicting %dx%d in %d blocks of %d px (halo %d px, %d orientations)", *shape, len(blocks), block, halo, orientations)
-    done, next_id = tiles_before, first_id
-    for b in blocks:
+    done = tiles_before + sum(_window_tiles(predictor, b) for b in blocks[:start_block])
+    next_id = first_id
+    for i, b in enumerate(blocks[start_block:], start=start_block):
         y0, y1, x0, x1 = b.window
         window = np.asarray(image[y0:y1, x0:x1])
         job = predictor._predict(window, None, instances is not None, should_stop, value_range, orientations)
@@ -198,6 +206,8 @@ def _predict_blocks(predictor, image, classes, instances, image_copy, block, hal
             out, next_id = merge_instances(out, pred.instances, (cy, cx), next_id)
             instances[y0:y1, x0:x1] = out
         del pred, window
+        if on_block is not None:
+            on_block(i + 1, next_id)
         yield Progress("tiles", done, total)
     return next_id
 
@@ -226,6 +236,10 @@ def ome_zarr_path(out_dir: str | os.PathLike, stem: str) -> Path:
     return Path(out_dir) / f"{stem}.ome.zarr"
 
 
+PROGRESS_FILE = "lazylabels-progress.json"
+"""In a partial OME-Zarr: what run wrote it and how far it got (:func:`iter_predict_ome_zarr`)."""
+
+
 def iter_predict_ome_zarr(
     predictor: Predictor,
     image: LazyImage,
@@ -233,12 +247,20 @@ def iter_predict_ome_zarr(
     instances: bool = True,
     should_stop: Callable[[], bool] | None = None,
     block: int = BLOCK,
+    resume_key: dict | None = None,
 ) -> Iterator[Progress]:
     """Job: predict a lazy image (a stack plane by plane, instance ids unique across it) into
     an OME-Zarr at ``path``: the image at the root, ``labels/classes`` (uint8, uint16 above
     255 classes) and ``labels/instances`` (uint32), each with a pyramid and the image's
     pixel size (:class:`~napari_lazylabels.core.zarrio.OmeZarrWriter`). Nothing is left at
-    ``path`` unless complete (a stop or an error removes the partial folder).
+    ``path`` unless complete.
+
+    Args:
+        resume_key: what identifies this run (the input file, the model, the settings; JSON).
+            With it the partial folder records its progress after every block and is kept when
+            the run is stopped, fails or is killed, and a later run with the same key goes on
+            from the first block not written (ids and maps as an uninterrupted run gives);
+            without it a stop or an error removes the partial folder.
 
     Returns:
         ``path``.
@@ -247,23 +269,67 @@ def iter_predict_ome_zarr(
     labels = {"classes": np.uint8 if predictor.config.n_classes < 256 else np.uint16}
     if instances:
         labels["instances"] = np.uint32
+    halo = block_halo(predictor)
+    key = None if resume_key is None else {**resume_key, "block": block, "halo": halo, "instances": instances}
     writer = OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
-                           image.n_channels, labels, image.pixel_size, name=image.name)
+                           image.n_channels, labels, image.pixel_size, name=image.name, resume=key is not None)
+    start = _resume_point(writer, key)
     try:
-        halo = block_halo(predictor)
         per_plane = count_tiles(predictor, image.plane_shape, block, halo)
         total = per_plane * image.n_planes
-        next_id = 1
-        for z in range(image.n_planes):
+        grid = block_grid(image.plane_shape, block, halo)
+        if start["block"] >= len(grid):  # the plane was done: go on with the next
+            start = {**start, "plane": start["plane"] + 1, "block": 0}
+        next_id = start["next_id"]
+        for z in range(start["plane"], image.n_planes):
             zi = z if image.n_stack else None
+            first = start["block"] if z == start["plane"] else 0
+            inst = writer.label("instances", zi) if instances else None
+            if writer.resumed and z == start["plane"] and inst is not None:
+                _forget_unrecorded(inst, grid[first], next_id)
+
+            def record(done: int, nid: int, z=z) -> None:
+                if key is not None:
+                    atomic_write_json(writer.tmp / PROGRESS_FILE, {"key": key, "plane": z, "block": done, "next_id": nid})
+
             next_id = yield from iter_predict_blocks(
-                predictor, image.plane(z), writer.label("classes", zi),
-                writer.label("instances", zi) if instances else None, writer.image_plane(zi), block, halo,
-                next_id, should_stop, z * per_plane, total,
+                predictor, image.plane(z), writer.label("classes", zi), inst, writer.image_plane(zi), block, halo,
+                next_id, should_stop, z * per_plane, total, first, record,
             )
         if instances:
             log.info("%s: %d objects", image.name, next_id - 1)
+        (writer.tmp / PROGRESS_FILE).unlink(missing_ok=True)
         return (yield from writer.iter_finish())
     except BaseException:
-        writer.abort()
+        if key is None:
+            writer.abort()
+        else:
+            log.info("%s: progress kept in %s; run the same command again to go on", image.name, writer.tmp)
         raise
+
+
+def _resume_point(writer: OmeZarrWriter, key: dict | None) -> dict:
+    """Where to start: after the blocks the partial folder records for the same ``key``, or
+    at the beginning (a partial folder of another run is started over)."""
+    fresh = {"plane": 0, "block": 0, "next_id": 1}
+    if key is None or not writer.resumed:
+        return fresh
+    try:
+        saved = json.loads((writer.tmp / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or saved.get("key") != json.loads(json.dumps(key)):
+        writer.restart()
+        return fresh
+    log.info("Resuming %s at plane %d, block %d", writer.path.name, saved["plane"], saved["block"])
+    return {"plane": int(saved["plane"]), "block": int(saved["block"]), "next_id": int(saved["next_id"])}
+
+
+def _forget_unrecorded(instances, b: Block, next_id: int) -> None:
+    """Remove ids from ``next_id`` on in the window of block ``b``: what a killed run wrote of
+    the block it did not finish (only that block's window can hold such ids)."""
+    y0, y1, x0, x1 = b.window
+    out = np.asarray(instances[y0:y1, x0:x1])
+    stale = out >= next_id
+    if stale.any():
+        instances[y0:y1, x0:x1] = np.where(stale, 0, out).astype(out.dtype)

@@ -432,6 +432,8 @@ class OmeZarrWriter:
         colors: ``{label name: {value: (r, g, b, a)}}`` for the labels' ``image-label`` colours.
         name: the image's name in the metadata.
         atomic: write into ``.NAME.partial`` and rename when complete.
+        resume: keep a ``.NAME.partial`` of the same shapes that a stopped or killed run left
+            (:attr:`resumed`), to go on writing into it; else it is started over.
 
     :meth:`image_plane` and :meth:`label` give :class:`PyramidView` s of a plane to write
     into; :meth:`levels` the zarr arrays of every level (NGFF axis order: ``(C, [Z,] Y, X)``
@@ -450,14 +452,11 @@ class OmeZarrWriter:
         colors: dict[str, dict[int, tuple[int, int, int, int]]] | None = None,
         name: str | None = None,
         atomic: bool = True,
+        resume: bool = False,
     ) -> None:
-        import zarr
-
         self.path = Path(path)
         self.atomic = atomic
         self.tmp = self.path.parent / f".{self.path.name}.partial" if atomic else self.path
-        if self.tmp.exists():  # left by a run that was killed, or (not atomic) the one replaced
-            shutil.rmtree(self.tmp)
         self.plane_shape = tuple(int(s) for s in plane_shape)
         self.n_planes = n_planes
         self.n_channels = int(n_channels)
@@ -465,11 +464,47 @@ class OmeZarrWriter:
         self.colors = colors or {}
         self.name = name or _stem(self.path)
         self.shapes = pyramid_shapes(self.plane_shape)
+        self._spec = (image_dtype, dict(labels))
+        self.resumed = resume and atomic and self._open_existing()
+        if not self.resumed:
+            self.restart()
+
+    def restart(self) -> None:
+        """Start the folder over, empty (removing what an earlier run left)."""
+        import zarr
+
+        if self.tmp.exists():  # left by a run that was killed, or (not atomic) the one replaced
+            shutil.rmtree(self.tmp)
+        image_dtype, labels = self._spec
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
-        stack = () if n_planes is None else (int(n_planes),)
+        stack = () if self.n_planes is None else (int(self.n_planes),)
         self._image = self._pyramid(self.root, (self.n_channels, *stack), image_dtype)
         self.labels_group = self.root.create_group("labels")
         self._labels = {n: self._pyramid(self.labels_group.create_group(n), stack, dt) for n, dt in labels.items()}
+        self.resumed = False
+
+    def _open_existing(self) -> bool:
+        """Open the arrays of a partial folder of exactly these shapes and dtypes."""
+        import zarr
+
+        if not self.tmp.is_dir():
+            return False
+        image_dtype, labels = self._spec
+        stack = () if self.n_planes is None else (int(self.n_planes),)
+        try:
+            root = zarr.open_group(str(self.tmp), mode="r+", zarr_format=2)
+            image = [root[str(i)] for i in range(len(self.shapes))]
+            group = root["labels"]
+            found = {n: [group[n][str(i)] for i in range(len(self.shapes))] for n in labels}
+        except Exception:  # noqa: BLE001 - anything unreadable is started over
+            return False
+        want = [(a, (self.n_channels, *stack, *s), image_dtype) for a, s in zip(image, self.shapes, strict=True)]
+        for n, dt in labels.items():
+            want += [(a, (*stack, *s), dt) for a, s in zip(found[n], self.shapes, strict=True)]
+        if any(tuple(a.shape) != shape or a.dtype != np.dtype(dt) for a, shape, dt in want):
+            return False
+        self.root, self._image, self.labels_group, self._labels = root, image, group, found
+        return True
 
     def _pyramid(self, group, lead: tuple[int, ...], dtype) -> list:
         return [self._array(group, str(level), (*lead, *shape), dtype) for level, shape in enumerate(self.shapes)]
