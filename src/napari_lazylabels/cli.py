@@ -40,7 +40,8 @@ A stack, or a TIFF with a physical pixel size (OME or ImageJ), also gets STEM_cl
 STEM_instances.ome.tif: the whole (Z, Y, X) maps at the image's pixel size, for viewers.
 Zarr and OME-Zarr inputs, TIFFs with planes above 10000x10000 px (and any TIFF with --ome-zarr)
 are predicted block by block in bounded memory into STEM.ome.zarr: the image, and the class and
-instance maps under labels/ (OME-NGFF 0.4, with pyramids and the image's pixel size).
+instance maps under labels/ (OME-NGFF 0.4, with pyramids and the image's pixel size); a stopped
+or killed run goes on where it stopped when the same command is run again.
 """
 EPILOG_INSTANCES = """Cuts the objects of a lazylabels predict --out folder again from its STEM_classes.png
 and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. examples:
