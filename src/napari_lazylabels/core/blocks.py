@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_json
-from .jobs import Cancelled, Progress, stoppable
+from .jobs import Progress, mapped, stoppable
 from .predictor import Predictor
 from .prepare import scaled_shape
 from .tiling import tile_starts
@@ -214,21 +214,11 @@ def _predict_blocks(predictor, image, classes, instances, image_copy, block, hal
 
 def _offset_tiles(job, before: int, total: int) -> Iterator[Progress]:
     """Re-yield a window's job with its ``"tiles"`` events counted over the whole image."""
-    try:
-        event = next(job)
-        while True:
-            if event.phase == "tiles":
-                event = Progress("tiles", before + event.done, total)
-            try:
-                yield event
-            except Cancelled as e:
-                event = job.throw(e)
-            else:
-                event = next(job)
-    except StopIteration as end:
-        return end.value
-    finally:
-        job.close()
+
+    def count(event: Progress) -> Progress:
+        return Progress("tiles", before + event.done, total) if event.phase == "tiles" else event
+
+    return (yield from mapped(job, count))
 
 
 def ome_zarr_path(out_dir: str | os.PathLike, stem: str) -> Path:

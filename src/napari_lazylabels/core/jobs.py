@@ -93,6 +93,24 @@ def stoppable(job: Job[T], should_stop: Callable[[], bool] | None = None) -> Job
         job.close()
 
 
+def mapped(job: Job[T], fn: Callable[[Progress], Progress]) -> Job[T]:
+    """``job`` with each event replaced by ``fn(event)`` (e.g. counted within a larger job);
+    a :class:`Cancelled` thrown in reaches the job; returns the job's result."""
+    try:
+        event = next(job)
+        while True:
+            try:
+                yield fn(event)
+            except Cancelled as e:
+                event = job.throw(e)
+            else:
+                event = next(job)
+    except StopIteration as end:
+        return end.value
+    finally:
+        job.close()
+
+
 def drive(
     job: Job[T],
     progress: Callable[[Progress], None] | None = None,

@@ -10,7 +10,8 @@ class map and cuts instances (:mod:`~napari_lazylabels.core.instances`). It is a
 What memory is not bounded: the input image itself, the class map (1-2 bytes per pixel), the
 instance map (4 bytes per pixel) and the instance step's temporaries. The float maps may be
 memory-mapped arrays the caller preallocates (:func:`~napari_lazylabels.core.outputs.predict_file`
-does for large images).
+does for large images). Images larger than memory are predicted block by block from lazy arrays
+(:mod:`~napari_lazylabels.core.blocks`), each block through this predictor.
 """
 
 from __future__ import annotations
