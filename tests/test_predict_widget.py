@@ -385,3 +385,25 @@ def _spy_refresh(on_yield, seen):
         return on_yield(self, ev)
 
     return spy
+
+
+def test_stop_ends_a_block_by_block_prediction_quickly(make_napari_viewer, qtbot, monkeypatch, tmp_path, model_dir):
+    """Stop during a block-by-block prediction ends it within seconds (between two network
+    passes), says so in the status, and leaves the widget ready for another run."""
+    from napari_lazylabels._widgets import predict as predict_mod
+    from napari_lazylabels.core import options
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(options, "BLOCKWISE_PIXELS", 1000 * 1000)
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.tile(_image(96), (30, 30)), name="big")  # 2880 x 2880: 4 blocks
+    pw = _widget(viewer, model_dir, tile=64)
+    pw.set_chosen(["big"])
+    pw.run()
+    qtbot.waitUntil(lambda: pw.runner is not None and pw.runner.tiles_phase.endswith("block by block)"), timeout=120_000)
+    assert isinstance(pw.runner, predict_mod.PredictionRunner)
+    asked = time.perf_counter()
+    pw.stop()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=30_000)
+    assert time.perf_counter() - asked < 10
+    assert "stopped" in pw.status.text() and pw.run_btn.isEnabled()
