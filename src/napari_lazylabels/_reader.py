@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from .core.io import DATASET_FILE, is_dataset, load_dataset
+from .core.zarrio import image_stem, ome_multiscale, ome_transform
 
 OME_METADATA_FILES = (".zattrs", "zarr.json")
 """The files holding a zarr group's attributes: zarr format 2 (NGFF 0.4) and 3 (NGFF 0.5)."""
@@ -78,17 +79,6 @@ def _ome_attrs(folder: Path) -> dict | None:
     return None
 
 
-def _multiscale(attrs: dict | None) -> dict | None:
-    """The first ``multiscales`` entry of OME attributes, if it names at least one dataset."""
-    ms = (attrs or {}).get("multiscales")
-    if not (isinstance(ms, list) and ms and isinstance(ms[0], dict)):
-        return None
-    datasets = ms[0].get("datasets")
-    if not (isinstance(datasets, list) and datasets and all(isinstance(d, dict) and "path" in d for d in datasets)):
-        return None
-    return ms[0]
-
-
 def _ome_root(path) -> Path | None:
     """The OME-Zarr image group that ``path`` names (the folder, or its ``.zattrs`` or
     ``zarr.json``), or ``None`` when it is none (zarr arrays, plain groups, other files)."""
@@ -99,23 +89,7 @@ def _ome_root(path) -> Path | None:
         p = p.parent
     if not p.is_dir():
         return None
-    return p if _multiscale(_ome_attrs(p)) is not None else None
-
-
-def _stem(path: Path) -> str:
-    """``cells`` for ``cells.ome.zarr`` (and ``cells.zarr``)."""
-    name = path.name
-    for suffix in (".ome.zarr", ".zarr"):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _transform(transforms, kind: str) -> list[float] | None:
-    for t in transforms or []:
-        if isinstance(t, dict) and t.get("type") == kind and isinstance(t.get(kind), list):
-            return [float(v) for v in t[kind]]
-    return None
+    return p if ome_multiscale(_ome_attrs(p)) is not None else None
 
 
 def _axes(ms: dict, ndim: int) -> list[dict]:
@@ -164,10 +138,10 @@ def _open_multiscale(folder: Path, ms: dict, what: str) -> tuple[list, dict]:
         raise ValueError(f"{what} at {folder} has levels of different dimensions.")
     axes = _axes(ms, ndim)
     transforms = ms["datasets"][0].get("coordinateTransformations")
-    scale, translate = _transform(transforms, "scale"), _transform(transforms, "translation")
+    scale, translate = ome_transform(transforms, "scale"), ome_transform(transforms, "translation")
     # the multiscale's own transforms apply after each level's (NGFF): scale, then translation
     outer = ms.get("coordinateTransformations")
-    outer_scale, outer_translate = _transform(outer, "scale"), _transform(outer, "translation")
+    outer_scale, outer_translate = ome_transform(outer, "scale"), ome_transform(outer, "translation")
     if outer_scale is not None and len(outer_scale) == ndim:
         scale = [a * b for a, b in zip(scale or [1.0] * ndim, outer_scale, strict=False)]
         if translate is not None:
@@ -239,7 +213,7 @@ def _label_colors(attrs: dict) -> dict | None:
 def _label_layer(folder: Path, attrs: dict, name: str, fallback: dict | None) -> tuple:
     """The Labels layer data tuple of the label image group ``folder`` (``attrs``: its OME
     attributes); ``fallback``: the image's geometry, used where the label gives none."""
-    levels, geometry = _open_multiscale(folder, _multiscale(attrs), f"the label image {folder.name}")
+    levels, geometry = _open_multiscale(folder, ome_multiscale(attrs), f"the label image {folder.name}")
     drop = [i for i, a in enumerate(geometry["axes"]) if a["type"] == "channel" and levels[0].shape[i] == 1]
     levels, geometry = _drop_axes(levels, geometry, drop)
     if fallback is not None and len(fallback["axes"]) >= levels[0].ndim:
@@ -279,10 +253,10 @@ def read_ome_zarr(path: str | list[str]) -> list[tuple]:
     if root is None:
         raise FileNotFoundError(f"{path} is not an OME-Zarr image (a zarr group with multiscales metadata).")
     attrs = _ome_attrs(root)
-    stem = _stem(root.resolve())
+    stem = image_stem(root.resolve())
     if "image-label" in attrs:  # one label image of an OME-Zarr, opened on its own
         return [_label_layer(root, attrs, stem, None)]
-    ms = _multiscale(attrs)
+    ms = ome_multiscale(attrs)
     levels, geometry = _open_multiscale(root, ms, "the image")
     chan = [i for i, a in enumerate(geometry["axes"]) if a["type"] == "channel"]
     drop = [i for i in chan if levels[0].shape[i] == 1]
@@ -313,7 +287,7 @@ def read_ome_zarr(path: str | list[str]) -> list[tuple]:
     for name in names if isinstance(names, list) else []:
         folder = labels_dir / str(name)
         label_attrs = _ome_attrs(folder) if folder.is_dir() else None
-        if _multiscale(label_attrs) is None:
+        if ome_multiscale(label_attrs) is None:
             continue  # listed but absent or not a multiscale: skip it, as viewers do
         out.append(_label_layer(folder, label_attrs, f"{stem} {name}", space_geometry))
     return out

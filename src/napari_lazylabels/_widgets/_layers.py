@@ -284,14 +284,13 @@ class Planes(Sequence):
         """Pixels of one plane (``H * W``)."""
         return self._pixels
 
-    def lazy(self, index: int):
-        """Plane ``index`` as a lazy ``(H, W[, C])`` array: slicing it reads that region only
-        (:class:`~napari_lazylabels.core.zarrio.AxesView` over the layer's data, its
-        full-resolution level for a multiscale layer), for prediction block by block."""
-        from ..core.zarrio import AxesView, rgb_of_rgba
+    def lazy_image(self, name: str = "image"):
+        """The layer as a :class:`~napari_lazylabels.core.zarrio.LazyImage` (its
+        full-resolution level for a multiscale layer): slicing it reads that region only, for
+        prediction block by block."""
+        from ..core.zarrio import AxesView, LazyImage
 
-        data = self._data
-        nd = len(data.shape)
+        nd = len(self._data.shape)
         axes = ["?"] * nd
         if self._stacked:
             axes[0] = "Z"
@@ -302,11 +301,15 @@ class Planes(Sequence):
         rest = [i for i, a in enumerate(axes) if a == "?"]
         axes[rest[-2]], axes[rest[-1]] = "Y", "X"
         letters = "".join(axes)
-        order = "YX" + ("C" if "C" in letters else "S" if "S" in letters else "")
-        view = AxesView(data, letters, order, {"Z": index})
-        if self._rgb and view.shape[-1] == 4:  # RGBA: the colours
-            view = rgb_of_rgba(view)
-        return view
+        chan = "C" if "C" in letters else "S" if "S" in letters else ""
+        order = ("Z" if self._stacked else "") + "YX" + chan
+        colours = 3 if self._rgb and self._data.shape[-1] == 4 else None  # RGBA: the colours
+        data = AxesView(self._data, letters, order, colours=colours)
+        return LazyImage(data, int(self._stacked), bool(chan), None, name)
+
+    def lazy(self, index: int):
+        """Plane ``index`` as a lazy ``(H, W[, C])`` array (:meth:`lazy_image`)."""
+        return self.lazy_image().plane(index)
 
     def __getitem__(self, index):
         if isinstance(index, slice):

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import options
-from ..core.jobs import Cancelled, Progress
+from ..core.jobs import Cancelled, Progress, mapped
 from ..core.options import DEFAULT_TTA, DEVICES, LARGE_IMAGE_TTA, LARGE_TTA_PIXELS, TTA_CHOICES
 from . import _colors, _common, _layers, _viewer
 from ._common import (
@@ -170,15 +170,18 @@ def _image_events(job, image: str, tiles: str = "tiles", plane: int = 0, planes:
 
     ``"tiles"`` events are named ``tiles`` and counted over ``planes`` planes of which this
     is ``plane``; the others keep their phase, or are named ``phase`` when given."""
-    while True:
-        try:
-            ev = next(job)
-        except StopIteration as end:
-            return end.value
+
+    def event(ev: Progress) -> PredictEvent:
         if ev.phase == "tiles":
-            yield PredictEvent(tiles, plane * ev.total + ev.done, planes * ev.total, image)
-        else:
-            yield PredictEvent(phase or ev.phase, ev.done, ev.total, image)
+            return PredictEvent(tiles, plane * ev.total + ev.done, planes * ev.total, image)
+        return PredictEvent(phase or ev.phase, ev.done, ev.total, image)
+
+    return (yield from mapped(job, event))
+
+
+def _tiles_phase(n: int, note: str = "") -> str:
+    """The name of the tiles phase: ``"tiles (2 orientations, large image)"``."""
+    return f"tiles ({n} orientation{'s' if n > 1 else ''}{', ' + note if note else ''})"
 
 
 def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, large_tta="default", should_stop=None):
@@ -224,7 +227,7 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
             ids = StackIds(predictor.predict_config.link_slices) if len(planes) > 1 else None
             for i, plane in enumerate(planes):
                 n = predictor.orientations(tuple(round(d * ck.model_config.scale) for d in plane.shape[:2]))
-                tiles = f"tiles ({n} orientation{'s' if n > 1 else ''}{', large image' if n != predictor.predict_config.tta else ''})"
+                tiles = _tiles_phase(n, "large image" if n != predictor.predict_config.tta else "")
                 job = predictor.predict_iter(plane, should_stop=should_stop)
                 pred = yield from _image_events(job, name, tiles, i, len(planes))
                 if ids is not None and pred.instances is not None:
@@ -259,47 +262,34 @@ def prediction_store(name: str) -> Path:
 
 def _predict_blockwise(predictor, classes, settings: dict, name: str, planes, should_stop=None):
     """Worker generator for an image above ``BLOCKWISE_PIXELS``: predict it block by block
-    (:mod:`~napari_lazylabels.core.blocks`) from the layer's lazy data into
-    :func:`prediction_store`, written in place; its classes and instances layers (over the
+    (:func:`~napari_lazylabels.core.blocks.iter_predict_ome_zarr`) from the layer's lazy data
+    into :func:`prediction_store`, written in place; its classes and instances layers (over the
     zarr files, multiscale) come first, and are redrawn every :data:`REFRESH_SECONDS` as
     blocks are written. Memory stays bounded by the blocks, whatever the image's size."""
     import time
 
-    from ..core.blocks import block_halo, count_tiles, iter_predict_blocks
-    from ..core.zarrio import OmeZarrWriter
+    from ..core.blocks import iter_predict_ome_zarr, ome_zarr_writer
 
-    first = planes.lazy(0)
-    n = len(planes)
-    labels = {"classes": np.uint8 if len(classes.names) <= 256 else np.uint16, "instances": np.uint32}
+    image = planes.lazy_image(name)
     path = prediction_store(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = OmeZarrWriter(path, first.shape[:2], n if n > 1 else None, first.dtype,
-                           first.shape[2] if len(first.shape) == 3 else 1, labels, name=name, atomic=False)
-    layer_data = _layers.lazy_prediction_layer_data(name, {k: writer.levels(k) for k in labels}, classes, settings)
+    writer = ome_zarr_writer(predictor, image, path, atomic=False)
+    layer_data = _layers.lazy_prediction_layer_data(name, {k: writer.levels(k) for k in ("classes", "instances")},
+                                                    classes, settings)
     names = tuple(d[1]["name"] for d in layer_data)
     yield PredictEvent("layers", 1, 1, name, layers=tuple(layer_data), settings=settings)
-    halo = block_halo(predictor)
-    per_plane = count_tiles(predictor, first.shape[:2], halo=halo)
-    orientations = predictor.orientations(tuple(round(d * predictor.config.scale) for d in first.shape[:2]))
-    tiles = f"tiles ({orientations} orientation{'s' if orientations > 1 else ''}, block by block)"
-    next_id, last = 1, time.perf_counter()
-    for z in range(n):
-        zi = z if n > 1 else None
-        job = iter_predict_blocks(predictor, planes.lazy(z), writer.label("classes", zi), writer.label("instances", zi),
-                                  writer.image_plane(zi), halo=halo, first_id=next_id,
-                                  should_stop=should_stop, tiles_before=z * per_plane,
-                                  tiles_total=n * per_plane)
-        while True:
-            try:
-                ev = next(job)
-            except StopIteration as end:
-                next_id = end.value
-                break
-            refresh = ()
-            if time.perf_counter() - last > REFRESH_SECONDS:
-                refresh, last = names, time.perf_counter()
-            yield PredictEvent(tiles if ev.phase == "tiles" else ev.phase, ev.done, ev.total, name, refresh=refresh)
-    writer.finish()
+    n = predictor.orientations(tuple(round(d * predictor.config.scale) for d in image.plane_shape))
+    tiles = _tiles_phase(n, "block by block")
+    last = time.perf_counter()
+
+    def event(ev: Progress) -> PredictEvent:  # the layers are redrawn every REFRESH_SECONDS
+        nonlocal last
+        refresh = ()
+        if time.perf_counter() - last > REFRESH_SECONDS:
+            refresh, last = names, time.perf_counter()
+        return PredictEvent(tiles if ev.phase == "tiles" else ev.phase, ev.done, ev.total, name, refresh=refresh)
+
+    yield from mapped(iter_predict_ome_zarr(predictor, image, path, should_stop=should_stop, writer=writer), event)
     yield PredictEvent("saved", 1, 1, name, refresh=names, saved=str(path))
 
 

@@ -238,6 +238,7 @@ def iter_predict_ome_zarr(
     should_stop: Callable[[], bool] | None = None,
     block: int = BLOCK,
     resume_key: dict | None = None,
+    writer: OmeZarrWriter | None = None,
 ) -> Iterator[Progress]:
     """Job: predict a lazy image (a stack plane by plane, instance ids unique across it) into
     an OME-Zarr at ``path``: the image at the root, ``labels/classes`` (uint8, uint16 above
@@ -251,18 +252,17 @@ def iter_predict_ome_zarr(
             the run is stopped, fails or is killed, and a later run with the same key goes on
             from the first block not written (ids and maps as an uninterrupted run gives);
             without it a stop or an error removes the partial folder.
+        writer: the :func:`ome_zarr_writer` to write into (one written in place, which a
+            viewer shows as it fills); by default one is made for ``path``.
 
     Returns:
         ``path``.
     """
     predictor.check(image.plane(0)[:8, :8], what=image.name)  # channels, before any work
-    labels = {"classes": np.uint8 if predictor.config.n_classes < 256 else np.uint16}
-    if instances:
-        labels["instances"] = np.uint32
     halo = block_halo(predictor)
     key = None if resume_key is None else {**resume_key, "block": block, "halo": halo, "instances": instances}
-    writer = OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
-                           image.n_channels, labels, image.pixel_size, name=image.name, resume=key is not None)
+    if writer is None:
+        writer = ome_zarr_writer(predictor, image, path, instances, resume=key is not None)
     start = _resume_point(writer, key)
     try:
         per_plane = count_tiles(predictor, image.plane_shape, block, halo)
@@ -296,6 +296,17 @@ def iter_predict_ome_zarr(
         else:
             log.info("%s: progress kept in %s; run the same command again to go on", image.name, writer.tmp)
         raise
+
+
+def ome_zarr_writer(predictor: Predictor, image: LazyImage, path: str | os.PathLike, instances: bool = True,
+                    resume: bool = False, atomic: bool = True) -> OmeZarrWriter:
+    """The OME-Zarr writer of a prediction of ``image``: its shapes, channels and pixel size,
+    ``labels/classes`` (uint8; uint16 above 255 classes) and ``labels/instances`` (uint32)."""
+    labels = {"classes": np.uint8 if predictor.config.n_classes < 256 else np.uint16}
+    if instances:
+        labels["instances"] = np.uint32
+    return OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
+                         image.n_channels, labels, image.pixel_size, name=image.name, atomic=atomic, resume=resume)
 
 
 def _resume_point(writer: OmeZarrWriter, key: dict | None) -> dict:

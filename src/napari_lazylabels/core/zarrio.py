@@ -60,15 +60,20 @@ class AxesView:
     array in ``order``; assigning writes it (label maps written plane by plane).
 
     ``AxesView(zarr_array, "CYX", "YXC")`` reads a channel-first OME-Zarr channels-last;
-    ``AxesView(stack, "ZYX", "YX", {"Z": 3})`` is the fourth plane of a stack.
+    ``AxesView(stack, "ZYX", "YX", {"Z": 3})`` is the fourth plane of a stack;
+    ``AxesView(rgba, "YXS", "YXS", colours=3)`` reads the colours of an RGBA image, not its
+    alpha (``colours``: the first entries of the last axis of ``order`` kept when reading).
     """
 
-    def __init__(self, array, axes: str, order: str, fixed: dict[str, int] | None = None) -> None:
+    def __init__(self, array, axes: str, order: str, fixed: dict[str, int] | None = None,
+                 colours: int | None = None) -> None:
         if len(axes) != len(array.shape) or len(set(axes)) != len(axes) or not set(order) <= set(axes):
             raise ValueError(f"Cannot view axes {axes!r} of shape {tuple(array.shape)} as {order!r}.")
-        self.array, self.axes, self.order = array, axes, order
+        self.array, self.axes, self.order, self.colours = array, axes, order, colours
         self.fixed = {a: int((fixed or {}).get(a, 0)) for a in axes if a not in order}
         self.shape = tuple(int(array.shape[axes.index(a)]) for a in order)
+        if colours is not None:
+            self.shape = self.shape[:-1] + (min(colours, self.shape[-1]),)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(order)
 
@@ -93,7 +98,12 @@ class AxesView:
         src, kept = self._key(key)
         out = np.asarray(self.array[src])
         want = [a for a in self.order if a in kept]
-        return out.transpose([kept.index(a) for a in want]) if list(kept) != want else out
+        out = out.transpose([kept.index(a) for a in want]) if list(kept) != want else out
+        return out[..., : self.colours] if self.colours is not None and self.order[-1] in kept else out
+
+    def plane(self, i: int) -> AxesView:
+        """The view of index ``i`` of its first axis (a stack's plane), same colours."""
+        return AxesView(self.array, self.axes, self.order[1:], {**self.fixed, self.order[0]: i}, self.colours)
 
     def __setitem__(self, key, value) -> None:
         src, kept = self._key(key)
@@ -146,14 +156,15 @@ class LazyImage:
             if i != 0:
                 raise IndexError(f"{self.name} is one plane; asked for plane {i}.")
             return self.data
-        order = self.data.order[1:]
-        return AxesView(self.data.array, self.data.axes, order, {**self.data.fixed, self.data.order[0]: i})
+        return self.data.plane(i)
 
 
-def _stem(path: Path) -> str:
+def image_stem(path: Path) -> str:
+    """The name of an image without its suffixes: ``cells`` for ``cells.ome.zarr``,
+    ``cells.zarr``, ``cells.ome.tif``."""
     name = path.name
     for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return path.stem
 
@@ -198,28 +209,36 @@ def _guess_axes(shape: tuple[int, ...]) -> str:
     raise ValueError(f"a zarr array of shape {shape} without OME axes; expected (Y, X[, C]) or (Z, Y, X[, C]).")
 
 
-def _ome_multiscales(attrs: dict) -> list | None:
-    """The ``multiscales`` of NGFF 0.4 (top-level) or 0.5 (under ``ome``) attributes."""
+def ome_multiscale(attrs: dict | None) -> dict | None:
+    """The first ``multiscales`` entry of a group's attributes, NGFF 0.4 (top level) or 0.5
+    (under ``ome``), when it names at least one dataset; else ``None`` (not an OME-Zarr image)."""
+    attrs = attrs or {}
     ms = attrs.get("multiscales")
     if ms is None and isinstance(attrs.get("ome"), dict):
         ms = attrs["ome"].get("multiscales")
-    return ms if isinstance(ms, list) and ms else None
+    if not (isinstance(ms, list) and ms and isinstance(ms[0], dict)):
+        return None
+    datasets = ms[0].get("datasets")
+    if not (isinstance(datasets, list) and datasets and all(isinstance(d, dict) and "path" in d for d in datasets)):
+        return None
+    return ms[0]
 
 
-def _scale(transforms) -> list[float] | None:
+def ome_transform(transforms, kind: str = "scale") -> list[float] | None:
+    """The ``scale`` (or ``translation``) of a list of NGFF coordinate transformations."""
     for t in transforms or []:
-        if isinstance(t, dict) and t.get("type") == "scale":
-            return [float(v) for v in t["scale"]]
+        if isinstance(t, dict) and t.get("type") == kind and isinstance(t.get(kind), list):
+            return [float(v) for v in t[kind]]
     return None
 
 
 def _ome_pixel_size(ms: dict, axes: list[str]) -> PixelSize | None:
     """Pixel size from the first dataset's ``scale`` (times the multiscale's own) and the
     space axes' units (micrometer when none is given, as OME's default)."""
-    scale = _scale(ms["datasets"][0].get("coordinateTransformations"))
+    scale = ome_transform(ms["datasets"][0].get("coordinateTransformations"))
     if scale is None or len(scale) != len(axes):
         return None
-    outer = _scale(ms.get("coordinateTransformations"))
+    outer = ome_transform(ms.get("coordinateTransformations"))
     if outer is not None and len(outer) == len(scale):
         scale = [a * b for a, b in zip(scale, outer, strict=True)]
     units = {}
@@ -247,16 +266,15 @@ def _open_zarr(path: Path) -> LazyImage:
     what = f"The image {path.name}"
     if isinstance(node, zarr.Array):
         view, n_stack, chan = _arrange(node, _guess_axes(node.shape), what)
-        return LazyImage(view, n_stack, chan, None, _stem(path))
-    ms = _ome_multiscales(dict(node.attrs))
+        return LazyImage(view, n_stack, chan, None, image_stem(path))
+    ms = ome_multiscale(dict(node.attrs))
     if ms is None:
         raise ValueError(f"Could not read {path}: a zarr group without OME-Zarr multiscales metadata.")
-    ms = ms[0]
     array = node[ms["datasets"][0]["path"]]
     names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])] or list("tczyx"[-array.ndim :])
     axes = "".join(n.upper()[0] for n in names)
     view, n_stack, chan = _arrange(array, axes, what)
-    return LazyImage(view, n_stack, chan, _ome_pixel_size(ms, list(axes)), _stem(path))
+    return LazyImage(view, n_stack, chan, _ome_pixel_size(ms, list(axes)), image_stem(path))
 
 
 def _open_tiff(path: Path) -> LazyImage:
@@ -286,12 +304,10 @@ def _open_tiff(path: Path) -> LazyImage:
     axes = axes.replace("Q", "Z").replace("I", "Z")
     if "S" in axes and not rgb:
         axes = axes.replace("S", "C")
-    if "S" in axes and node.shape[axes.index("S")] == 4:  # RGBA: the colours, as for PNG
-        log.info("%s: alpha dropped", path.name)
     view, n_stack, chan = _arrange(node, axes, f"The image {path.name}")
-    if "S" in axes and view.shape[-1] == 4:
-        view = rgb_of_rgba(view)
-    return LazyImage(view, n_stack, chan, read_pixel_size(path), _stem(path))
+    if "S" in axes and view.shape[-1] == 4:  # RGBA: the colours, as for PNG
+        view = AxesView(view.array, view.axes, view.order, view.fixed, colours=3)
+    return LazyImage(view, n_stack, chan, read_pixel_size(path), image_stem(path))
 
 
 LARGE_CHUNK_BYTES = 64 * 2**20
@@ -315,21 +331,6 @@ class ContiguousFile:
             return np.array(mapped[key], dtype=self.dtype.newbyteorder("="))
         finally:
             del mapped
-
-
-class _RgbView(AxesView):
-    """An RGBA view that reads the first three samples."""
-
-    def __init__(self, view: AxesView) -> None:
-        super().__init__(view.array, view.axes, view.order, view.fixed)
-        self.shape = self.shape[:-1] + (3,)
-
-    def __getitem__(self, key) -> np.ndarray:
-        return super().__getitem__(key)[..., :3]
-
-
-def rgb_of_rgba(view: AxesView) -> AxesView:
-    return _RgbView(view)
 
 
 def open_lazy_image(path: str | os.PathLike) -> LazyImage:
@@ -462,7 +463,7 @@ class OmeZarrWriter:
         self.n_channels = int(n_channels)
         self.pixel_size = pixel_size
         self.colors = colors or {}
-        self.name = name or _stem(self.path)
+        self.name = name or image_stem(self.path)
         self.shapes = pyramid_shapes(self.plane_shape)
         self._spec = (image_dtype, dict(labels))
         self.resumed = resume and atomic and self._open_existing()
@@ -514,11 +515,6 @@ class OmeZarrWriter:
         chunks = tuple(1 for _ in shape[:-2]) + tuple(min(CHUNK, s) for s in shape[-2:])
         return group.create_array(name, shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0,
                                   chunk_key_encoding={"name": "v2", "separator": "/"})
-
-    @property
-    def image(self):
-        """The image's full-resolution zarr array."""
-        return self._image[0]
 
     def levels(self, name: str | None = None) -> list:
         """The zarr arrays of every level of label image ``name`` (``None``: the image)."""
@@ -609,10 +605,3 @@ def _replace_folder(tmp: Path, path: Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-def chunk_bytes(view: AxesView) -> int:
-    """Bytes of one chunk of the array behind ``view`` (how much one read of a region
-    decodes at least; a TIFF stored as one strip decodes the whole image)."""
-    chunks = getattr(view.array, "chunks", None) or view.array.shape
-    return int(math.prod(int(c) for c in chunks)) * view.dtype.itemsize
