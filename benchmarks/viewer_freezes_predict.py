@@ -18,6 +18,15 @@ The script drives only what the widget had before this benchmark existed (``run`
 ``is_running``, ``status``, ``tta``, ``model_dir``, ``set_chosen``), so it also measures an
 older checkout: ``PYTHONPATH=/tmp/old/src xvfb-run -a python benchmarks/viewer_freezes_predict.py ...``.
 
+``floor``: napari alone, without the plugin (no widget of it imported): the same viewer and
+image, then the same 10 ms timer while napari adds the four kinds of layer a first Predict
+adds (two Labels, two Image), one every 0.5 s, each as one pixel and then as SIDE x SIDE,
+and opens a PNG through ``viewer.open`` (File > Open's path). Prints the gap each of them
+causes: what a new layer costs napari itself on this machine, the floor under the
+first Predict's gaps.
+
+    xvfb-run -a python benchmarks/viewer_freezes_predict.py floor --side 2048 --rounds 3
+
 ``orientations``: predicts a large mosaic of held-out real images (ISBI slices the model was
 not trained on, or any ``--images`` folder with ``masks/``) in 1, 2 and 4 orientations and
 prints foreground dice, object F1 and seconds for each (headless, no viewer):
@@ -196,6 +205,68 @@ def cmd_gaps(a: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_floor(a: argparse.Namespace) -> dict:
+    import tempfile
+
+    import napari
+    from napari.layers import Layer
+    from napari.qt import get_qapp
+    from qtpy.QtCore import QTimer
+    from skimage.io import imsave
+
+    widgets = "napari_lazylabels._widgets"
+    assert not any(m.startswith(widgets) for m in sys.modules), "the floor is napari's alone"
+    app = get_qapp()
+    image = mosaic(Path(a.images), a.side, a.first) if not a.synthetic else np.zeros((a.side, a.side), np.uint8)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name="big")
+    viewer.add_labels(np.zeros((1, 1), np.int32), name="warm-up")  # the first Labels layer's one-off cost
+    png = Path(tempfile.mkdtemp()) / "slice.png"
+    imsave(png, image[:512, :512], check_contrast=False)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.002)
+
+    def gap_of(action) -> float:
+        """The longest tick gap around ``action`` (run from a zero-delay timer, as the widget's
+        pushes are), ms."""
+        spin(0.3)
+        start = len(ticks)
+        QTimer.singleShot(0, action)
+        spin(0.5)
+        return round(float(np.diff(ticks[max(0, start - 1):]).max() * 1000), 1)
+
+    kinds = [("labels", np.int32), ("labels", np.int32), ("image", np.float32), ("image", np.float32)]
+    rows = []
+    timer.start()
+    spin(1.0)
+    for r in range(a.rounds):
+        for full in (False, True):
+            for k, (kind, dtype) in enumerate(kinds):
+                shape = (a.side, a.side) if full else (1, 1)
+                name = f"r{r} {'full' if full else 'pixel'} {kind} {k}"
+                gap = gap_of(lambda: viewer.add_layer(Layer.create(np.zeros(shape, dtype), {"name": name, "opacity": 0.5}, kind)))
+                rows.append({"round": r, "what": f"new {kind} layer, {shape[0]}x{shape[1]}", "gap_ms": gap})
+        rows.append({"round": r, "what": "viewer.open(512x512 PNG)", "gap_ms": gap_of(lambda: viewer.open(png))})
+    timer.stop()
+    assert not any(m.startswith(widgets) for m in sys.modules), "the floor is napari's alone"
+    viewer.close()
+    by: dict[str, list[float]] = {}
+    for row in rows:
+        by.setdefault(row["what"], []).append(row["gap_ms"])
+    summary = {w: {"min_ms": min(g), "median_ms": float(np.median(g)), "max_ms": max(g), "n": len(g),
+                   "over_100ms": sum(x > 100 for x in g)} for w, g in by.items()}
+    return {"side": a.side, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "napari": napari.__version__,
+            "summary": summary, "rows": rows}
+
+
 def cmd_orientations(a: argparse.Namespace) -> list[dict]:
     import torch
 
@@ -228,6 +299,12 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("gaps", help="main-thread gaps while the Predict widget predicts")
     o = sub.add_parser("orientations", help="accuracy and time of 1, 2, 4 orientations on a large mosaic")
+    f = sub.add_parser("floor", help="the gaps napari itself causes adding new layers (no plugin)")
+    f.add_argument("--side", type=int, default=2048)
+    f.add_argument("--images", default=str(SHARED / FOLDERS["isbi"]), help="folder with images/")
+    f.add_argument("--first", type=int, default=12)
+    f.add_argument("--synthetic", action="store_true", help="a blank image instead of real ones")
+    f.add_argument("--rounds", type=int, default=3)
     for p in (g, o):
         p.add_argument("model", type=Path, help="model folder (lazylabels train --out)")
         p.add_argument("--side", type=int, default=2048)
@@ -244,6 +321,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "gaps":
         print(json.dumps(cmd_gaps(a)), flush=True)  # noqa: T201 - the benchmark's output
+    elif a.cmd == "floor":
+        print(json.dumps(cmd_floor(a)), flush=True)  # noqa: T201 - the benchmark's output
     else:
         cmd_orientations(a)
     return 0
