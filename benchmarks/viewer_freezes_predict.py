@@ -42,6 +42,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,10 @@ def cmd_floor(a: argparse.Namespace) -> dict:
         spin(0.5)
         return round(float(np.diff(ticks[max(0, start - 1):]).max() * 1000), 1)
 
+    def add(shape, dtype, name: str, kind: str) -> None:
+        """What the widget's push does for a new layer: the layer model, then napari adds it."""
+        viewer.add_layer(Layer.create(np.zeros(shape, dtype), {"name": name, "opacity": 0.5}, kind))
+
     kinds = [("labels", np.int32), ("labels", np.int32), ("image", np.float32), ("image", np.float32)]
     rows = []
     timer.start()
@@ -252,7 +257,7 @@ def cmd_floor(a: argparse.Namespace) -> dict:
             for k, (kind, dtype) in enumerate(kinds):
                 shape = (a.side, a.side) if full else (1, 1)
                 name = f"r{r} {'full' if full else 'pixel'} {kind} {k}"
-                gap = gap_of(lambda: viewer.add_layer(Layer.create(np.zeros(shape, dtype), {"name": name, "opacity": 0.5}, kind)))
+                gap = gap_of(partial(add, shape, dtype, name, kind))
                 rows.append({"round": r, "what": f"new {kind} layer, {shape[0]}x{shape[1]}", "gap_ms": gap})
         rows.append({"round": r, "what": "viewer.open(512x512 PNG)", "gap_ms": gap_of(lambda: viewer.open(png))})
     timer.stop()
