@@ -334,3 +334,57 @@ def json_block(partial):
         return json.loads((partial / "lazylabels-progress.json").read_text())["block"]
     except (OSError, ValueError):
         return None
+
+
+def test_a_prediction_written_in_place_goes_on_after_a_stop(predictor, tmp_path):
+    """The viewer's writer (in place, layers shown over it) with a resume key: a stopped run
+    keeps what it wrote and its progress, a writer made again for the same key reopens it and
+    the run goes on to the maps and ids of an uninterrupted run; another key starts over."""
+    from napari_lazylabels.core.blocks import ome_zarr_writer
+
+    predictor = Predictor(predictor.model, predictor.config, replace(FAST, tile=128, batch_size=8))
+    image = discs((500, 520), n=120)
+    lazy = open_lazy_image(_zarr(tmp_path / "im.zarr", image))
+    whole = zarr.open_group(str(drive(iter_predict_ome_zarr(predictor, lazy, tmp_path / "whole.ome.zarr", block=128))), mode="r")
+    target, key = tmp_path / "cache" / "im.ome.zarr", {"layer": "im", "model": "m1"}
+
+    def stop_after_three_blocks():
+        return (json_block(target) or 0) >= 3
+
+    writer = ome_zarr_writer(predictor, lazy, target, resume_key=key, block=128, atomic=False)
+    job = iter_predict_ome_zarr(predictor, lazy, target, should_stop=stop_after_three_blocks, block=128,
+                                resume_key=key, writer=writer)
+    with pytest.raises(Cancelled):
+        drive(job)
+    assert json_block(target) == 3 and (zarr.open_group(str(target), mode="r")["labels/classes/0"][:] > 0).any()
+    writer = ome_zarr_writer(predictor, lazy, target, resume_key=key, block=128, atomic=False)
+    assert writer.resumed
+    first_tiles = []
+    for ev in iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key, writer=writer):
+        if ev.phase == "tiles" and not first_tiles:
+            first_tiles.append(ev.done)
+    assert first_tiles[0] > 3  # the blocks written before the stop are not predicted again
+    out = zarr.open_group(str(target), mode="r")
+    for name in ("labels/classes/0", "labels/instances/0", "0"):
+        np.testing.assert_array_equal(out[name][:], whole[name][:])
+    # a finished prediction, another model: started over, empty
+    writer = ome_zarr_writer(predictor, lazy, target, resume_key={**key, "model": "m2"}, block=128, atomic=False)
+    assert not writer.resumed and not zarr.open_group(str(target), mode="r")["labels/classes/0"][:].any()
+
+
+def test_image_fingerprint_tells_images_apart():
+    from napari_lazylabels.core.blocks import image_fingerprint
+    from napari_lazylabels.core.zarrio import AxesView, LazyImage
+
+    def lazy(a):
+        return LazyImage(AxesView(a, "YX", "YX"), 0, False, None, "im")
+
+    a, b = discs(seed=0), discs(seed=1)
+    assert image_fingerprint(lazy(a)) == image_fingerprint(lazy(a.copy()))
+    assert image_fingerprint(lazy(a)) != image_fingerprint(lazy(b))
+    assert image_fingerprint(lazy(a)) != image_fingerprint(lazy(a[:, :-1]))
+
+
+def _zarr(path, image):
+    zarr.create_array(str(path), shape=image.shape, chunks=(128, 128), dtype=image.dtype)[:] = image
+    return path

@@ -407,3 +407,56 @@ def test_stop_ends_a_block_by_block_prediction_quickly(make_napari_viewer, qtbot
     qtbot.waitUntil(lambda: not pw.is_running(), timeout=30_000)
     assert time.perf_counter() - asked < 10
     assert "stopped" in pw.status.text() and pw.run_btn.isEnabled()
+
+
+def test_predict_again_goes_on_with_a_stopped_block_by_block_prediction(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path, one_object_model
+):
+    """A block-by-block prediction stopped in the viewer keeps the blocks it wrote; Predict
+    on the same image with the same model goes on from there (a notification says so) and
+    completes the layers."""
+    import json
+
+    from napari_lazylabels._widgets import predict as predict_mod
+    from napari_lazylabels.core import options
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(options, "BLOCKWISE_PIXELS", 1000 * 1000)
+    infos, events = [], []
+    monkeypatch.setattr(predict_mod, "show_info", infos.append)
+    monkeypatch.setattr(predict_mod.PredictionRunner, "_on_yield", _spy_events(predict_mod.PredictionRunner._on_yield, events))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.tile(_image(96), (30, 30)), name="big")  # 2880 x 2880: 2 x 2 blocks
+    pw = _widget(viewer, one_object_model.parent, tile=128)
+    pw.set_chosen(["big"])
+    progress = tmp_path / "cache" / "napari-lazylabels" / "predictions" / "big.ome.zarr" / "lazylabels-progress.json"
+
+    def blocks_done() -> int:
+        try:
+            return json.loads(progress.read_text())["block"]
+        except (OSError, ValueError):
+            return 0
+
+    pw.run()
+    qtbot.waitUntil(lambda: blocks_done() >= 1, timeout=120_000)
+    pw.stop()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=30_000)
+    done = blocks_done()
+    assert "stopped" in pw.status.text() and 1 <= done < 4
+    events.clear()
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=180_000)
+    assert any("going on with the prediction stopped earlier" in m for m in infos)
+    tiles = [ev for ev in events if ev.phase.startswith("tiles")]
+    assert tiles[0].done >= done * tiles[-1].total // 4  # the blocks written were not predicted again
+    classes, inst = (np.asarray(viewer.layers[f"big {k}"].data[0]) for k in ("classes", "instances"))
+    assert (classes == 1).all() and (inst > 0).all() and len(np.unique(inst)) == 4  # one object per block
+    assert not progress.exists()
+
+
+def _spy_events(on_yield, seen):
+    def spy(self, ev):
+        seen.append(ev)
+        return on_yield(self, ev)
+
+    return spy

@@ -162,6 +162,7 @@ class PredictEvent(Progress):
     model: tuple[str, list[str]] | None = None
     refresh: tuple = ()  # names of lazy layers whose files the worker has written to since
     saved: str = ""  # where a block-by-block prediction was written, when done
+    info: str = ""  # one line to notify (a block-by-block prediction going on from a stopped one)
 
 
 def _image_events(job, image: str, tiles: str = "tiles", plane: int = 0, planes: int = 1, phase: str | None = None):
@@ -221,7 +222,7 @@ def _predict_worker_fn(model_path, device, tile, jobs, post=None, tta=None, larg
         yield PredictEvent("loading", 1, 1, name, model=_model_report(ck, jobs))
         for name, planes in jobs:
             if planes.plane_pixels > options.BLOCKWISE_PIXELS:
-                yield from _predict_blockwise(predictor, ck.classes, settings, name, planes, should_stop)
+                yield from _predict_blockwise(predictor, ck, settings, name, planes, should_stop)
                 continue
             preds = []
             ids = StackIds(predictor.predict_config.link_slices) if len(planes) > 1 else None
@@ -253,19 +254,39 @@ REFRESH_SECONDS = 2.0
 def prediction_store(name: str) -> Path:
     """Where the Predict widget writes the OME-Zarr of an image predicted block by block:
     ``<user cache>/napari-lazylabels/predictions/<name>.ome.zarr`` (replaced by the next
-    prediction of that image; the notification says where, to copy or open it later)."""
+    prediction of that image, or gone on with when the last one was stopped; the notification
+    says where, to copy or open it later)."""
     import os
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "napari-lazylabels" / "predictions" / f"{_layers._stem(name)}.ome.zarr"
 
 
-def _predict_blockwise(predictor, classes, settings: dict, name: str, planes, should_stop=None):
+def _resume_key(predictor, ck, name: str, image) -> dict:
+    """What identifies a block-by-block prediction of the widget, so that one stopped (Stop,
+    napari closed, the machine down) goes on where it stopped when the same image is predicted
+    with the same model and settings: the layer's name, a fingerprint of its pixels
+    (:func:`~napari_lazylabels.core.blocks.image_fingerprint`), the weights' digest and the
+    prediction settings."""
+    import dataclasses
+
+    from ..core.blocks import image_fingerprint
+
+    model = ck.weights_sha256
+    if model is None and ck.path is not None:  # a checkpoint from before the digest
+        model = f"{ck.path}:{Path(ck.path).stat().st_mtime_ns}"
+    settings = dataclasses.asdict(predictor.predict_config)
+    settings.pop("device", None)  # the same maps on CPU and GPU, to their rounding
+    return {"layer": name, "fingerprint": image_fingerprint(image), "model": model, "predict": settings}
+
+
+def _predict_blockwise(predictor, ck, settings: dict, name: str, planes, should_stop=None):
     """Worker generator for an image above ``BLOCKWISE_PIXELS``: predict it block by block
     (:func:`~napari_lazylabels.core.blocks.iter_predict_ome_zarr`) from the layer's lazy data
     into :func:`prediction_store`, written in place; its classes and instances layers (over the
     zarr files, multiscale) come first, and are redrawn every :data:`REFRESH_SECONDS` as
-    blocks are written. Memory stays bounded by the blocks, whatever the image's size."""
+    blocks are written. Memory stays bounded by the blocks, whatever the image's size. A run
+    that was stopped goes on from its last block written (:func:`_resume_key`)."""
     import time
 
     from ..core.blocks import iter_predict_ome_zarr, ome_zarr_writer
@@ -273,11 +294,14 @@ def _predict_blockwise(predictor, classes, settings: dict, name: str, planes, sh
     image = planes.lazy_image(name)
     path = prediction_store(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = ome_zarr_writer(predictor, image, path, atomic=False)
+    key = _resume_key(predictor, ck, name, image)
+    writer = ome_zarr_writer(predictor, image, path, resume_key=key, atomic=False)
     layer_data = _layers.lazy_prediction_layer_data(name, {k: writer.levels(k) for k in ("classes", "instances")},
-                                                    classes, settings)
+                                                    ck.classes, settings)
     names = tuple(d[1]["name"] for d in layer_data)
     yield PredictEvent("layers", 1, 1, name, layers=tuple(layer_data), settings=settings)
+    if writer.resumed:
+        yield PredictEvent("resuming", 0, 1, name, info=f"{name}: going on with the prediction stopped earlier ({path})")
     n = predictor.orientations(tuple(round(d * predictor.config.scale) for d in image.plane_shape))
     tiles = _tiles_phase(n, "block by block")
     last = time.perf_counter()
@@ -289,7 +313,8 @@ def _predict_blockwise(predictor, classes, settings: dict, name: str, planes, sh
             refresh, last = names, time.perf_counter()
         return PredictEvent(tiles if ev.phase == "tiles" else ev.phase, ev.done, ev.total, name, refresh=refresh)
 
-    yield from mapped(iter_predict_ome_zarr(predictor, image, path, should_stop=should_stop, writer=writer), event)
+    job = iter_predict_ome_zarr(predictor, image, path, should_stop=should_stop, resume_key=key, writer=writer)
+    yield from mapped(job, event)
     yield PredictEvent("saved", 1, 1, name, refresh=names, saved=str(path))
 
 
@@ -523,6 +548,8 @@ class PredictionRunner:
                 self.viewer.layers[name].refresh()
         if ev.saved:
             show_info(f"{ev.image}: predicted block by block into {ev.saved} (open it again with File > Open)")
+        if ev.info:
+            show_info(ev.info)
         self.last_progress = (ev.image, ev.phase, ev.done, ev.total)
         if ev.phase.startswith("tiles"):
             self.tiles_phase = ev.phase

@@ -24,6 +24,7 @@ measured in docs/benchmarks.md), plus one decoded chunk of the input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -253,16 +254,17 @@ def iter_predict_ome_zarr(
             from the first block not written (ids and maps as an uninterrupted run gives);
             without it a stop or an error removes the partial folder.
         writer: the :func:`ome_zarr_writer` to write into (one written in place, which a
-            viewer shows as it fills); by default one is made for ``path``.
+            viewer shows as it fills; made with the same ``resume_key`` to go on from what it
+            holds); by default one is made for ``path``.
 
     Returns:
         ``path``.
     """
     predictor.check(image.plane(0)[:8, :8], what=image.name)  # channels, before any work
     halo = block_halo(predictor)
-    key = None if resume_key is None else {**resume_key, "block": block, "halo": halo, "instances": instances}
+    key = _run_key(predictor, resume_key, block, instances)
     if writer is None:
-        writer = ome_zarr_writer(predictor, image, path, instances, resume=key is not None)
+        writer = ome_zarr_writer(predictor, image, path, instances, resume_key, block)
     start = _resume_point(writer, key)
     try:
         per_plane = count_tiles(predictor, image.plane_shape, block, halo)
@@ -294,19 +296,61 @@ def iter_predict_ome_zarr(
         if key is None:
             writer.abort()
         else:
-            log.info("%s: progress kept in %s; run the same command again to go on", image.name, writer.tmp)
+            log.info("%s: progress kept in %s; predicting it again with the same model and settings goes on "
+                     "from there", image.name, writer.tmp)
         raise
 
 
 def ome_zarr_writer(predictor: Predictor, image: LazyImage, path: str | os.PathLike, instances: bool = True,
-                    resume: bool = False, atomic: bool = True) -> OmeZarrWriter:
+                    resume_key: dict | None = None, block: int = BLOCK, atomic: bool = True) -> OmeZarrWriter:
     """The OME-Zarr writer of a prediction of ``image``: its shapes, channels and pixel size,
-    ``labels/classes`` (uint8; uint16 above 255 classes) and ``labels/instances`` (uint32)."""
+    ``labels/classes`` (uint8; uint16 above 255 classes) and ``labels/instances`` (uint32).
+
+    With a ``resume_key`` (see :func:`iter_predict_ome_zarr`) the folder a stopped or killed
+    run of the same key left is kept (``writer.resumed``) and any other is started over, so
+    layers made over :meth:`~OmeZarrWriter.levels` before the run show what it goes on from."""
     labels = {"classes": np.uint8 if predictor.config.n_classes < 256 else np.uint16}
     if instances:
         labels["instances"] = np.uint32
-    return OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
-                         image.n_channels, labels, image.pixel_size, name=image.name, atomic=atomic, resume=resume)
+    key = _run_key(predictor, resume_key, block, instances)
+    writer = OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
+                           image.n_channels, labels, image.pixel_size, name=image.name, atomic=atomic,
+                           resume=key is not None)
+    if writer.resumed and _recorded(writer).get("key") != key:
+        writer.restart()
+    return writer
+
+
+def _run_key(predictor: Predictor, resume_key: dict | None, block: int, instances: bool) -> dict | None:
+    """What the progress file records of a run: the caller's key and the blocks' geometry,
+    as JSON reads it back."""
+    if resume_key is None:
+        return None
+    key = {**resume_key, "block": block, "halo": block_halo(predictor), "instances": instances}
+    return json.loads(json.dumps(key))
+
+
+def _recorded(writer: OmeZarrWriter) -> dict:
+    """The progress file of a partial folder (``{}`` when there is none, or it is unreadable)."""
+    try:
+        saved = json.loads((writer.tmp / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def image_fingerprint(image: LazyImage, side: int = 32) -> str:
+    """A SHA-256 of ``image``'s shape, dtype and five ``side``-pixel windows (corners and
+    centre) of its first, middle and last planes: it tells another image apart (the resume key
+    of an image without a file) while reading a few chunks of a huge one."""
+    h = hashlib.sha256(f"{tuple(image.data.shape)}|{image.data.dtype}".encode())
+    bottom, right = (max(0, d - side) for d in image.plane_shape)
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+    for z in sorted({0, image.n_planes // 2, image.n_planes - 1}):
+        plane = image.plane(z)
+        for y, x in corners:
+            h.update(np.ascontiguousarray(plane[y : y + side, x : x + side]).tobytes())
+    return h.hexdigest()
 
 
 def _resume_point(writer: OmeZarrWriter, key: dict | None) -> dict:
@@ -315,11 +359,8 @@ def _resume_point(writer: OmeZarrWriter, key: dict | None) -> dict:
     fresh = {"plane": 0, "block": 0, "next_id": 1}
     if key is None or not writer.resumed:
         return fresh
-    try:
-        saved = json.loads((writer.tmp / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        saved = None
-    if not isinstance(saved, dict) or saved.get("key") != json.loads(json.dumps(key)):
+    saved = _recorded(writer)
+    if saved.get("key") != key:
         writer.restart()
         return fresh
     log.info("Resuming %s at plane %d, block %d", writer.path.name, saved["plane"], saved["block"])

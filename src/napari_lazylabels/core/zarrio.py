@@ -433,8 +433,9 @@ class OmeZarrWriter:
         colors: ``{label name: {value: (r, g, b, a)}}`` for the labels' ``image-label`` colours.
         name: the image's name in the metadata.
         atomic: write into ``.NAME.partial`` and rename when complete.
-        resume: keep a ``.NAME.partial`` of the same shapes that a stopped or killed run left
-            (:attr:`resumed`), to go on writing into it; else it is started over.
+        resume: keep the folder (``.NAME.partial``, or ``path`` itself when not ``atomic``) of
+            the same shapes that a stopped or killed run left (:attr:`resumed`), to go on
+            writing into it; else it is started over.
 
     :meth:`image_plane` and :meth:`label` give :class:`PyramidView` s of a plane to write
     into; :meth:`levels` the zarr arrays of every level (NGFF axis order: ``(C, [Z,] Y, X)``
@@ -466,7 +467,7 @@ class OmeZarrWriter:
         self.name = name or image_stem(self.path)
         self.shapes = pyramid_shapes(self.plane_shape)
         self._spec = (image_dtype, dict(labels))
-        self.resumed = resume and atomic and self._open_existing()
+        self.resumed = resume and self._open_existing()
         if not self.resumed:
             self.restart()
 
