@@ -388,3 +388,28 @@ def test_image_fingerprint_tells_images_apart():
 def _zarr(path, image):
     zarr.create_array(str(path), shape=image.shape, chunks=(128, 128), dtype=image.dtype)[:] = image
     return path
+
+
+def test_evaluate_scores_an_ome_zarr_prediction(predictor, tmp_path, capsys):
+    """`lazylabels evaluate` scores a block-by-block prediction (STEM.ome.zarr) against the
+    masks as it scores PNG predictions: the same scores as the maps it holds give."""
+    from skimage.io import imsave
+    from skimage.measure import label
+
+    from napari_lazylabels.cli import main
+    from napari_lazylabels.core.evaluate import evaluate_folder
+    from napari_lazylabels.core.metrics import evaluate_image
+
+    image = discs((300, 340), n=60)
+    gt = label(image > 100).astype(np.uint16)
+    (tmp_path / "masks").mkdir()
+    imsave(tmp_path / "masks" / "discs.png", gt, check_contrast=False)
+    lazy = open_lazy_image(_zarr(tmp_path / "discs.zarr", image))
+    out = drive(iter_predict_ome_zarr(predictor, lazy, tmp_path / "pred" / "discs.ome.zarr", block=128))
+    root = zarr.open_group(str(out), mode="r")
+    classes, instances = root["labels/classes/0"][:], root["labels/instances/0"][:]
+    res = evaluate_folder(tmp_path / "pred", tmp_path)
+    want = evaluate_image(classes, instances, np.zeros(gt.shape, bool), gt)
+    assert res["images"]["discs"] == want and want["dice"] > 0.95
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path)]) == 0
+    assert "dice" in capsys.readouterr().out

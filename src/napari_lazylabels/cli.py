@@ -52,7 +52,9 @@ and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network.
 EPILOG_EVALUATE = """examples:
   lazylabels evaluate runs/pred ground_truth/masks
   lazylabels evaluate runs/pred gt_masks/ --json runs/scores.json
-GT_DIR holds instance masks (0 = background, 1..N = objects) named like the images.
+GT_DIR holds instance masks (0 = background, 1..N = objects) named like the images;
+PRED_DIR the STEM_classes / STEM_instances maps of `lazylabels predict`, or the STEM.ome.zarr
+folders it writes block by block.
 """
 EPILOG_DEMO = """Trains on the bundled sample (StarDist/DSB 2018 nuclei with simulated lazy labels),
 predicts the held-out sample images and prints their dice. Example:

@@ -277,6 +277,26 @@ def _open_zarr(path: Path) -> LazyImage:
     return LazyImage(view, n_stack, chan, _ome_pixel_size(ms, list(axes)), image_stem(path))
 
 
+def ome_label(path: str | os.PathLike, name: str):
+    """Label image ``name`` of an OME-Zarr (``labels/NAME``) at full resolution, lazy (a zarr
+    array: ``([Z,] Y, X)``), e.g. the ``classes`` and ``instances`` of a block-by-block
+    prediction.
+
+    Raises:
+        ValueError: no such label image, or not an OME-Zarr.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")[f"labels/{name}"]
+    except Exception as e:  # noqa: BLE001 - zarr raises several kinds for missing or foreign nodes
+        raise ValueError(f"{path} has no label image {name!r} (labels/{name}).") from e
+    ms = ome_multiscale(dict(group.attrs))
+    if ms is None:
+        raise ValueError(f"{path}: labels/{name} has no OME-Zarr multiscales metadata.")
+    return group[ms["datasets"][0]["path"]]
+
+
 def _open_tiff(path: Path) -> LazyImage:
     import tifffile
     import zarr
