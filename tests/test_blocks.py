@@ -413,3 +413,42 @@ def test_evaluate_scores_an_ome_zarr_prediction(predictor, tmp_path, capsys):
     assert res["images"]["discs"] == want and want["dice"] > 0.95
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path)]) == 0
     assert "dice" in capsys.readouterr().out
+
+
+def test_a_stack_is_linked_block_by_block(predictor, tmp_path):
+    """With link_slices, a stack predicted block by block has the objects of whole-slice
+    prediction linked by StackIds: one id per object through the stack. A run stopped while
+    it links a plane goes on to the same ids."""
+    from napari_lazylabels.core.stacks import stack_instances
+
+    predictor = Predictor(predictor.model, predictor.config, replace(FAST, tile=128, batch_size=8, link_slices=True))
+    base = discs((300, 340), n=50, seed=3)
+    planes = np.stack([np.roll(base, (2 * z, 3 * z), axis=(0, 1)) for z in range(3)])
+    lazy = open_lazy_image(_zarr_stack(tmp_path / "stack.zarr", planes))
+    out = drive(iter_predict_ome_zarr(predictor, lazy, tmp_path / "whole.ome.zarr", block=128))
+    inst = zarr.open_group(str(out), mode="r")["labels/instances/0"][:]
+    want = stack_instances([predictor.predict(p).instances for p in planes], link=True)
+    _same_objects(inst.reshape(-1, inst.shape[-1]), want.reshape(-1, want.shape[-1]))
+    assert len((set(np.unique(inst[2])) & set(np.unique(inst[0]))) - {0}) > 20  # objects one id through the stack
+    # stopped in the middle of linking the last plane, then the same run again
+    key, target = {"input": "stack", "model": "m"}, tmp_path / "resumed.ome.zarr"
+    seen = []
+
+    tiles = 3 * 3  # the 128-px tiles of a 300 x 340 plane, each read to find links and written once
+    per_plane = tiles + tiles + 1
+
+    def stop_while_linking_plane_2() -> bool:  # plane 1 linked, plane 2's table saved, 3 tiles written
+        return sum(ev.phase == "linking" for ev in seen) > per_plane + tiles + 3
+
+    job = iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key, should_stop=stop_while_linking_plane_2)
+    with pytest.raises(Cancelled):
+        for ev in job:
+            seen.append(ev)
+    assert seen[-1].phase == "linking" and (target.parent / ".resumed.ome.zarr.partial" / "lazylabels-link-2.npy").exists()
+    out = drive(iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key))
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels/instances/0"][:], inst)
+
+
+def _zarr_stack(path, planes):
+    zarr.create_array(str(path), shape=planes.shape, chunks=(1, 128, 128), dtype=planes.dtype)[:] = planes
+    return path

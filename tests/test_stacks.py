@@ -126,3 +126,41 @@ def test_any_numbering_and_negative_ids():
     assert out[3, 3] == 2 and out[21, 21] == 1 and out.dtype == np.int32
     with pytest.raises(ValueError, match=">= 0"):
         StackIds().add(-a)
+
+
+def test_linking_tile_by_tile_gives_the_objects_stack_ids_give():
+    """iter_link_table + iter_apply_link (slices too large to hold, read in tiles) link the
+    same objects as StackIds(link=True); writing the table again changes nothing."""
+    from napari_lazylabels.core.jobs import drive
+    from napari_lazylabels.core.stacks import iter_apply_link, iter_link_table
+
+    rng = np.random.default_rng(0)
+    slices = []
+    for z in range(4):  # discs drifting through the stack, one disappearing, one appearing
+        objs = [((20 + 3 * z, 20 + 2 * z), 9), ((60, 70 - 4 * z), 12), ((30, 110), 7 + z)]
+        if z == 2:
+            objs.pop(0)
+        if z >= 1:
+            objs.append(((80, 30), 10))
+        order = rng.permutation(len(objs))
+        slices.append(_slice(*[objs[i] for i in order], shape=(100, 130)))
+    # as block-by-block prediction writes them: ids unique over the stack, not linked
+    stack, next_id, firsts = [], 1, []
+    for s in slices:
+        firsts.append(next_id)
+        stack.append(np.where(s > 0, s + next_id - 1, 0).astype(np.uint32))
+        next_id += int(s.max())
+    ends = firsts[1:] + [next_id]
+    linked = 0
+    for z in range(1, 4):
+        table = drive(iter_link_table(stack[z - 1], stack[z], firsts[z], ends[z], tile=48))
+        linked += drive(iter_apply_link(stack[z], table, firsts[z], tile=48))
+        again = stack[z].copy()
+        drive(iter_apply_link(again, table, firsts[z], tile=48))
+        assert np.array_equal(again, stack[z])
+    want = stack_instances(slices, link=True)
+    got = np.stack(stack)
+    pairs = np.unique(np.stack([got[got > 0], want[got > 0]]), axis=1)  # one-to-one over the stack
+    assert ((got > 0) == (want > 0)).all()
+    assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+    assert linked == next_id - 1 - len(np.unique(want[want > 0])) > 0

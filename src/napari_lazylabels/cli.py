@@ -434,8 +434,6 @@ def _predict_blockwise(predictor, lazy, out: Path, pcfg, f: Path, model: str) ->
 
     h, w = lazy.plane_shape
     path = ome_zarr_path(out, lazy.name)
-    if pcfg.link_slices and lazy.n_stack:
-        log.warning("%s: --link-slices is not applied block by block; ids are unique across the stack", lazy.name)
     log.info("%s: %dx%d%s, predicted block by block into %s", lazy.name, h, w,
              f" x {lazy.n_planes} planes" if lazy.n_stack else "", path)
     _run_job(iter_predict_ome_zarr(predictor, lazy, path, resume_key=key), desc=lazy.name, unit="tile")

@@ -39,6 +39,7 @@ from .io import atomic_write_json
 from .jobs import Progress, mapped, stoppable
 from .predictor import Predictor
 from .prepare import scaled_shape
+from .stacks import iter_apply_link, iter_link_table
 from .tiling import tile_starts
 from .zarrio import LazyImage, OmeZarrWriter
 
@@ -241,8 +242,9 @@ def iter_predict_ome_zarr(
     resume_key: dict | None = None,
     writer: OmeZarrWriter | None = None,
 ) -> Iterator[Progress]:
-    """Job: predict a lazy image (a stack plane by plane, instance ids unique across it) into
-    an OME-Zarr at ``path``: the image at the root, ``labels/classes`` (uint8, uint16 above
+    """Job: predict a lazy image (a stack plane by plane, instance ids unique across it; with
+    the predictor's ``link_slices`` an object continuing one of the plane before takes its id,
+    linked on disk after each plane, :func:`_link_plane`) into an OME-Zarr at ``path``: the image at the root, ``labels/classes`` (uint8, uint16 above
     255 classes) and ``labels/instances`` (uint32), each with a pyramid and the image's
     pixel size (:class:`~napari_lazylabels.core.zarrio.OmeZarrWriter`). Nothing is left at
     ``path`` unless complete.
@@ -266,30 +268,36 @@ def iter_predict_ome_zarr(
     if writer is None:
         writer = ome_zarr_writer(predictor, image, path, instances, resume_key, block)
     start = _resume_point(writer, key)
+    link = instances and bool(image.n_stack) and bool(predictor.predict_config.link_slices)
     try:
         per_plane = count_tiles(predictor, image.plane_shape, block, halo)
         total = per_plane * image.n_planes
         grid = block_grid(image.plane_shape, block, halo)
-        if start["block"] >= len(grid):  # the plane was done: go on with the next
-            start = {**start, "plane": start["plane"] + 1, "block": 0}
-        next_id = start["next_id"]
+        next_id, linked = start["next_id"], start["linked"]
         for z in range(start["plane"], image.n_planes):
             zi = z if image.n_stack else None
-            first = start["block"] if z == start["plane"] else 0
+            resumed = z == start["plane"]
+            first, plane_first_id = (start["block"], start["first_id"]) if resumed else (0, next_id)
             inst = writer.label("instances", zi) if instances else None
-            if writer.resumed and z == start["plane"] and inst is not None:
-                _forget_unrecorded(inst, grid[first], next_id)
 
-            def record(done: int, nid: int, z=z) -> None:
-                if key is not None:
-                    atomic_write_json(writer.tmp / PROGRESS_FILE, {"key": key, "plane": z, "block": done, "next_id": nid})
+            def record(done: int, nid: int, z=z, plane_first_id=plane_first_id, linked=linked) -> None:
+                _record(writer, key, z, done, nid, plane_first_id, linked)
 
-            next_id = yield from iter_predict_blocks(
-                predictor, image.plane(z), writer.label("classes", zi), inst, writer.image_plane(zi), block, halo,
-                next_id, should_stop, z * per_plane, total, first, record,
-            )
+            if first < len(grid):
+                if writer.resumed and resumed and inst is not None:
+                    _forget_unrecorded(inst, grid[first], next_id)
+                next_id = yield from iter_predict_blocks(
+                    predictor, image.plane(z), writer.label("classes", zi), inst, writer.image_plane(zi), block, halo,
+                    next_id, should_stop, z * per_plane, total, first, record,
+                )
+            if link and z > 0:
+                linked += yield from stoppable(_link_plane(writer, z, plane_first_id, next_id, block), should_stop)
+            _record(writer, key, z + 1, 0, next_id, next_id, linked)  # the plane is done (and linked)
         if instances:
-            log.info("%s: %d objects", image.name, next_id - 1)
+            log.info("%s: %d objects%s", image.name, next_id - 1 - linked,
+                     f" ({linked} of them continued through the slices)" if link else "")
+        for table in writer.tmp.glob("lazylabels-link-*.npy"):
+            table.unlink()
         (writer.tmp / PROGRESS_FILE).unlink(missing_ok=True)
         return (yield from writer.iter_finish())
     except BaseException:
@@ -299,6 +307,36 @@ def iter_predict_ome_zarr(
             log.info("%s: progress kept in %s; predicting it again with the same model and settings goes on "
                      "from there", image.name, writer.tmp)
         raise
+
+
+def _record(writer: OmeZarrWriter, key: dict | None, plane: int, block: int, next_id: int, first_id: int,
+            linked: int) -> None:
+    """Save how far a resumable run got: ``block`` blocks of ``plane`` written, the next free
+    id, the plane's first id and the objects linked so far (nothing without a ``key``)."""
+    if key is not None:
+        atomic_write_json(writer.tmp / PROGRESS_FILE, {"key": key, "plane": plane, "block": block, "next_id": next_id,
+                                                       "first_id": first_id, "linked": linked})
+
+
+def _link_plane(writer: OmeZarrWriter, z: int, first_id: int, next_id: int, tile: int) -> Iterator[Progress]:
+    """Job: give plane ``z``'s objects (ids ``first_id ..``) that continue an object of plane
+    ``z - 1`` its id (:func:`~napari_lazylabels.core.stacks.iter_link_table`), on disk tile by
+    tile. The table is saved in the folder before it is written, so a run killed while writing
+    it writes it again (writing is idempotent) instead of linking a half-linked plane.
+
+    Returns:
+        how many objects were linked.
+    """
+    saved = writer.tmp / f"lazylabels-link-{z}.npy"
+    current = writer.label("instances", z)
+    try:
+        table = np.load(saved)
+    except (OSError, ValueError):
+        table = yield from iter_link_table(writer.label("instances", z - 1), current, first_id, next_id, tile=tile)
+        part = saved.with_suffix(".partial.npy")
+        np.save(part, table)
+        os.replace(part, saved)
+    return (yield from iter_apply_link(current, table, first_id, tile=tile))
 
 
 def ome_zarr_writer(predictor: Predictor, image: LazyImage, path: str | os.PathLike, instances: bool = True,
@@ -356,7 +394,7 @@ def image_fingerprint(image: LazyImage, side: int = 32) -> str:
 def _resume_point(writer: OmeZarrWriter, key: dict | None) -> dict:
     """Where to start: after the blocks the partial folder records for the same ``key``, or
     at the beginning (a partial folder of another run is started over)."""
-    fresh = {"plane": 0, "block": 0, "next_id": 1}
+    fresh = {"plane": 0, "block": 0, "next_id": 1, "first_id": 1, "linked": 0}
     if key is None or not writer.resumed:
         return fresh
     saved = _recorded(writer)
@@ -364,7 +402,9 @@ def _resume_point(writer: OmeZarrWriter, key: dict | None) -> dict:
         writer.restart()
         return fresh
     log.info("Resuming %s at plane %d, block %d", writer.path.name, saved["plane"], saved["block"])
-    return {"plane": int(saved["plane"]), "block": int(saved["block"]), "next_id": int(saved["next_id"])}
+    nid = int(saved["next_id"])
+    return {"plane": int(saved["plane"]), "block": int(saved["block"]), "next_id": nid,
+            "first_id": int(saved.get("first_id", nid)), "linked": int(saved.get("linked", 0))}
 
 
 def _forget_unrecorded(instances, b: Block, next_id: int) -> None:

@@ -9,15 +9,18 @@ or one nucleus over time is one label.
 
 It holds only the previous slice, so a stack of any length is renumbered while its slices are
 written one by one (``lazylabels predict`` on a stack TIFF, the Predict widget on a stack
-layer, and both of their re-splits).
+layer, and both of their re-splits). Slices too large to hold (predicted block by block) are
+linked tile by tile on disk: :func:`iter_link_table`, then :func:`iter_apply_link`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
+
+from .jobs import Progress
 
 MIN_IOU = 0.5
 """Overlap (intersection over union) above which two objects of adjacent slices are one
@@ -94,16 +97,92 @@ class StackIds:
         ids, prev_ids = keys // base, keys % base
         area = np.bincount(dense.ravel())[ids]
         prev_area = _areas(prev, prev_ids)
-        iou = inter / (area + prev_area - inter)
-        keep = iou > self.min_iou  # above 0.5 an object has at most one partner either way
-        matched: dict[int, int] = {}
-        taken: set[int] = set()
-        for k in np.flatnonzero(keep)[np.argsort(-iou[keep], kind="stable")]:
-            i, p = int(ids[k]), int(prev_ids[k])
-            if i not in matched and p not in taken:
-                matched[i] = p
-                taken.add(p)
-        return matched
+        return _one_to_one(ids, prev_ids, inter / (area + prev_area - inter), self.min_iou)
+
+
+def _one_to_one(ids: np.ndarray, prev_ids: np.ndarray, iou: np.ndarray, min_iou: float) -> dict[int, int]:
+    """``{id: previous slice's id}`` of the overlapping pairs ``(ids[k], prev_ids[k])`` whose
+    ``iou[k]`` is above ``min_iou``, best first, each object in at most one pair."""
+    keep = iou > min_iou  # above 0.5 an object has at most one partner either way
+    matched: dict[int, int] = {}
+    taken: set[int] = set()
+    for k in np.flatnonzero(keep)[np.argsort(-iou[keep], kind="stable")]:
+        i, p = int(ids[k]), int(prev_ids[k])
+        if i not in matched and p not in taken:
+            matched[i] = p
+            taken.add(p)
+    return matched
+
+
+def _tiles(shape: tuple[int, ...], tile: int) -> list[tuple[slice, slice]]:
+    h, w = shape[-2:]
+    return [(slice(y, min(y + tile, h)), slice(x, min(x + tile, w))) for y in range(0, h, tile) for x in range(0, w, tile)]
+
+
+def iter_link_table(
+    previous, current, first_id: int, next_id: int, min_iou: float = MIN_IOU, tile: int = 2048
+) -> Iterator[Progress]:
+    """Job (``Progress("linking", tile, tiles)``): how to link a slice written with its own ids to the slice before, for slices too large
+    to hold (read tile by tile: zarr arrays, the planes of an OME-Zarr being written).
+
+    Args:
+        previous: ``(H, W)`` array-like, the slice before: ids below ``first_id`` (0 = none).
+        current: ``(H, W)`` array-like, this slice: ids ``first_id .. next_id - 1`` (0 = none).
+        min_iou: as in :class:`StackIds`.
+
+    Returns:
+        ``(next_id - first_id,)`` int64: for each id of ``current`` (from ``first_id`` on) the
+        id of the previous slice's object it continues (intersection over union above
+        ``min_iou``, one to one), else its own id. :func:`iter_apply_link` writes it.
+    """
+    n = next_id - first_id
+    table = np.arange(first_id, next_id, dtype=np.int64)
+    if n <= 0 or first_id <= 1:
+        return table
+    area, prev_area = np.zeros(n, np.int64), np.zeros(first_id, np.int64)
+    keys, counts = [], []
+    regions = _tiles(current.shape, tile)
+    for i, region in enumerate(regions):
+        yield Progress("linking", i, len(regions))
+        cur = np.asarray(current[region]).astype(np.int64)
+        prev = np.asarray(previous[region]).astype(np.int64)
+        if cur.max(initial=0) >= next_id or prev.max(initial=0) >= first_id:
+            raise ValueError(f"link_table: ids out of range (this slice {first_id}..{next_id - 1}, the one before below it).")
+        area += np.bincount((cur[cur > 0] - first_id), minlength=n)
+        prev_area += np.bincount(prev[prev > 0], minlength=first_id)
+        both = (cur > 0) & (prev > 0)
+        k, c = np.unique((cur[both] - first_id) * first_id + prev[both], return_counts=True)
+        keys.append(k)
+        counts.append(c)
+    pairs, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    inter = np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
+    ids, prev_ids = pairs // first_id, pairs % first_id
+    matched = _one_to_one(ids, prev_ids, inter / (area[ids] + prev_area[prev_ids] - inter), min_iou)
+    if matched:
+        table[np.fromiter(matched, np.int64)] = np.fromiter(matched.values(), np.int64)
+    return table
+
+
+def iter_apply_link(current, table: np.ndarray, first_id: int, tile: int = 2048) -> Iterator[Progress]:
+    """Job (``Progress("linking", tile, tiles)``): write :func:`iter_link_table`'s ``table`` into ``current`` tile by tile (in place): an object
+    that continues one of the slice before takes its id, the others keep theirs, so ids skip
+    the numbers of the linked ones. Running it again changes nothing (the linked ids are below
+    ``first_id``), so a run killed while it writes is finished by running it again.
+
+    Returns:
+        how many objects were linked.
+    """
+    regions = _tiles(current.shape, tile)
+    for i, region in enumerate(regions):
+        yield Progress("linking", i, len(regions))
+        cur = np.asarray(current[region])
+        own = cur >= first_id
+        if own.any():
+            out = cur.copy()
+            out[own] = table[cur[own].astype(np.int64) - first_id].astype(cur.dtype)
+            current[region] = out
+    yield Progress("linking", len(regions), len(regions))
+    return int((table < first_id).sum())
 
 
 def _dense(instances: np.ndarray) -> np.ndarray:
