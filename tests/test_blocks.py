@@ -133,6 +133,23 @@ def test_blocks_match_the_whole_image(predictor):
     assert source.largest <= window and inst.largest <= window and classes.largest <= 96 * 96
 
 
+def test_objects_larger_than_the_halo_keep_one_id(predictor):
+    """Objects much longer than a block and its halo (a winding band through every block, a
+    bar across a block edge) come out whole, with one id each, as whole-image prediction
+    gives them, beside small objects that stay as they were."""
+    import cv2
+
+    image = discs((300, 340), n=25, radius=(3, 8))
+    cv2.rectangle(image, (5, 140), (335, 160), 220, -1)  # a band through all blocks of its row
+    cv2.rectangle(image, (150, 5), (165, 120), 220, -1)  # a bar across a block edge
+    cv2.polylines(image, [np.array([[10, 280], [120, 200], [250, 290], [330, 220]], np.int32)], False, 220, 9)
+    whole = predictor.predict(image)
+    inst = np.zeros(image.shape, np.uint32)
+    drive(iter_predict_blocks(predictor, image, np.zeros(image.shape, np.uint8), inst, block=64, halo=32))
+    _same_objects(inst, whole.instances)
+    assert len(np.unique(inst[145:155, 10:330])) == 1  # the band: one id
+
+
 def test_halo_covers_tiles_and_objects(predictor):
     assert block_halo(predictor) == 64  # half a 64 px tile is 32, rounded up to 64
     big = Predictor(predictor.model, replace(predictor.config, object_diameter=100.0), FAST)

@@ -13,9 +13,11 @@ time, whatever the image's size:
 * the class map is written for the block's core;
 * instances are cut in the window, and each object that reaches into the core is written
   whole (also where it reaches into neighbouring blocks), on pixels no earlier block has
-  claimed, unless an earlier block already wrote more than half of it (the same object, seen
-  from the other side) (:func:`merge_instances`). An object larger than the halo can be cut in
-  two at a block edge; the halo is twice the model's typical object diameter.
+  claimed: with the id of the object an earlier block wrote when it continues it (the same
+  object seen from the other side, or one larger than the halo that the earlier window cut at
+  its edge), else with a new id unless more than half of it is claimed (:func:`merge_instances`).
+  So an object larger than a block keeps one id; one that an earlier block saw as two pieces
+  stays two.
 
 Peak memory: the Python process with torch and the model, plus about ``(BLOCK + 2 halo)^2``
 pixels times ~60 bytes (the window, its normalised copy, the float maps, the instance maps;
@@ -94,6 +96,12 @@ def merge_instances(
 ) -> tuple[np.ndarray, int]:
     """Add a window's objects to the instance map written so far.
 
+    An object of the window that reaches into the core is written on unclaimed pixels:
+    with the id of the written object it continues (one that earlier windows saw, and of
+    which most of what lies in this window is this object: the same object, seen whole or cut
+    at the edge of the earlier window, which this window extends), else, unless more than
+    half of it is claimed already, with a new id.
+
     Args:
         out: ``(h, w)`` uint32, the written map over the window (0 = unclaimed); changed in place.
         inst: ``(h, w)`` int, the window's own instances (0 = none).
@@ -101,24 +109,44 @@ def merge_instances(
         next_id: the first free id.
 
     Returns:
-        ``(out, next_id)``: the objects that reach into the core, numbered from ``next_id``,
-        written on unclaimed pixels, except those more than half claimed already.
+        ``(out, next_id)``, new objects numbered from ``next_id``.
     """
     ids = np.unique(inst[core])
     ids = ids[ids > 0]
     if not ids.size:
         return out, next_id
-    flat = inst.ravel()
+    flat, written = inst.ravel().astype(np.int64), out.ravel().astype(np.int64)
     n = int(flat.max()) + 1
     area = np.bincount(flat, minlength=n)
-    claimed = np.bincount(flat, weights=(out.ravel() != 0), minlength=n)
-    keep = ids[claimed[ids] <= 0.5 * area[ids]]
-    lut = np.zeros(n, np.uint32)
-    lut[keep] = np.arange(next_id, next_id + keep.size, dtype=np.uint32)
-    new = lut[inst]
-    free = (new != 0) & (out == 0)
-    out[free] = new[free]
-    return out, next_id + int(keep.size)
+    claimed = np.bincount(flat, weights=written != 0, minlength=n)
+    lut = np.zeros(n, np.int64)
+    continued = _continued(flat, written, claimed)
+    lut[list(continued)] = list(continued.values())
+    new = ids[(lut[ids] == 0) & (claimed[ids] <= 0.5 * area[ids])]
+    lut[new] = np.arange(next_id, next_id + new.size)
+    mapped = lut[inst]
+    free = (mapped != 0) & (out == 0)
+    out[free] = mapped[free]
+    return out, next_id + int(new.size)
+
+
+def _continued(flat: np.ndarray, written: np.ndarray, claimed: np.ndarray) -> dict[int, int]:
+    """``{window id: written id}`` for each window object that continues a written object:
+    more than half of the written object's pixels in the window, and more than half of the
+    window object's claimed pixels, are their overlap (the largest overlap when several)."""
+    both = (flat > 0) & (written > 0)
+    if not both.any():
+        return {}
+    base = int(written.max()) + 1
+    pairs, overlap = np.unique(flat[both] * base + written[both], return_counts=True)
+    obj, old = pairs // base, pairs % base
+    found, sizes = np.unique(written[written > 0], return_counts=True)
+    in_window = sizes[np.searchsorted(found, old)]
+    ok = (overlap > 0.5 * in_window) & (overlap > 0.5 * claimed[obj])
+    out: dict[int, int] = {}
+    for k in np.flatnonzero(ok)[np.argsort(-overlap[ok], kind="stable")]:
+        out.setdefault(int(obj[k]), int(old[k]))
+    return out
 
 
 def _window_tiles(predictor: Predictor, block: Block) -> int:
