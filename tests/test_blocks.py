@@ -242,7 +242,7 @@ def test_cli_predicts_zarr_and_large_tiffs_into_ome_zarr(tmp_path, one_object_mo
     """`lazylabels predict` takes a zarr folder (always block by block), a TIFF above the
     size limit, and any TIFF with --ome-zarr, and writes STEM.ome.zarr with the pixel size; a
     folder that is not a readable zarr is skipped with one line (exit 1), the rest written;
-    `lazylabels instances` on such a folder says why it cannot cut them again."""
+    `lazylabels instances` cuts them again."""
     import tifffile
 
     from napari_lazylabels.cli import main
@@ -268,8 +268,8 @@ def test_cli_predicts_zarr_and_large_tiffs_into_ome_zarr(tmp_path, one_object_mo
     scale = zarr.open_group(str(out / "ome.ome.zarr"), mode="r")["labels/classes"].attrs["multiscales"][0]
     assert scale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.2, 0.2]
     assert scale["axes"][0]["unit"] == "micrometer"
-    assert main(["instances", str(out)]) == 2
-    assert "only OME-Zarr predictions" in caplog.text
+    assert main(["instances", str(out), "--min-size", "4"]) == 0  # cut again block by block, from the maps kept
+    assert set(np.unique(zarr.open_group(str(out / "plain.ome.zarr"), mode="r")["labels/instances/0"][:])) == {1}
     # below the limit a TIFF is predicted whole into PNGs, unless --ome-zarr asks
     monkeypatch.setattr(options, "BLOCKWISE_PIXELS", 10**9)
     out2 = tmp_path / "pred2"
@@ -469,3 +469,74 @@ def test_a_stack_is_linked_block_by_block(predictor, tmp_path):
 def _zarr_stack(path, planes):
     zarr.create_array(str(path), shape=planes.shape, chunks=(1, 128, 128), dtype=planes.dtype)[:] = planes
     return path
+
+
+class Seams(torch.nn.Module):
+    """Stand-in network: class 1 where the normalised input is above 0.3, interface
+    probability 0.95 where it is between 0.3 and 0.7 (the mid-gray seams between squares)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        v = x[:, :1]
+        logit = torch.where(v > 0.3, 8.0, -8.0)
+        out[SEGMENTATION] = torch.cat([torch.zeros_like(logit), logit, torch.full_like(logit, -20.0)], 1)
+        seam = torch.where((v > 0.3) & (v < 0.7), 3.0, -8.0)
+        out["separation"] = torch.cat([torch.zeros_like(seam), seam], 1)
+        return out
+
+
+def squares(shape=(300, 340), side=40, seam=3) -> np.ndarray:
+    """Touching bright squares, in three clusters, separated by mid-gray seams, on dark."""
+    img = np.full(shape, 20, np.uint8)
+    for cy, cx in ((20, 20), (20, 190), (170, 60)):
+        for i in range(3):
+            for j in range(3):
+                y, x = cy + i * (side + seam), cx + j * (side + seam)
+                img[y - seam : y + side, x - seam : x + side] = 120
+        for i in range(3):
+            for j in range(3):
+                y, x = cy + i * (side + seam), cx + j * (side + seam)
+                img[y : y + side, x : x + side] = 220
+    return img
+
+
+def test_a_block_by_block_prediction_is_cut_again_from_its_maps(tmp_path):
+    """iter_resplit_ome_zarr cuts a block-by-block prediction's objects again from the maps
+    it keeps: another interface threshold gives the objects whole-image cutting of those maps
+    gives (touching squares merged), the recorded one gives the prediction's objects back;
+    the pyramid follows, the settings are recorded; a stop leaves the instances as they were."""
+    from skimage.measure import label
+
+    from napari_lazylabels.core.blocks import iter_resplit_ome_zarr
+    from napari_lazylabels.core.instances import instances_from_prediction
+    from napari_lazylabels.core.metrics import object_f1
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=1, n_classes=3, widths=(4, 8), size="custom")
+    seams = Predictor(Seams(build_model(cfg)), cfg, replace(FAST, tile=128, batch_size=8))
+    image = squares((1100, 1200))  # two pyramid levels
+    lazy = open_lazy_image(_zarr(tmp_path / "sq.zarr", image))
+    out = drive(iter_predict_ome_zarr(seams, lazy, tmp_path / "sq.ome.zarr", block=128))
+    root = zarr.open_group(str(out), mode="r")
+    first = root["labels/instances/0"][:]
+    assert len(np.unique(first)) - 1 == 27  # every square its own object (squares() on a larger image: the same)
+    classes, itf = root["labels/classes/0"][:], root["lazylabels/interfaces"][:]
+    assert itf.dtype == np.uint8 and 240 <= itf.max() <= 245  # softmax(0, 3) = 0.953, x 255
+
+    assert drive(iter_resplit_ome_zarr(out, interface_threshold=0.99)) == 3  # seams no longer split: 3 clusters
+    merged = zarr.open_group(str(out), mode="r")
+    _same_objects(merged["labels/instances/0"][:], instances_from_prediction(classes, itf / 255, 0.99, 4))
+    _same_objects(merged["labels/instances/0"][:], label(image > 100))
+    np.testing.assert_array_equal(merged["labels/instances/1"][:], merged["labels/instances/0"][::2, ::2])
+    assert merged.attrs["lazylabels"]["settings"]["interface_threshold"] == 0.99
+    with pytest.raises(Cancelled):
+        drive(iter_resplit_ome_zarr(out, interface_threshold=0.5, should_stop=lambda: True))
+    _same_objects(zarr.open_group(str(out), mode="r")["labels/instances/0"][:], label(image > 100))  # unchanged
+    assert drive(iter_resplit_ome_zarr(out, interface_threshold=0.5)) == 27
+    again = zarr.open_group(str(out), mode="r")["labels/instances/0"][:]
+    assert object_f1(again, first)["f1"] == 1.0  # the seams, ties of the watershed, may go either way
+    assert not list((out / "labels").glob(".instances.*"))  # no partial or old folder left

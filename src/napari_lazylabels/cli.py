@@ -44,7 +44,9 @@ instance maps under labels/ (OME-NGFF 0.4, with pyramids and the image's pixel s
 or killed run goes on where it stopped when the same command is run again.
 """
 EPILOG_INSTANCES = """Cuts the objects of a lazylabels predict --out folder again from its STEM_classes.png
-and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. examples:
+and STEM_interfaces.tif, rewriting STEM_instances.png/.tif: seconds, no network. A STEM.ome.zarr
+predicted block by block is cut again block by block from the class and interface maps it
+keeps, its labels/instances replaced when complete. examples:
   lazylabels instances runs/pred --interface-threshold 0.8     # single objects were cut in pieces
   lazylabels instances runs/pred --interface-threshold 0.3     # touching objects stayed merged
   lazylabels instances runs/pred --split-necks 1.5 --images im0 im1
@@ -492,10 +494,22 @@ def _refuse_same_stems(files: list[Path]) -> None:
 
 
 def cmd_instances(a: argparse.Namespace) -> int:
+    from .core.blocks import iter_resplit_ome_zarr
     from .core.predict import resplit_folder
+    from .core.zarrio import image_stem
 
-    written = resplit_folder(a.predictions, a.interface_threshold, a.min_size, a.split_necks, a.images, a.link_slices)
-    _out(f"cut the instances of {len(written)} images again in {a.predictions}")
+    pred = Path(a.predictions)
+    zarrs = {image_stem(p): p for p in sorted(pred.glob("*.ome.zarr")) if p.is_dir()}
+    others = None if a.images is None else [s for s in a.images if s not in zarrs]
+    chosen = [p for s, p in zarrs.items() if a.images is None or s in a.images]
+    n = 0
+    if others or not chosen or (others is None and any(pred.glob("*_classes.png"))):
+        n += len(resplit_folder(pred, a.interface_threshold, a.min_size, a.split_necks, others, a.link_slices))
+    for p in chosen:
+        _run_job(iter_resplit_ome_zarr(p, a.interface_threshold, a.min_size, a.split_necks, a.link_slices),
+                 desc=p.name, unit="block")
+        n += 1
+    _out(f"cut the instances of {n} images again in {a.predictions}")
     return 0
 
 

@@ -37,13 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .instances import instances_from_prediction, recorded_instance_settings
 from .io import atomic_write_json
-from .jobs import Progress, mapped, stoppable
-from .predictor import Predictor
+from .jobs import Cancelled, Progress, mapped, stoppable
+from .predictor import PredictConfig, Predictor
 from .prepare import scaled_shape
 from .stacks import iter_apply_link, iter_link_table
 from .tiling import tile_starts
-from .zarrio import LazyImage, OmeZarrWriter
+from .zarrio import MAPS_GROUP, AxesView, LabelRewriter, LazyImage, OmeZarrWriter, ome_label
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,16 @@ class Block:
         """The core as slices into the window."""
         (y0, y1, x0, x1), (wy, _, wx, _) = self.core, self.window
         return slice(y0 - wy, y1 - wy), slice(x0 - wx, x1 - wx)
+
+
+INTERFACES_MAP = "interfaces"
+"""The map of a block-by-block prediction a re-split cuts objects from: the interface
+probability times 255, uint8 (``lazylabels/interfaces`` in the OME-Zarr)."""
+
+
+def quantise(probability: np.ndarray) -> np.ndarray:
+    """A probability map ``[0, 1]`` as uint8 ``round(255 p)`` (what :data:`INTERFACES_MAP` holds)."""
+    return np.rint(np.clip(probability, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def block_halo(predictor: Predictor) -> int:
@@ -170,6 +181,7 @@ def iter_predict_blocks(
     tiles_total: int | None = None,
     start_block: int = 0,
     on_block: Callable[[int, int], None] | None = None,
+    interfaces=None,
 ) -> Iterator[Progress]:
     """Job: predict a lazy ``(H, W[, C])`` image block by block into lazy outputs.
 
@@ -191,6 +203,8 @@ def iter_predict_blocks(
         start_block: the first block to predict (a resumed run; the blocks before it are
             written, their ids below ``first_id``).
         on_block: called with ``(blocks done, next free id)`` after each block is written.
+        interfaces: ``(H, W)`` writable uint8 array-like for the interface probability times
+            255 (what a re-split cuts objects from, :func:`iter_resplit_ome_zarr`), or ``None``.
 
     Yields ``Progress("tiles", done, total)`` over all blocks, and the phases of each block.
 
@@ -199,7 +213,7 @@ def iter_predict_blocks(
     """
     return (yield from stoppable(
         _predict_blocks(predictor, image, classes, instances, image_copy, block, halo, first_id,
-                        should_stop, tiles_before, tiles_total, start_block, on_block), should_stop))
+                        should_stop, tiles_before, tiles_total, start_block, on_block, interfaces), should_stop))
 
 
 def count_tiles(predictor: Predictor, shape: tuple[int, int], block: int = BLOCK, halo: int | None = None) -> int:
@@ -209,7 +223,7 @@ def count_tiles(predictor: Predictor, shape: tuple[int, int], block: int = BLOCK
 
 
 def _predict_blocks(predictor, image, classes, instances, image_copy, block, halo, first_id, should_stop,
-                    tiles_before, tiles_total, start_block=0, on_block=None) -> Iterator[Progress]:
+                    tiles_before, tiles_total, start_block=0, on_block=None, interfaces=None) -> Iterator[Progress]:
     shape = tuple(int(s) for s in image.shape[:2])
     halo = block_halo(predictor) if halo is None else halo
     blocks = block_grid(shape, block, halo)
@@ -228,6 +242,8 @@ def _predict_blocks(predictor, image, classes, instances, image_copy, block, hal
         cy, cx = b.local_core()
         (py0, py1, px0, px1) = b.core
         classes[py0:py1, px0:px1] = pred.classes[cy, cx]
+        if interfaces is not None and pred.interfaces is not None:
+            interfaces[py0:py1, px0:px1] = quantise(pred.interfaces[cy, cx])
         if image_copy is not None:
             part = window[cy, cx]
             image_copy[py0:py1, px0:px1] = part[..., None] if part.ndim < image_copy.ndim else part
@@ -249,6 +265,85 @@ def _offset_tiles(job, before: int, total: int) -> Iterator[Progress]:
         return Progress("tiles", before + event.done, total) if event.phase == "tiles" else event
 
     return (yield from mapped(job, count))
+
+
+def iter_resplit_ome_zarr(
+    path: str | os.PathLike,
+    interface_threshold: float | None = None,
+    min_object_size: int | None = None,
+    neck_depth: float = 0.0,
+    link_slices: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Progress]:
+    """Job: cut the objects of a block-by-block prediction (``STEM.ome.zarr`` from
+    :func:`iter_predict_ome_zarr`) again with other settings, block by block, from its class
+    map and its quantised interface map (:data:`INTERFACES_MAP`): no network runs, and memory
+    holds one window. ``labels/instances`` (with its pyramid) is replaced when complete
+    (:class:`~napari_lazylabels.core.zarrio.LabelRewriter`; a stop or an error leaves it as it
+    was), and the settings used are recorded in the root's ``"lazylabels"`` attribute.
+
+    Args:
+        interface_threshold, min_object_size: ``None``: the model's own, as recorded
+            (:func:`~napari_lazylabels.core.instances.recorded_instance_settings`).
+        neck_depth: see :class:`~napari_lazylabels.core.predictor.PredictConfig`.
+        link_slices: link a stack's objects through the planes; ``None``: as recorded.
+
+    Returns:
+        the number of objects.
+
+    Raises:
+        ValueError: not such a prediction, or one without an interface map (a model without
+            a separation head, or written before the map was kept).
+    """
+    import zarr
+
+    PredictConfig(interface_threshold=interface_threshold, min_object_size=min_object_size, neck_depth=neck_depth)
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="r+")
+    meta = dict(root.attrs.get("lazylabels") or {})
+    if INTERFACES_MAP not in (meta.get("maps") or {}):
+        raise ValueError(
+            f"{path.name} keeps no interface map to cut its objects again (a model without a separation head, or "
+            "predicted by an older version): predict it again with --interface-threshold / --min-size."
+        )
+    settings = dict(meta.get("settings") or {})
+    threshold, min_size = recorded_instance_settings(settings, interface_threshold, min_object_size)
+    link = bool(settings.get("link_slices")) if link_slices is None else bool(link_slices)
+    classes, interfaces = ome_label(path, "classes"), root[f"{MAPS_GROUP}/{INTERFACES_MAP}"]
+    stacked = classes.ndim == 3
+    axes = "ZYX" if stacked else "YX"
+    grid = block_grid(tuple(classes.shape[-2:]), int(meta["block"]), int(meta["halo"]))
+    n_planes = classes.shape[0] if stacked else 1
+    rewriter = LabelRewriter(path, "instances")
+    try:
+        next_id, linked = 1, 0
+        for z in range(n_planes):
+            cls, itf = (AxesView(a, axes, "YX", {"Z": z}) for a in (classes, interfaces))
+            out = rewriter.label(z if stacked else None)
+            first_id = next_id
+            for i, b in enumerate(grid):
+                yield Progress("instances", z * len(grid) + i, n_planes * len(grid))
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                y0, y1, x0, x1 = b.window
+                inst = instances_from_prediction(np.asarray(cls[y0:y1, x0:x1]),
+                                                 np.asarray(itf[y0:y1, x0:x1], np.float32) / 255, threshold,
+                                                 min_size, neck_depth=neck_depth)
+                window, next_id = merge_instances(np.asarray(out[y0:y1, x0:x1], np.uint32), inst, b.local_core(), next_id)
+                out[y0:y1, x0:x1] = window
+            if link and stacked and z > 0:
+                job = _link_plane(rewriter.label(z - 1), out, first_id, next_id, int(meta["block"]))
+                linked += yield from stoppable(job, should_stop)
+        yield Progress("instances", n_planes * len(grid), n_planes * len(grid))
+        rewriter.finish()
+    except BaseException:
+        rewriter.abort()
+        raise
+    settings.update(interface_threshold=threshold, min_object_size=min_size, neck_depth=neck_depth, link_slices=link)
+    root.attrs["lazylabels"] = {**meta, "settings": settings}
+    log.info("%s: %d objects (interface threshold %.2f, smallest object %d px)", path.name, next_id - 1 - linked,
+             threshold, min_size)
+    return next_id - 1 - linked
 
 
 def ome_zarr_path(out_dir: str | os.PathLike, stem: str) -> Path:
@@ -314,12 +409,15 @@ def iter_predict_ome_zarr(
             if first < len(grid):
                 if writer.resumed and resumed and inst is not None:
                     _forget_unrecorded(inst, grid[first], next_id)
+                itf = writer.map(INTERFACES_MAP, zi) if INTERFACES_MAP in writer.maps else None
                 next_id = yield from iter_predict_blocks(
                     predictor, image.plane(z), writer.label("classes", zi), inst, writer.image_plane(zi), block, halo,
-                    next_id, should_stop, z * per_plane, total, first, record,
+                    next_id, should_stop, z * per_plane, total, first, record, itf,
                 )
             if link and z > 0:
-                linked += yield from stoppable(_link_plane(writer, z, plane_first_id, next_id, block), should_stop)
+                job = _link_plane(writer.label("instances", z - 1), inst, plane_first_id, next_id, block,
+                                  writer.tmp / f"lazylabels-link-{z}.npy")
+                linked += yield from stoppable(job, should_stop)
             _record(writer, key, z + 1, 0, next_id, next_id, linked)  # the plane is done (and linked)
         if instances:
             log.info("%s: %d objects%s", image.name, next_id - 1 - linked,
@@ -346,24 +444,26 @@ def _record(writer: OmeZarrWriter, key: dict | None, plane: int, block: int, nex
                                                        "first_id": first_id, "linked": linked})
 
 
-def _link_plane(writer: OmeZarrWriter, z: int, first_id: int, next_id: int, tile: int) -> Iterator[Progress]:
-    """Job: give plane ``z``'s objects (ids ``first_id ..``) that continue an object of plane
-    ``z - 1`` its id (:func:`~napari_lazylabels.core.stacks.iter_link_table`), on disk tile by
-    tile. The table is saved in the folder before it is written, so a run killed while writing
-    it writes it again (writing is idempotent) instead of linking a half-linked plane.
+def _link_plane(previous, current, first_id: int, next_id: int, tile: int, saved: Path | None = None) -> Iterator[Progress]:
+    """Job: give the objects of ``current`` (ids ``first_id ..``) that continue an object of
+    ``previous`` (the plane before) its id (:func:`~napari_lazylabels.core.stacks.iter_link_table`),
+    on disk tile by tile. With ``saved`` the table is kept in that file before it is written,
+    so a run killed while writing it writes it again (writing is idempotent) instead of
+    linking a half-linked plane.
 
     Returns:
         how many objects were linked.
     """
-    saved = writer.tmp / f"lazylabels-link-{z}.npy"
-    current = writer.label("instances", z)
     try:
-        table = np.load(saved)
+        table = np.load(saved) if saved is not None else None
     except (OSError, ValueError):
-        table = yield from iter_link_table(writer.label("instances", z - 1), current, first_id, next_id, tile=tile)
-        part = saved.with_suffix(".partial.npy")
-        np.save(part, table)
-        os.replace(part, saved)
+        table = None
+    if table is None:
+        table = yield from iter_link_table(previous, current, first_id, next_id, tile=tile)
+        if saved is not None:
+            part = saved.with_suffix(".partial.npy")
+            np.save(part, table)
+            os.replace(part, saved)
     return (yield from iter_apply_link(current, table, first_id, tile=tile))
 
 
@@ -379,9 +479,12 @@ def ome_zarr_writer(predictor: Predictor, image: LazyImage, path: str | os.PathL
     if instances:
         labels["instances"] = np.uint32
     key = _run_key(predictor, resume_key, block, instances)
+    maps = {INTERFACES_MAP: np.uint8} if instances and predictor.has_interfaces else {}
+    attrs = {"settings": predictor.instance_settings(), "block": block, "halo": block_halo(predictor),
+             "maps": {INTERFACES_MAP: "interface probability x 255"} if maps else {}}
     writer = OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
                            image.n_channels, labels, image.pixel_size, name=image.name, atomic=atomic,
-                           resume=key is not None)
+                           resume=key is not None, maps=maps, attrs=attrs)
     if writer.resumed and _recorded(writer).get("key") != key:
         writer.restart()
     return writer

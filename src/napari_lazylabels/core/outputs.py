@@ -272,8 +272,8 @@ def _class_maps(pred_dir: Path, stems: Iterable[str] | None) -> dict[str, Path]:
     if not found:
         if any(pred_dir.glob("*.ome.zarr")):
             raise FileNotFoundError(
-                f"{pred_dir} holds only OME-Zarr predictions (images predicted block by block), which keep "
-                "no interface map to cut again: predict them again with --interface-threshold / --min-size."
+                f"{pred_dir} holds only OME-Zarr predictions (images predicted block by block): cut them "
+                "again with `lazylabels instances` or blocks.iter_resplit_ome_zarr."
             )
         raise FileNotFoundError(
             f"No *_classes.png in {pred_dir}: give the --out folder of lazylabels predict."

@@ -47,6 +47,10 @@ CHUNK = 1024
 PYRAMID_MIN_SIDE = 1024
 """The pyramid halves the resolution until the longer side is at most this."""
 
+MAPS_GROUP = "lazylabels"
+"""The group of an OME-Zarr prediction that holds maps other tools need not read
+(:class:`OmeZarrWriter` ``maps``: the quantised interface probability)."""
+
 _NGFF_UNITS = {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "m": "meter", "cm": "centimeter",
                "Å": "angstrom", "pm": "picometer"}
 _UNITS_BACK = {v: k for k, v in _NGFF_UNITS.items()} | {"micron": "µm"}
@@ -456,6 +460,10 @@ class OmeZarrWriter:
         resume: keep the folder (``.NAME.partial``, or ``path`` itself when not ``atomic``) of
             the same shapes that a stopped or killed run left (:attr:`resumed`), to go on
             writing into it; else it is started over.
+        maps: ``{name: dtype}`` of full-resolution maps that are not images or labels for
+            other tools (``lazylabels/<name>``, one level, ``([Z,] Y, X)``): the quantised
+            interface map a re-split cuts objects from.
+        attrs: written under the root's ``"lazylabels"`` attribute (how it was predicted).
 
     :meth:`image_plane` and :meth:`label` give :class:`PyramidView` s of a plane to write
     into; :meth:`levels` the zarr arrays of every level (NGFF axis order: ``(C, [Z,] Y, X)``
@@ -475,8 +483,12 @@ class OmeZarrWriter:
         name: str | None = None,
         atomic: bool = True,
         resume: bool = False,
+        maps: dict[str, np.dtype] | None = None,
+        attrs: dict | None = None,
     ) -> None:
         self.path = Path(path)
+        self.maps = dict(maps or {})
+        self.attrs = dict(attrs or {})
         self.atomic = atomic
         self.tmp = self.path.parent / f".{self.path.name}.partial" if atomic else self.path
         self.plane_shape = tuple(int(s) for s in plane_shape)
@@ -503,6 +515,11 @@ class OmeZarrWriter:
         self._image = self._pyramid(self.root, (self.n_channels, *stack), image_dtype)
         self.labels_group = self.root.create_group("labels")
         self._labels = {n: self._pyramid(self.labels_group.create_group(n), stack, dt) for n, dt in labels.items()}
+        if self.maps:
+            group = self.root.create_group(MAPS_GROUP)
+            self._maps = {n: self._array(group, n, (*stack, *self.plane_shape), dt) for n, dt in self.maps.items()}
+        else:
+            self._maps = {}
         self.resumed = False
 
     def _open_existing(self) -> bool:
@@ -518,14 +535,16 @@ class OmeZarrWriter:
             image = [root[str(i)] for i in range(len(self.shapes))]
             group = root["labels"]
             found = {n: [group[n][str(i)] for i in range(len(self.shapes))] for n in labels}
+            maps = {n: root[f"{MAPS_GROUP}/{n}"] for n in self.maps}
         except Exception:  # noqa: BLE001 - anything unreadable is started over
             return False
         want = [(a, (self.n_channels, *stack, *s), image_dtype) for a, s in zip(image, self.shapes, strict=True)]
         for n, dt in labels.items():
             want += [(a, (*stack, *s), dt) for a, s in zip(found[n], self.shapes, strict=True)]
+        want += [(maps[n], (*stack, *self.plane_shape), dt) for n, dt in self.maps.items()]
         if any(tuple(a.shape) != shape or a.dtype != np.dtype(dt) for a, shape, dt in want):
             return False
-        self.root, self._image, self.labels_group, self._labels = root, image, group, found
+        self.root, self._image, self.labels_group, self._labels, self._maps = root, image, group, found, maps
         return True
 
     def _pyramid(self, group, lead: tuple[int, ...], dtype) -> list:
@@ -548,6 +567,10 @@ class OmeZarrWriter:
     def label(self, name: str, z: int | None = None) -> PyramidView:
         """Label image ``name``'s plane ``z`` as a readable, writable ``(H, W)`` view."""
         return PyramidView(self._labels[name], "YX" if self.n_planes is None else "ZYX", "YX", z, mean=False)
+
+    def map(self, name: str, z: int | None = None) -> AxesView:
+        """Map ``name``'s plane ``z`` as a readable, writable ``(H, W)`` view."""
+        return AxesView(self._maps[name], "YX" if self.n_planes is None else "ZYX", "YX", {"Z": z or 0})
 
     # ------------------------------------------------------------------ finishing
     def iter_finish(self) -> Iterator[Progress]:
@@ -590,6 +613,8 @@ class OmeZarrWriter:
             "multiscales": multiscales("C" + space + "YX", [1.0], self.name),
             "omero": {"channels": [{"label": f"channel {c}", "active": True} for c in range(self.n_channels)]},
         })
+        if self.attrs:
+            self.root.attrs.update({"lazylabels": self.attrs})
         self.labels_group.attrs.update({"labels": list(self._labels)})
         for n in self._labels:
             label = {"version": NGFF_VERSION, "source": {"image": "../../"}}
@@ -597,6 +622,52 @@ class OmeZarrWriter:
                 label["colors"] = [{"label-value": int(v), "rgba": [int(c) for c in rgba]}
                                    for v, rgba in self.colors[n].items()]
             self.labels_group[n].attrs.update({"multiscales": multiscales(space + "YX", [], n), "image-label": label})
+
+
+class LabelRewriter:
+    """Writes label image ``name`` of a finished OME-Zarr again (a re-split's instances): into
+    ``labels/.NAME.partial`` (same shapes, chunks and pyramid), which replaces ``labels/NAME``,
+    with its metadata, only when :meth:`finish` is called; :meth:`abort` removes it. A swap
+    that a kill interrupted is completed when the next rewriter opens the folder."""
+
+    def __init__(self, path: str | os.PathLike, name: str) -> None:
+        import zarr
+
+        self.path, self.name = Path(path), name
+        self._final = self.path / "labels" / name
+        self._old = self.path / "labels" / f".{name}.old"
+        self._tmp = self.path / "labels" / f".{name}.partial"
+        if not self._final.exists() and self._old.exists():  # killed between the two renames
+            os.replace(self._old, self._final)
+        shutil.rmtree(self._old, ignore_errors=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        source = zarr.open_group(str(self._final), mode="r")
+        ms = ome_multiscale(dict(source.attrs))
+        if ms is None:
+            raise ValueError(f"{self.path}: labels/{name} has no OME-Zarr multiscales metadata.")
+        self._attrs = dict(source.attrs)
+        group = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
+        self.levels = []
+        for d in ms["datasets"]:
+            a = source[d["path"]]
+            self.levels.append(group.create_array(d["path"], shape=a.shape, chunks=a.chunks, dtype=a.dtype, fill_value=0,
+                                                  chunk_key_encoding={"name": "v2", "separator": "/"}))
+        self.stacked = self.levels[0].ndim == 3
+
+    def label(self, z: int | None = None) -> PyramidView:
+        """Plane ``z`` as a readable, writable ``(H, W)`` view (pyramid written with it)."""
+        return PyramidView(self.levels, "ZYX" if self.stacked else "YX", "YX", z, mean=False)
+
+    def finish(self) -> None:
+        import zarr
+
+        zarr.open_group(str(self._tmp), mode="r+", zarr_format=2).attrs.update(self._attrs)
+        os.replace(self._final, self._old)
+        os.replace(self._tmp, self._final)
+        shutil.rmtree(self._old, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def _halve_mean(block: np.ndarray, channels_last: bool = False) -> np.ndarray:
