@@ -331,7 +331,8 @@ def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_
     predicted from its lazy data into an OME-Zarr in the user's cache: its classes and
     instances layers are multiscale views of the zarr files, at the image's scale, added
     while the blocks are written and redrawn as they come; the main thread never reads the
-    image whole; the store opens again (ids equal to the layer's); Re-split says why not."""
+    image whole; the store opens again (ids equal to the layer's); Re-split cuts it again on
+    disk and the layer shows the new objects."""
     import threading
 
     import dask
@@ -374,8 +375,19 @@ def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_
     np.testing.assert_array_equal(ids, np.asarray(inst.data[0]))
     assert (ids == 1).all() and (root["labels/classes/0"][:] == 1).all()  # one block, one object
     np.testing.assert_array_equal(root["0"][0], image)  # the image, copied block by block
-    pw.resplit()  # the error is shown in one line, not raised
-    assert not pw.is_running() and "cannot be cut again" in caplog.text
+    # Re-split cuts the store again on disk; the layer shows it
+    infos = []
+    monkeypatch.setattr(predict_mod, "show_info", infos.append)
+    pw.min_size.setValue(2_000_000)  # larger than the image: the one object goes
+    pw.resplit()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert not np.asarray(viewer.layers["big instances"].data[0]).any()
+    assert any("cut again block by block" in m for m in infos)
+    assert not zarr.open_group(str(store), mode="r")["labels/instances/1"][:].any()  # the pyramid too
+    pw.min_size.setValue(0)  # auto again: the object is back
+    pw.resplit()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert (np.asarray(viewer.layers["big instances"].data[0]) == 1).all()
 
 
 def _spy_refresh(on_yield, seen):
@@ -450,7 +462,7 @@ def test_predict_again_goes_on_with_a_stopped_block_by_block_prediction(
     tiles = [ev for ev in events if ev.phase.startswith("tiles")]
     assert tiles[0].done >= done * tiles[-1].total // 4  # the blocks written were not predicted again
     classes, inst = (np.asarray(viewer.layers[f"big {k}"].data[0]) for k in ("classes", "instances"))
-    assert (classes == 1).all() and (inst > 0).all() and len(np.unique(inst)) == 4  # one object per block
+    assert (classes == 1).all() and (inst == 1).all()  # one object everywhere, continued across the 4 blocks
     assert not progress.exists()
 
 

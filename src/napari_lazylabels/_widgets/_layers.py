@@ -825,6 +825,7 @@ def prediction_layer_data(
 
 def lazy_prediction_layer_data(
     image_name: str, levels: dict[str, list], classes: ClassSpec | None = None, settings: dict | None = None,
+    store: str | None = None,
 ) -> list[tuple]:
     """Layer data tuples over an OME-Zarr being written block by block
     (:class:`~napari_lazylabels.core.zarrio.OmeZarrWriter`): ``"<image> classes"`` and
@@ -837,9 +838,11 @@ def lazy_prediction_layer_data(
         levels: ``{"classes": [arrays], "instances": [arrays]}``, full resolution first.
         classes: the model's classes (colours and names).
         settings: how instances are cut (kept in the layer's metadata).
+        store: the OME-Zarr folder (kept in the metadata: a re-split cuts it again,
+            :func:`blockwise_store`).
     """
     classes = classes or ClassSpec(names=("background", "object"))
-    meta = {"image": image_name, "blockwise": True}
+    meta = {"image": image_name, "blockwise": True, **({"store": str(store)} if store is not None else {})}
 
     def data(arrays):
         return list(arrays) if len(arrays) > 1 else arrays[0]
@@ -874,6 +877,14 @@ def compact_labels(layer_data: tuple) -> tuple:
     return data, kwargs, layer_type
 
 
+def blockwise_store(layers, image_name: str) -> str | None:
+    """The OME-Zarr folder that the ``"<image> classes"`` layer of a block-by-block prediction
+    shows (:func:`lazy_prediction_layer_data`), else ``None``."""
+    name = prediction_layer_name(image_name, "classes")
+    meta = layers[name].metadata.get(META, {}) if name in layers else {}
+    return meta.get("store") if meta.get("blockwise") else None
+
+
 def prediction_maps(layers, image_name: str) -> tuple[np.ndarray, np.ndarray | None, dict] | None:
     """The maps kept of the prediction of an image layer, for cutting its instances again
     without the network.
@@ -894,8 +905,8 @@ def prediction_maps(layers, image_name: str) -> tuple[np.ndarray, np.ndarray | N
         return None
     if layers[cls_name].metadata.get(META, {}).get("blockwise"):
         raise ValueError(
-            f"'{image_name}' was predicted block by block (a large image): its objects cannot be cut again "
-            "here; change the settings and press Predict."
+            f"'{image_name}' was predicted block by block (a large image) by an earlier version, which kept no "
+            "interface map: change the settings and press Predict."
         )
     classes = np.asarray(layers[cls_name].data)
     interfaces = np.asarray(layers[itf_name].data) if itf_name in layers else None

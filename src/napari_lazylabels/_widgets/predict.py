@@ -297,7 +297,7 @@ def _predict_blockwise(predictor, ck, settings: dict, name: str, planes, should_
     key = _resume_key(predictor, ck, name, image)
     writer = ome_zarr_writer(predictor, image, path, resume_key=key, atomic=False)
     layer_data = _layers.lazy_prediction_layer_data(name, {k: writer.levels(k) for k in ("classes", "instances")},
-                                                    ck.classes, settings)
+                                                    ck.classes, settings, store=path)
     names = tuple(d[1]["name"] for d in layer_data)
     yield PredictEvent("layers", 1, 1, name, layers=tuple(layer_data), settings=settings)
     if writer.resumed:
@@ -342,7 +342,7 @@ class WorkerError(Exception):
     leave the widget busy for good."""
 
 
-def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None, link_slices: bool = False):
+def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None, link_slices: bool = False, stores=()):
     """Worker generator: instances again from kept class and interface maps (no network).
 
     ``jobs``: ``[(name, classes (N, H, W), interfaces (N, H, W) or None, interface_threshold,
@@ -353,10 +353,25 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None, link_sli
     they are cut) and one with the image's instances layer in ``layers`` and the ``settings``
     used; returns True when ``should_stop()`` ended it, else False. The planes of a stack get
     ids unique across it, linked between slices with ``link_slices``
-    (:class:`~napari_lazylabels.core.stacks.StackIds`)."""
+    (:class:`~napari_lazylabels.core.stacks.StackIds`).
+
+    ``stores``: ``[(name, OME-Zarr folder, interface_threshold, min_object_size)]`` of images
+    predicted block by block, cut again on disk
+    (:func:`~napari_lazylabels.core.blocks.iter_resplit_ome_zarr`); their instances layer is
+    redrawn (``refresh``) when its folder is replaced."""
+    from ..core.blocks import iter_resplit_ome_zarr
     from ..core.jobs import stoppable
     from ..core.predict import iter_instances_from_prediction
     from ..core.stacks import StackIds
+
+    for name, store, threshold, min_size in stores:
+        job = iter_resplit_ome_zarr(store, threshold, min_size, neck_depth, link_slices, should_stop)
+        try:
+            n = yield from mapped(job, lambda ev, name=name: PredictEvent(ev.phase, ev.done, ev.total, name))
+        except Cancelled:
+            return True
+        yield PredictEvent("instances", 1, 1, name, refresh=(_layers.prediction_layer_name(name, "instances"),),
+                           info=f"{name}: {n} objects, cut again block by block in {store}")
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
         out = np.zeros(classes.shape, np.int32)
@@ -482,8 +497,12 @@ class PredictionRunner:
         place."""
         from ..core.predict import recorded_instance_settings
 
-        jobs = []
+        jobs, stores = [], []
         for name in image_names:
+            store = _layers.blockwise_store(self.viewer.layers, name)
+            if store is not None:  # cut again on disk, block by block
+                stores.append((name, store, settings.get("interface_threshold"), settings.get("min_object_size")))
+                continue
             kept = _layers.prediction_maps(self.viewer.layers, name)
             if kept is None:
                 raise ValueError(f"No prediction of '{name}' yet: press Predict first, then Re-split.")
@@ -493,11 +512,11 @@ class PredictionRunner:
                 auto, settings.get("interface_threshold"), settings.get("min_object_size")
             )
             jobs.append((name, classes, interfaces, threshold, min_size, auto))
-        if not jobs:
+        if not jobs and not stores:
             raise ValueError("Choose at least one predicted image to re-split.")
         worker = quiet_worker(
             _resplit_worker_fn, jobs, settings.get("neck_depth", 0.0), self._stop.is_set,
-            bool(settings.get("link_slices", False)), error_prefix="Re-splitting instances failed",
+            bool(settings.get("link_slices", False)), stores, error_prefix="Re-splitting instances failed",
         )
         self._start(worker, "Splitting instances")
 
