@@ -11,6 +11,7 @@ second and the objects found, appending a record to
 ``benchmarks/results/blockwise/records.jsonl``.
 
     python benchmarks/blockwise_memory.py MODEL --sides 10000 40000 --work /tmp/blockwise
+    python benchmarks/blockwise_memory.py MODEL --sides 10000 --resplit 0.7   # and a re-split of it
 
 MODEL is any trained model folder (e.g. from ``lazylabels train <sample dataset> --minutes 1``).
 """
@@ -56,11 +57,16 @@ def make_zarr(path: Path, side: int, chunk: int = 1024, seed: int = 0) -> Path:
 
 
 def run(model: str, image: Path, out: Path) -> dict:
-    """The console script on one image, in a child process under ``/usr/bin/time``: wall
-    seconds, exit code and the child's peak resident memory."""
+    """``lazylabels predict MODEL IMAGE --out OUT`` (:func:`timed`)."""
     shutil.rmtree(out, ignore_errors=True)
+    return timed(["predict", model, str(image), "--out", str(out)])
+
+
+def timed(args: list[str]) -> dict:
+    """The console script with ``args``, in a child process under ``/usr/bin/time``: wall
+    seconds and the child's peak resident memory (raises when it fails)."""
     exe = Path(sys.executable).with_name("lazylabels")
-    cmd = [str(exe), "predict", model, str(image), "--out", str(out)]
+    cmd = [str(exe), *args]
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -88,6 +94,8 @@ def main() -> None:
     ap.add_argument("--sides", type=int, nargs="+", default=[10000, 40000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/lazylabels-blockwise"))
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    ap.add_argument("--resplit", type=float, metavar="THRESHOLD",
+                    help="then cut the prediction again: lazylabels instances OUT --interface-threshold THRESHOLD")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for side in args.sides:
@@ -100,9 +108,13 @@ def main() -> None:
                "megapixels": side * side / 1e6, **run(args.model, image, out)}
         rec["mp_per_s"] = round(rec["megapixels"] / rec["seconds"], 3)
         rec["objects"] = count_objects(out, name)
+        if args.resplit is not None:
+            again = timed(["instances", str(out), "--interface-threshold", str(args.resplit)])
+            rec["resplit"] = {**again, "objects": count_objects(out, name)}
         rec.update(make_seconds=round(made, 1), machine=machine(), versions=versions())
         append_jsonl(RESULTS / "blockwise" / "records.jsonl", rec)
-        sys.stdout.write(json.dumps({k: rec[k] for k in ("side", "seconds", "peak_rss_mb", "mp_per_s", "objects")}) + "\n")
+        keys = ("side", "seconds", "peak_rss_mb", "mp_per_s", "objects", "resplit")
+        sys.stdout.write(json.dumps({k: rec[k] for k in keys if k in rec}) + "\n")
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
 
