@@ -126,12 +126,13 @@ def merge_instances(
     ids = ids[ids > 0]
     if not ids.size:
         return out, next_id
-    flat, written = inst.ravel().astype(np.int64), out.ravel().astype(np.int64)
+    flat, written = inst.ravel(), out.ravel()
     n = int(flat.max()) + 1
     area = np.bincount(flat, minlength=n)
-    claimed = np.bincount(flat, weights=written != 0, minlength=n)
+    is_written = written != 0
+    claimed = np.bincount(flat[is_written], minlength=n)
     lut = np.zeros(n, np.int64)
-    continued = _continued(flat, written, claimed)
+    continued = _continued(flat, written, is_written, claimed)
     lut[list(continued)] = list(continued.values())
     new = ids[(lut[ids] == 0) & (claimed[ids] <= 0.5 * area[ids])]
     lut[new] = np.arange(next_id, next_id + new.size)
@@ -141,17 +142,18 @@ def merge_instances(
     return out, next_id + int(new.size)
 
 
-def _continued(flat: np.ndarray, written: np.ndarray, claimed: np.ndarray) -> dict[int, int]:
+def _continued(flat: np.ndarray, written: np.ndarray, is_written: np.ndarray, claimed: np.ndarray) -> dict[int, int]:
     """``{window id: written id}`` for each window object that continues a written object:
     more than half of the written object's pixels in the window, and more than half of the
     window object's claimed pixels, are their overlap (the largest overlap when several)."""
-    both = (flat > 0) & (written > 0)
+    both = (flat > 0) & is_written
     if not both.any():
         return {}
-    base = int(written.max()) + 1
-    pairs, overlap = np.unique(flat[both] * base + written[both], return_counts=True)
+    old_ids = written[is_written].astype(np.int64)
+    base = int(old_ids.max()) + 1
+    pairs, overlap = np.unique(flat[both].astype(np.int64) * base + written[both], return_counts=True)
     obj, old = pairs // base, pairs % base
-    found, sizes = np.unique(written[written > 0], return_counts=True)
+    found, sizes = np.unique(old_ids, return_counts=True)
     in_window = sizes[np.searchsorted(found, old)]
     ok = (overlap > 0.5 * in_window) & (overlap > 0.5 * claimed[obj])
     out: dict[int, int] = {}
