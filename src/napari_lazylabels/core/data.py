@@ -170,7 +170,7 @@ class PreparedSample:
         # (H, W, C) for cv2's warps; prepared as prediction prepares it (core.prepare)
         self.image = prepare_image(
             sample.image, in_channels, norm_percentiles, scale, channels_first=False,
-            channels=channels, source_channels=source_channels,
+            channels=channels, source_channels=source_channels, value_range=getattr(sample, "value_range", None),
         )
         shape = scaled_shape(sample.shape, scale)
         targets = training_targets(sample.detection, sample.separation, sample.segmentation, mode,
@@ -198,6 +198,10 @@ class PreparedSample:
 
         #: has an exact mask (task 3) for the model: the patch sampler's "strong" images
         self.exact = sample.segmentation is not None and SEGMENTATION in tasks
+        #: how often the patch sampler draws from it: sqrt of its area (at the working
+        #: scale), or a crop's share of its whole image's (core.crops)
+        whole = getattr(sample, "weight", None)
+        self.weight = whole * scale if whole is not None else math.sqrt(self.shape[0] * self.shape[1])
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -265,7 +269,8 @@ def sample_patch(ps: PreparedSample, rng: np.random.Generator, cfg: AugmentConfi
 class PatchSampler:
     """Endless random batches from prepared samples.
 
-    Images are drawn with probability proportional to the square root of their area, so large
+    Images are drawn with probability proportional to the square root of their area
+    (:attr:`PreparedSample.weight`; the crops of a large image share its weight), so large
     images are seen more often without drowning out small ones; when only some images have
     exact masks, ``cfg.mask_share`` of each batch comes from those (by the same weights).
     """
@@ -276,7 +281,7 @@ class PatchSampler:
         self.samples = samples
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
-        areas = np.array([np.sqrt(s.shape[0] * s.shape[1]) for s in samples], float)
+        areas = np.array([s.weight for s in samples], float)
         self.weights = areas / areas.sum()
         strong = np.array([s.exact for s in samples])
         self.strong_weights = None

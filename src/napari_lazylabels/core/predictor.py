@@ -410,6 +410,7 @@ class Predictor:
         outputs: dict[str, np.ndarray] | None = None,
         instances: bool = True,
         should_stop: Callable[[], bool] | None = None,
+        value_range=None,
     ) -> Iterator[Progress]:
         """Predict one image step by step: a job (:mod:`~napari_lazylabels.core.jobs`).
 
@@ -431,11 +432,13 @@ class Predictor:
             should_stop: asked at every event and between the orientations of a batch of
                 tiles, for a Stop that does not wait for a whole batch; raises
                 :class:`~napari_lazylabels.core.jobs.Cancelled` (nothing partial is returned).
+            value_range: the intensity range to normalise with (:meth:`value_range` of the
+                larger image ``image`` is part of: a crop, a block); default the image's own.
 
         Returns:
             the :class:`Prediction`.
         """
-        return (yield from stoppable(self._predict(image, outputs, instances, should_stop), should_stop))
+        return (yield from stoppable(self._predict(image, outputs, instances, should_stop, value_range), should_stop))
 
     def _predict(
         self,
@@ -547,6 +550,7 @@ class Predictor:
         should_stop: Callable[[], bool] | None = None,
         progress: Callable[[Progress], None] | None = None,
         instances: bool = True,
+        value_range=None,
     ) -> Prediction:
         """Predict one 2D image (see :meth:`predict_iter` for the arguments).
 
@@ -561,7 +565,7 @@ class Predictor:
         """
         if should_stop is not None and should_stop():
             raise Cancelled("Prediction cancelled.")
-        return drive(self.predict_iter(image, outputs, instances, should_stop), progress)
+        return drive(self.predict_iter(image, outputs, instances, should_stop, value_range), progress)
 
     def predict_stack(
         self,

@@ -34,6 +34,7 @@ from . import checkpoint as ckpt_mod
 from . import quality
 from .allocator import cpu_allocation_cache
 from .calibrate import tune_interface_threshold
+from .crops import labelled_crops
 from .data import AugmentConfig, PatchSampler, PreparedSample, object_size, scale_for_diameter
 from .io import LazyDataset, Sample
 from .jobs import Cancelled, Progress, drive, stoppable
@@ -51,7 +52,7 @@ from .model import (
 )
 from .options import LR_SCHEDULES
 from .predictor import PredictConfig, Predictor
-from .prepare import model_channels
+from .prepare import image_value_range, model_channels
 from .runfolder import (
     check_free_space,
     check_writable,
@@ -442,7 +443,7 @@ def _validate(model: nn.Module, model_config: ModelConfig, samples: list[Sample]
     predictor = _inference_predictor(model, model_config, device, keep_interfaces=False)
     scores = []
     for s in samples:
-        pred = predictor.predict(s.image, instances=False)
+        pred = predictor.predict(s.image, instances=False, value_range=getattr(s, "value_range", None))
         scores.append(quality.score_sample(pred.classes, s, model_config.n_classes))
     return quality.summarize(scores)
 
@@ -528,6 +529,8 @@ def _training_data(
         log.info("No held-out images: validation scores the training images' own labels.")
     if not cfg.val_every:
         val_samples = []
+    if cfg.label_mode == "ignore":  # large images: the parts around their labels (core.crops)
+        train_samples, val_samples = (_crops(samples, setup) for samples in (train_samples, val_samples))
     prepared = [
         PreparedSample(
             s, mc.in_channels, mc.norm_percentiles, cfg.label_mode, mc.tasks, mc.scale,
@@ -544,6 +547,19 @@ def _training_data(
         )
     sampler = PatchSampler(prepared, cfg.augment, seed=cfg.seed + start_iteration)
     return _TrainingData(prepared, sampler, val_samples)
+
+
+def _crops(samples: list[Sample], setup: TrainSetup) -> list[Sample]:
+    """:func:`~napari_lazylabels.core.crops.labelled_crops` of each sample: a large image
+    becomes the parts around its labels, each with a patch's reach of context and the whole
+    image's intensity range (as prediction normalises it)."""
+    mc, patch = setup.model_config, setup.train_config.augment.patch_size or 256
+    margin = math.ceil(patch / mc.scale)
+
+    def whole_range(image):
+        return image_value_range(image, mc.in_channels, mc.norm_percentiles, mc.channels, mc.source_channels)
+
+    return [c for s in samples for c in labelled_crops(s, margin, whole_range)]
 
 
 def _build(
