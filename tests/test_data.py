@@ -205,3 +205,24 @@ def test_prepared_sample_at_working_scale():
     ys, xs = ps.labelled_yx.T
     assert ys.max() < 60 and xs.max() < 75
     assert set(ps.targets["detection"][ys, xs].tolist()) <= {0, 1}
+
+
+def test_object_size_labels_only_the_occupied_parts():
+    """Marks in a few places of a large map are labelled part by part (between empty rows and
+    columns): the same components, so the same typical size, as labelling the whole map."""
+    import cv2
+    from skimage.measure import regionprops
+
+    from napari_lazylabels.core.data import _occupied_parts, object_size
+
+    rng = np.random.default_rng(1)
+    det = np.zeros((900, 1000), np.uint8)
+    for _ in range(80):  # some touch, some cross the parts' would-be edges
+        cv2.circle(det, (int(rng.integers(0, 1000)), int(rng.integers(0, 450))), int(rng.integers(2, 18)), 2, -1)
+    det[700:720, 100:900] = 2  # a long mark alone in its rows
+    fg = (det >= 2).astype(np.uint8)
+    parts = _occupied_parts(fg)
+    assert len(parts) >= 2 and sum(p.size for p in parts) < fg.size
+    _, whole = cv2.connectedComponents(fg, connectivity=8)
+    want = np.median([r.axis_major_length for r in regionprops(whole) if r.area >= 9])
+    assert object_size([Sample("a", np.zeros(det.shape, np.uint8), detection=det)]) == pytest.approx(want)

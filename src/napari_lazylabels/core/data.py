@@ -65,11 +65,9 @@ def object_size(samples) -> float | None:
     def sizes(maps, prop):
         out = []
         for lab in maps:
-            fg = (lab >= 2).astype(np.uint8)
-            if not fg.any():
-                continue
-            n, comp = cv2.connectedComponents(fg, connectivity=8)
-            out += [getattr(r, prop) for r in regionprops(comp) if r.area >= 9]
+            for part in _occupied_parts((lab >= 2).view(np.uint8)):
+                n, comp = cv2.connectedComponents(part, connectivity=8)
+                out += [getattr(r, prop) for r in regionprops(comp) if r.area >= 9]
         return out
 
     masks = [s.segmentation for s in samples if s.segmentation is not None]
@@ -77,6 +75,26 @@ def object_size(samples) -> float | None:
     if not d:
         d = sizes([s.detection for s in samples if s.detection is not None], "axis_major_length")
     return float(np.median(d)) if d else None
+
+
+def _occupied_parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The parts of a 2D ``mask`` between its empty rows, then between their empty columns:
+    no 8-connected component crosses an empty row or column, so labelling the parts gives the
+    components of the whole, in memory for the parts only (marks in a few places of a large
+    image)."""
+    def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+        idx = np.flatnonzero(flags)
+        if not idx.size:
+            return []
+        cuts = np.flatnonzero(np.diff(idx) > 1)
+        starts, stops = np.r_[idx[0], idx[cuts + 1]], np.r_[idx[cuts], idx[-1]] + 1
+        return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+    parts = []
+    for r0, r1 in runs(mask.any(1)):
+        band = mask[r0:r1]
+        parts += [np.ascontiguousarray(band[:, c0:c1]) for c0, c1 in runs(band.any(0))]
+    return parts
 
 
 #: automatic working scale: a typical object spans at most this share of a training patch
