@@ -472,3 +472,38 @@ def _spy_events(on_yield, seen):
         return on_yield(self, ev)
 
     return spy
+
+
+def test_a_block_by_block_prediction_opened_from_its_file_can_be_cut_again(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path, one_object_model
+):
+    """An OME-Zarr that lazylabels predicted block by block, opened with File > Open's path
+    in a new session, is cut again by the Predict widget's Re-split (its layers say where
+    the prediction is kept)."""
+    import zarr
+
+    from napari_lazylabels._widgets import predict as predict_mod
+    from napari_lazylabels.core.blocks import iter_predict_ome_zarr
+    from napari_lazylabels.core.checkpoint import load_model
+    from napari_lazylabels.core.jobs import drive
+    from napari_lazylabels.core.predictor import PredictConfig, Predictor
+    from napari_lazylabels.core.zarrio import open_lazy_image
+
+    image = np.tile(_image(96), (12, 12))[:1100, :1150]
+    zarr.create_array(str(tmp_path / "big.zarr"), shape=image.shape, chunks=(256, 256), dtype=image.dtype)[:] = image
+    model, ck = load_model(one_object_model, "cpu")
+    predictor = Predictor(model, ck.model_config, PredictConfig(device="cpu", tile=128, tta=1))
+    store = drive(iter_predict_ome_zarr(predictor, open_lazy_image(tmp_path / "big.zarr"), tmp_path / "out" / "big.ome.zarr"))
+    viewer = make_napari_viewer(show=True)
+    viewer._open_or_raise_error([str(store / ".zattrs")])  # File > Open's path
+    assert {"big", "big classes", "big instances"} <= {ly.name for ly in viewer.layers}
+    assert (np.asarray(viewer.layers["big instances"].data[0]) == 1).all()
+    infos = []
+    monkeypatch.setattr(predict_mod, "show_info", infos.append)
+    pw = _widget(viewer, one_object_model.parent, tile=128)
+    pw.set_chosen(["big"])
+    pw.min_size.setValue(2_000_000)  # larger than the image: the one object goes
+    pw.resplit()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert any("cut again block by block" in m for m in infos)
+    assert not np.asarray(viewer.layers["big instances"].data[0]).any()

@@ -284,13 +284,29 @@ def read_ome_zarr(path: str | list[str]) -> list[tuple]:
     out = [(_data(levels), kwargs, "image")]
     labels_dir = root / "labels"
     names = (_ome_attrs(labels_dir) or {}).get("labels") if labels_dir.is_dir() else None
+    predicted = attrs.get("lazylabels") if isinstance(attrs.get("lazylabels"), dict) else None
     for name in names if isinstance(names, list) else []:
         folder = labels_dir / str(name)
         label_attrs = _ome_attrs(folder) if folder.is_dir() else None
         if ome_multiscale(label_attrs) is None:
             continue  # listed but absent or not a multiscale: skip it, as viewers do
-        out.append(_label_layer(folder, label_attrs, f"{stem} {name}", space_geometry))
+        layer = _label_layer(folder, label_attrs, f"{stem} {name}", space_geometry)
+        if predicted is not None and name in ("classes", "instances"):
+            from ._widgets._layers import META
+
+            layer[1]["metadata"][META] = _prediction_meta(root, stem, str(name), predicted)
+        out.append(layer)
     return out
+
+
+def _prediction_meta(root: Path, stem: str, name: str, predicted: dict) -> dict:
+    """What the Predict widget records on the layers of a block-by-block prediction it made
+    (``_layers.lazy_prediction_layer_data``), for one opened from its OME-Zarr: so that
+    Re-split cuts it again (``_layers.blockwise_store``) after the viewer was closed."""
+    meta = {"image": stem, "blockwise": True, "store": str(root.resolve()), "prediction": name}
+    if name == "instances" and isinstance(predicted.get("settings"), dict):
+        meta["settings"] = dict(predicted["settings"])
+    return meta
 
 
 # --------------------------------------------------------------------------- the npe2 hook
