@@ -384,6 +384,10 @@ def test_a_prediction_written_in_place_goes_on_after_a_stop(predictor, tmp_path)
     out = zarr.open_group(str(target), mode="r")
     for name in ("labels/classes/0", "labels/instances/0", "0"):
         np.testing.assert_array_equal(out[name][:], whole[name][:])
+    # finished: predicting it again with the same key gives it as it is, at once
+    writer = ome_zarr_writer(predictor, lazy, target, resume_key=key, block=128, atomic=False)
+    assert writer.complete and not list(iter_predict_ome_zarr(predictor, lazy, target, block=128, resume_key=key, writer=writer))
+    np.testing.assert_array_equal(zarr.open_group(str(target), mode="r")["labels/instances/0"][:], whole["labels/instances/0"][:])
     # a finished prediction, another model: started over, empty
     writer = ome_zarr_writer(predictor, lazy, target, resume_key={**key, "model": "m2"}, block=128, atomic=False)
     assert not writer.resumed and not zarr.open_group(str(target), mode="r")["labels/classes/0"][:].any()
@@ -520,14 +524,16 @@ def test_a_block_by_block_prediction_is_cut_again_from_its_maps(tmp_path):
     seams = Predictor(Seams(build_model(cfg)), cfg, replace(FAST, tile=128, batch_size=8))
     image = squares((1100, 1200))  # two pyramid levels
     lazy = open_lazy_image(_zarr(tmp_path / "sq.zarr", image))
-    out = drive(iter_predict_ome_zarr(seams, lazy, tmp_path / "sq.ome.zarr", block=128))
+    out = drive(iter_predict_ome_zarr(seams, lazy, tmp_path / "sq.ome.zarr", block=128, resume_key={"input": "sq"}))
     root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["lazylabels"]["run"]["input"] == "sq"
     first = root["labels/instances/0"][:]
     assert len(np.unique(first)) - 1 == 27  # every square its own object (squares() on a larger image: the same)
     classes, itf = root["labels/classes/0"][:], root["lazylabels/interfaces"][:]
     assert itf.dtype == np.uint8 and 240 <= itf.max() <= 245  # softmax(0, 3) = 0.953, x 255
 
     assert drive(iter_resplit_ome_zarr(out, interface_threshold=0.99)) == 3  # seams no longer split: 3 clusters
+    assert "run" not in zarr.open_group(str(out), mode="r").attrs["lazylabels"]  # no longer that run's objects
     merged = zarr.open_group(str(out), mode="r")
     _same_objects(merged["labels/instances/0"][:], instances_from_prediction(classes, itf / 255, 0.99, 4))
     _same_objects(merged["labels/instances/0"][:], label(image > 100))

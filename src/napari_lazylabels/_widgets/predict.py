@@ -254,8 +254,9 @@ REFRESH_SECONDS = 2.0
 def prediction_store(name: str) -> Path:
     """Where the Predict widget writes the OME-Zarr of an image predicted block by block:
     ``<user cache>/napari-lazylabels/predictions/<name>.ome.zarr`` (replaced by the next
-    prediction of that image, or gone on with when the last one was stopped; the notification
-    says where, to copy or open it later)."""
+    prediction of that image with another model or other settings; gone on with when the last
+    one was stopped, shown as it is when it was finished; the notification says where, to
+    copy or open it later)."""
     import os
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -342,6 +342,7 @@ def iter_resplit_ome_zarr(
         rewriter.abort()
         raise
     settings.update(interface_threshold=threshold, min_object_size=min_size, neck_depth=neck_depth, link_slices=link)
+    meta.pop("run", None)  # its objects are no longer those of that run: predicting again redoes it
     root.attrs["lazylabels"] = {**meta, "settings": settings}
     log.info("%s: %d objects (interface threshold %.2f, smallest object %d px)", path.name, next_id - 1 - linked,
              threshold, min_size)
@@ -392,6 +393,9 @@ def iter_predict_ome_zarr(
     key = _run_key(predictor, resume_key, block, instances)
     if writer is None:
         writer = ome_zarr_writer(predictor, image, path, instances, resume_key, block)
+    if writer.complete:
+        log.info("%s: already predicted with this model and these settings in %s", image.name, writer.path)
+        return writer.path
     start = _resume_point(writer, key)
     link = instances and bool(image.n_stack) and bool(predictor.predict_config.link_slices)
     try:
@@ -475,8 +479,10 @@ def ome_zarr_writer(predictor: Predictor, image: LazyImage, path: str | os.PathL
     ``labels/classes`` (uint8; uint16 above 255 classes) and ``labels/instances`` (uint32).
 
     With a ``resume_key`` (see :func:`iter_predict_ome_zarr`) the folder a stopped or killed
-    run of the same key left is kept (``writer.resumed``) and any other is started over, so
-    layers made over :meth:`~OmeZarrWriter.levels` before the run show what it goes on from."""
+    run of the same key left is kept (``writer.resumed``), one that a run of the same key
+    finished in place is kept as it is (``writer.complete``: predicting again gives it at
+    once), and any other is started over, so layers made over
+    :meth:`~OmeZarrWriter.levels` before the run show what it goes on from."""
     labels = {"classes": np.uint8 if predictor.config.n_classes < 256 else np.uint16}
     if instances:
         labels["instances"] = np.uint32
@@ -484,11 +490,17 @@ def ome_zarr_writer(predictor: Predictor, image: LazyImage, path: str | os.PathL
     maps = {INTERFACES_MAP: np.uint8} if instances and predictor.has_interfaces else {}
     attrs = {"settings": predictor.instance_settings(), "block": block, "halo": block_halo(predictor),
              "maps": {INTERFACES_MAP: "interface probability x 255"} if maps else {}}
+    if key is not None:
+        attrs["run"] = key
     writer = OmeZarrWriter(path, image.plane_shape, image.n_planes if image.n_stack else None, image.data.dtype,
                            image.n_channels, labels, image.pixel_size, name=image.name, atomic=atomic,
                            resume=key is not None, maps=maps, attrs=attrs)
-    if writer.resumed and _recorded(writer).get("key") != key:
-        writer.restart()
+    if writer.resumed:
+        recorded = _recorded(writer)
+        if not recorded:  # no progress file: a finished folder (written in place) or a foreign one
+            writer.complete = (dict(writer.root.attrs).get("lazylabels") or {}).get("run") == key
+        if recorded.get("key") != key and not writer.complete:
+            writer.restart()
     return writer
 
 

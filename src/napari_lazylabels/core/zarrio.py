@@ -499,6 +499,7 @@ class OmeZarrWriter:
         self.name = name or image_stem(self.path)
         self.shapes = pyramid_shapes(self.plane_shape)
         self._spec = (image_dtype, dict(labels))
+        self.complete = False  # set by a caller that finds the folder already finished
         self.resumed = resume and self._open_existing()
         if not self.resumed:
             self.restart()
