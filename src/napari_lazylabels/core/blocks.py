@@ -427,7 +427,7 @@ def iter_predict_ome_zarr(
             _record(writer, key, z + 1, 0, next_id, next_id, linked)  # the plane is done (and linked)
         if instances:
             log.info("%s: %d objects%s", image.name, next_id - 1 - linked,
-                     f" ({linked} of them continued through the slices)" if link else "")
+                     f" through the stack ({linked} continued from the slice before)" if link else "")
         for table in writer.tmp.glob("lazylabels-link-*.npy"):
             table.unlink()
         (writer.tmp / PROGRESS_FILE).unlink(missing_ok=True)
