@@ -72,6 +72,10 @@ def test_images_are_kept_whole_when_cutting_does_not_pay():
     assert labelled_crops(everywhere, 128, _range) == [everywhere]
     unlabelled = Sample("none", image, detection=np.zeros(SHAPE, np.uint8))
     assert labelled_crops(unlabelled, 128, _range) == [unlabelled]
+    # an empty exact-mask map (a layer nobody drew on, as the viewer gives it) is no exact mask
+    drawn = Sample("drawn", image, detection=_marks((300, 300)), segmentation=np.zeros(SHAPE, np.uint8))
+    (crop,) = labelled_crops(drawn, 128, _range)
+    assert crop.segmentation.shape == crop.shape and not crop.segmentation.any()
 
 
 def test_training_on_a_large_image_uses_its_crops(tmp_path, caplog):

@@ -313,3 +313,35 @@ def test_file_save_with_the_plugin_writer_moves_the_model(make_napari_viewer, qt
     model = Path(saved) / "models" / "model"
     assert (model / "best.pt").exists() and tw.model_dir.text() == str(model)
     assert not any((tmp_path / "unsaved").iterdir())
+
+
+@pytest.mark.gui
+def test_training_on_a_large_layer_reads_the_parts_around_the_marks(make_napari_viewer, qtbot, tmp_path, shown, caplog):
+    """A 4200 x 4300 image layer (at a physical scale) marked in two corners: the Train widget
+    trains on the two parts around the marks (core.crops), not on the whole image."""
+    import logging
+
+    from napari_lazylabels._widgets.annotate import AnnotationWidget
+    from napari_lazylabels._widgets.train import TrainWidget
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 10, (4200, 4300)).clip(0, 255).astype(np.uint8)
+    for y, x in ((300, 400), (3900, 3950)):
+        image[y - 40 : y + 40, x - 40 : x + 40] = 200
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="montage", scale=(0.2, 0.2))
+    ann = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(ann)
+    det = ann.create_layers()["detection"]
+    for y, x in ((300, 400), (3900, 3950)):  # a mark inside each bright square, a scribble beside it
+        det.data[y - 10 : y + 10, x - 10 : x + 10] = 2
+        det.data[y + 60 : y + 64, x - 40 : x + 40] = 1
+    det.refresh()
+    caplog.set_level(logging.INFO, logger="napari_lazylabels")
+    tw = TrainWidget(viewer)
+    _tiny(tw, iterations=3)
+    tw.model_dir.setText(str(tmp_path / "model"))
+    tw.start()
+    qtbot.waitUntil(lambda: tw.last_event is not None and tw.last_event.kind == "done", timeout=120_000)
+    _idle(qtbot, tw)
+    assert "montage: 4200x4300 px, trained on the 2 part(s) around its labels" in caplog.text

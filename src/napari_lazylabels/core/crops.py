@@ -76,7 +76,7 @@ def labelled_crops(
         tile, max_pixels: see :data:`CROP_TILE`, :data:`CROP_PIXELS`.
     """
     h, w = sample.shape
-    if h * w <= max_pixels or sample.segmentation is not None:
+    if h * w <= max_pixels or (sample.segmentation is not None and np.any(sample.segmentation)):
         return [sample]
     boxes = _boxes(_labelled_tiles(sample, tile), tile, margin, (h, w))
     area = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes)
@@ -88,7 +88,7 @@ def labelled_crops(
     for y0, y1, x0, x1 in boxes:
         part = (slice(y0, y1), slice(x0, x1))
         maps = {t: None if getattr(sample, t) is None else np.ascontiguousarray(getattr(sample, t)[part])
-                for t in ("detection", "separation")}
+                for t in ("detection", "separation", "segmentation")}  # segmentation: empty, as drawn
         crops.append(Crop(
             name=f"{sample.name}@{y0},{x0}", image=np.ascontiguousarray(sample.image[part]), **maps,
             value_range=whole_range, weight=whole_weight * (y1 - y0) * (x1 - x0) / area, origin=(y0, x0),
