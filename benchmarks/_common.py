@@ -140,3 +140,20 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> Path:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
     return path
+
+
+def run_console(args: list[str]) -> dict:
+    """The installed ``lazylabels`` console script with ``args``, in a child process under
+    ``/usr/bin/time``: ``{"command", "seconds", "peak_rss_mb", "stderr"}`` (wall seconds, the
+    child's peak resident memory). Raises ``RuntimeError`` when it fails."""
+    import time
+
+    cmd = [str(Path(sys.executable).with_name("lazylabels")), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    peak_kb = int(proc.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0])
+    return {"command": " ".join(["lazylabels", *args]), "seconds": round(seconds, 1),
+            "peak_rss_mb": round(peak_kb / 1024), "stderr": proc.stderr}

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, append_jsonl, git_commit, machine, utc_now, versions
+from _common import RESULTS, append_jsonl, git_commit, machine, run_console, utc_now, versions
 
 MB = 2**20
 
@@ -63,18 +62,11 @@ def run(model: str, image: Path, out: Path) -> dict:
 
 
 def timed(args: list[str]) -> dict:
-    """The console script with ``args``, in a child process under ``/usr/bin/time``: wall
-    seconds and the child's peak resident memory (raises when it fails)."""
-    exe = Path(sys.executable).with_name("lazylabels")
-    cmd = [str(exe), *args]
-    t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    peak_kb = int(proc.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0])
-    return {"command": " ".join(["lazylabels", *cmd[1:]]), "seconds": round(seconds, 1),
-            "peak_rss_mb": round(peak_kb / 1024)}
+    """The console script with ``args`` under ``/usr/bin/time`` (:func:`_common.run_console`):
+    command, wall seconds and peak resident memory."""
+    out = run_console(args)
+    out.pop("stderr")
+    return out
 
 
 def count_objects(out: Path, name: str) -> int:

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, append_jsonl, git_commit, machine, utc_now, versions
+from _common import RESULTS, append_jsonl, git_commit, machine, run_console, utc_now, versions
 
 
 def make_dataset(path: Path, side: int, places: int, seed: int = 0) -> Path:
@@ -72,18 +70,10 @@ def main() -> int:
     ds = make_dataset(a.work / f"ds{a.side}", a.side, a.places)
     out = a.work / "model"
     shutil.rmtree(out, ignore_errors=True)
-    exe = Path(sys.executable).with_name("lazylabels")
-    cmd = [str(exe), "train", str(ds), "--out", str(out), "--iterations", str(a.iterations)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    peak_kb = int(proc.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0])
-    crops = [line.split("INFO", 1)[-1].strip() for line in proc.stderr.splitlines() if "part(s) around its labels" in line]
+    run = run_console(["train", str(ds), "--out", str(out), "--iterations", str(a.iterations)])
+    crops = [line.split("INFO", 1)[-1].strip() for line in run.pop("stderr").splitlines() if "part(s) around its labels" in line]
     rec = {"kind": "large_training", "date": utc_now(), "commit": git_commit(), "side": a.side, "places": a.places,
-           "iterations": a.iterations, "command": " ".join(["lazylabels", *cmd[1:]]), "seconds": round(seconds, 1),
-           "peak_rss_mb": round(peak_kb / 1024), "crops": crops, "machine": machine(), "versions": versions()}
+           "iterations": a.iterations, **run, "crops": crops, "machine": machine(), "versions": versions()}
     append_jsonl(RESULTS / "large_training" / "records.jsonl", rec)
     sys.stdout.write(json.dumps({k: rec[k] for k in ("side", "seconds", "peak_rss_mb", "crops")}) + "\n")
     return 0
