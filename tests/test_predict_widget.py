@@ -464,6 +464,12 @@ def test_predict_again_goes_on_with_a_stopped_block_by_block_prediction(
     classes, inst = (np.asarray(viewer.layers[f"big {k}"].data[0]) for k in ("classes", "instances"))
     assert (classes == 1).all() and (inst == 1).all()  # one object everywhere, continued across the 4 blocks
     assert not progress.exists()
+    # the same again: shown as it is, not predicted again
+    events.clear()
+    pw.run()
+    qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
+    assert any("already predicted" in m for m in infos) and not any(ev.phase.startswith("tiles") for ev in events)
+    assert (np.asarray(viewer.layers["big instances"].data[0]) == 1).all()
 
 
 def _spy_events(on_yield, seen):

@@ -301,6 +301,10 @@ def _predict_blockwise(predictor, ck, settings: dict, name: str, planes, should_
                                                     ck.classes, settings, store=path)
     names = tuple(d[1]["name"] for d in layer_data)
     yield PredictEvent("layers", 1, 1, name, layers=tuple(layer_data), settings=settings)
+    if writer.complete:
+        yield PredictEvent("saved", 1, 1, name, refresh=names,
+                           info=f"{name}: already predicted with this model and these settings ({path})")
+        return
     if writer.resumed:
         yield PredictEvent("resuming", 0, 1, name, info=f"{name}: going on with the prediction stopped earlier ({path})")
     n = predictor.orientations(tuple(round(d * predictor.config.scale) for d in image.plane_shape))
