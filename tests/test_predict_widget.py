@@ -383,6 +383,7 @@ def test_a_large_layer_is_predicted_block_by_block_into_lazy_layers(make_napari_
     qtbot.waitUntil(lambda: not pw.is_running(), timeout=60_000)
     assert not np.asarray(viewer.layers["big instances"].data[0]).any()
     assert any("cut again block by block" in m for m in infos)
+    assert pw.status.text().startswith("big: 0 objects, cut again block by block"), pw.status.text()
     assert not zarr.open_group(str(store), mode="r")["labels/instances/1"][:].any()  # the pyramid too
     pw.min_size.setValue(0)  # auto again: the object is back
     pw.resplit()

@@ -141,7 +141,9 @@ in the viewer"), a quarter of the activations, and a Stop waits for one such pas
 
 
 def _status(name: str, phase: str, done: int, total: int) -> str:
-    return f"{name}: {phase} {done}/{total}"
+    """The status line of a worker's event: ``"name: phase done/total"`` (no count when
+    ``total`` is 0: an outcome, not a step)."""
+    return f"{name}: {phase} {done}/{total}" if total else f"{name}: {phase}"
 
 
 def _megapixels(pixels: int) -> str:
@@ -375,7 +377,8 @@ def _resplit_worker_fn(jobs, neck_depth: float = 0.0, should_stop=None, link_sli
             n = yield from mapped(job, lambda ev, name=name: PredictEvent(ev.phase, ev.done, ev.total, name))
         except Cancelled:
             return True
-        yield PredictEvent("instances", 1, 1, name, refresh=(_layers.prediction_layer_name(name, "instances"),),
+        yield PredictEvent(f"{n} objects, cut again block by block", 0, 0, name,
+                           refresh=(_layers.prediction_layer_name(name, "instances"),),
                            info=f"{name}: {n} objects, cut again block by block in {store}")
 
     for name, classes, interfaces, threshold, min_size, auto in jobs:
