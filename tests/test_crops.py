@@ -88,3 +88,20 @@ def test_training_on_a_large_image_uses_its_crops(tmp_path, caplog):
     result = fit(ds, tmp_path / "m", train_config=cfg, size="tiny")
     assert result.best.exists()
     assert "trained on the 2 part(s) around its labels" in caplog.text
+
+
+def test_colour_crops_are_normalised_as_the_whole_image():
+    """An RGB image's crops, prepared for a colour model, equal the whole image's preparation."""
+    gray = _image()
+    image = np.stack([gray, gray[::-1], np.roll(gray, 500, axis=1)], axis=-1)
+    sample = Sample("rgb", image, detection=_marks((300, 300)))
+
+    def colour_range(im):
+        return image_value_range(im, 3, (1.0, 99.8))
+
+    (crop,) = labelled_crops(sample, 128, colour_range)
+    whole = PreparedSample(sample, 3, (1.0, 99.8), "ignore", ("detection",))
+    part = PreparedSample(crop, 3, (1.0, 99.8), "ignore", ("detection",))
+    (y0, x0), (h, w) = crop.origin, crop.shape
+    assert part.image.shape[-1] == 3
+    np.testing.assert_array_equal(part.image, whole.image[y0 : y0 + h, x0 : x0 + w])
