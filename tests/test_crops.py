@@ -105,3 +105,22 @@ def test_colour_crops_are_normalised_as_the_whole_image():
     (y0, x0), (h, w) = crop.origin, crop.shape
     assert part.image.shape[-1] == 3
     np.testing.assert_array_equal(part.image, whole.image[y0 : y0 + h, x0 : x0 + w])
+
+
+def test_multichannel_crops_are_normalised_as_the_whole_image():
+    """A 4-channel image trained on channels (2, 0): each crop channel gets the whole image's
+    range of that channel."""
+    gray = _image()
+    image = np.stack([gray, gray[::-1], np.roll(gray, 500, axis=1), gray // 3], axis=-1)
+    sample = Sample("fluo", image, detection=_marks((3900, 4000)))
+    kw = {"channels": (2, 0), "source_channels": 4}
+
+    def channel_range(im):
+        return image_value_range(im, 2, (1.0, 99.8), **kw)
+
+    (crop,) = labelled_crops(sample, 128, channel_range)
+    whole = PreparedSample(sample, 2, (1.0, 99.8), "ignore", ("detection",), **kw)
+    part = PreparedSample(crop, 2, (1.0, 99.8), "ignore", ("detection",), **kw)
+    (y0, x0), (h, w) = crop.origin, crop.shape
+    assert part.image.shape[-1] == 2
+    np.testing.assert_array_equal(part.image, whole.image[y0 : y0 + h, x0 : x0 + w])
