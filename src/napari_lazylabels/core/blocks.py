@@ -39,7 +39,7 @@ import numpy as np
 
 from .instances import instances_from_prediction, recorded_instance_settings
 from .io import atomic_write_json
-from .jobs import Cancelled, Progress, mapped, stoppable
+from .jobs import Progress, mapped, stoppable
 from .predictor import PredictConfig, Predictor
 from .prepare import scaled_shape
 from .stacks import iter_apply_link, iter_link_table
@@ -312,31 +312,11 @@ def iter_resplit_ome_zarr(
     threshold, min_size = recorded_instance_settings(settings, interface_threshold, min_object_size)
     link = bool(settings.get("link_slices")) if link_slices is None else bool(link_slices)
     classes, interfaces = ome_label(path, "classes"), root[f"{MAPS_GROUP}/{INTERFACES_MAP}"]
-    stacked = classes.ndim == 3
-    axes = "ZYX" if stacked else "YX"
     grid = block_grid(tuple(classes.shape[-2:]), int(meta["block"]), int(meta["halo"]))
-    n_planes = classes.shape[0] if stacked else 1
     rewriter = LabelRewriter(path, "instances")
     try:
-        next_id, linked = 1, 0
-        for z in range(n_planes):
-            cls, itf = (AxesView(a, axes, "YX", {"Z": z}) for a in (classes, interfaces))
-            out = rewriter.label(z if stacked else None)
-            first_id = next_id
-            for i, b in enumerate(grid):
-                yield Progress("instances", z * len(grid) + i, n_planes * len(grid))
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                y0, y1, x0, x1 = b.window
-                inst = instances_from_prediction(np.asarray(cls[y0:y1, x0:x1]),
-                                                 np.asarray(itf[y0:y1, x0:x1], np.float32) / 255, threshold,
-                                                 min_size, neck_depth=neck_depth)
-                window, next_id = merge_instances(np.asarray(out[y0:y1, x0:x1], np.uint32), inst, b.local_core(), next_id)
-                out[y0:y1, x0:x1] = window
-            if link and stacked and z > 0:
-                job = _link_plane(rewriter.label(z - 1), out, first_id, next_id, int(meta["block"]))
-                linked += yield from stoppable(job, should_stop)
-        yield Progress("instances", n_planes * len(grid), n_planes * len(grid))
+        job = _cut_planes(rewriter, classes, interfaces, grid, (threshold, min_size, neck_depth), link, int(meta["block"]))
+        n = yield from stoppable(job, should_stop)
         rewriter.finish()
     except BaseException:
         rewriter.abort()
@@ -344,8 +324,35 @@ def iter_resplit_ome_zarr(
     settings.update(interface_threshold=threshold, min_object_size=min_size, neck_depth=neck_depth, link_slices=link)
     meta.pop("run", None)  # its objects are no longer those of that run: predicting again redoes it
     root.attrs["lazylabels"] = {**meta, "settings": settings}
-    log.info("%s: %d objects (interface threshold %.2f, smallest object %d px)", path.name, next_id - 1 - linked,
-             threshold, min_size)
+    log.info("%s: %d objects (interface threshold %.2f, smallest object %d px)", path.name, n, threshold, min_size)
+    return n
+
+
+def _cut_planes(rewriter: LabelRewriter, classes, interfaces, grid: list[Block], cut: tuple, link: bool,
+                tile: int) -> Iterator[Progress]:
+    """Job: the instances of every plane of ``classes`` / ``interfaces`` (zarr arrays,
+    ``([Z,] Y, X)``, interfaces x 255) window by window into ``rewriter``'s label image, with
+    ``cut = (interface_threshold, min_object_size, neck_depth)``, ids unique over a stack
+    (linked plane to plane with ``link``). Returns the number of objects."""
+    threshold, min_size, neck_depth = cut
+    stacked = classes.ndim == 3
+    axes, n_planes = ("ZYX", classes.shape[0]) if stacked else ("YX", 1)
+    next_id, linked = 1, 0
+    for z in range(n_planes):
+        cls, itf = (AxesView(a, axes, "YX", {"Z": z}) for a in (classes, interfaces))
+        out = rewriter.label(z if stacked else None)
+        first_id = next_id
+        for i, b in enumerate(grid):
+            yield Progress("instances", z * len(grid) + i, n_planes * len(grid))
+            y0, y1, x0, x1 = b.window
+            inst = instances_from_prediction(np.asarray(cls[y0:y1, x0:x1]),
+                                             np.asarray(itf[y0:y1, x0:x1], np.float32) / 255, threshold,
+                                             min_size, neck_depth=neck_depth)
+            window, next_id = merge_instances(np.asarray(out[y0:y1, x0:x1], np.uint32), inst, b.local_core(), next_id)
+            out[y0:y1, x0:x1] = window
+        if link and stacked and z > 0:
+            linked += yield from _link_plane(rewriter.label(z - 1), out, first_id, next_id, tile)
+    yield Progress("instances", n_planes * len(grid), n_planes * len(grid))
     return next_id - 1 - linked
 
 

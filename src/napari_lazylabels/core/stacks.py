@@ -122,8 +122,9 @@ def _tiles(shape: tuple[int, ...], tile: int) -> list[tuple[slice, slice]]:
 def iter_link_table(
     previous, current, first_id: int, next_id: int, min_iou: float = MIN_IOU, tile: int = 2048
 ) -> Iterator[Progress]:
-    """Job (``Progress("linking", tile, tiles)``): how to link a slice written with its own ids to the slice before, for slices too large
-    to hold (read tile by tile: zarr arrays, the planes of an OME-Zarr being written).
+    """Job (``Progress("linking", tile, tiles)``): how to link a slice written with its own
+    ids to the slice before, for slices too large to hold (read tile by tile: zarr arrays, the
+    planes of an OME-Zarr being written).
 
     Args:
         previous: ``(H, W)`` array-like, the slice before: ids below ``first_id`` (0 = none).
@@ -147,7 +148,8 @@ def iter_link_table(
         cur = np.asarray(current[region]).astype(np.int64)
         prev = np.asarray(previous[region]).astype(np.int64)
         if cur.max(initial=0) >= next_id or prev.max(initial=0) >= first_id:
-            raise ValueError(f"link_table: ids out of range (this slice {first_id}..{next_id - 1}, the one before below it).")
+            raise ValueError(f"iter_link_table: ids out of range (this slice {first_id}..{next_id - 1}, "
+                             "the one before below it).")
         area += np.bincount((cur[cur > 0] - first_id), minlength=n)
         prev_area += np.bincount(prev[prev > 0], minlength=first_id)
         both = (cur > 0) & (prev > 0)
@@ -164,8 +166,9 @@ def iter_link_table(
 
 
 def iter_apply_link(current, table: np.ndarray, first_id: int, tile: int = 2048) -> Iterator[Progress]:
-    """Job (``Progress("linking", tile, tiles)``): write :func:`iter_link_table`'s ``table`` into ``current`` tile by tile (in place): an object
-    that continues one of the slice before takes its id, the others keep theirs, so ids skip
+    """Job (``Progress("linking", tile, tiles)``): write :func:`iter_link_table`'s ``table``
+    into ``current`` tile by tile (in place): an object that continues one of the slice
+    before takes its id, the others keep theirs, so ids skip
     the numbers of the linked ones. Running it again changes nothing (the linked ids are below
     ``first_id``), so a run killed while it writes is finished by running it again.
 

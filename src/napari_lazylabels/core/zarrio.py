@@ -663,9 +663,7 @@ class LabelRewriter:
         import zarr
 
         zarr.open_group(str(self._tmp), mode="r+", zarr_format=2).attrs.update(self._attrs)
-        os.replace(self._final, self._old)
-        os.replace(self._tmp, self._final)
-        shutil.rmtree(self._old, ignore_errors=True)
+        _replace_folder(self._tmp, self._final)  # the old one moved aside to .NAME.old first
 
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
